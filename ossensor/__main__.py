@@ -1,0 +1,3 @@
+from ossensor.cli import main
+
+raise SystemExit(main())

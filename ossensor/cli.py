@@ -1,0 +1,65 @@
+"""Command line: `ossensor run | vsensor | interfaces`.
+
+Every user error ends as one line per problem on standard error and exit status 2,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ossensor import __version__
+
+EXIT_USAGE = 2
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from ossensor import config
+    from ossensor.sensor import run
+
+    try:
+        settings = config.load()
+    except config.ConfigError as err:
+        for problem in err.problems:
+            print(f"ossensor: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    return run(settings)
+
+
+def _cmd_vsensor(args: argparse.Namespace) -> int:
+    from ossensor.vsensor.server import main
+
+    return main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ossensor",
+        description="Open packet-capture sensor: captures this host's traffic and ships it, "
+                    "HMAC-signed over HTTPS, to a vSensor. Configured by environment variables "
+                    "(see README.md and docs/configuration.md).")
+    parser.add_argument("--version", action="version", version=f"ossensor {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p_run = sub.add_parser("run", help="start the sensor from the environment (the container's entrypoint)")
+    p_run.set_defaults(func=_cmd_run)
+
+    p_vs = sub.add_parser("vsensor", help="run the reference vSensor receiver")
+    from ossensor.vsensor.server import add_arguments
+
+    add_arguments(p_vs)
+    p_vs.set_defaults(func=_cmd_vsensor)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,182 @@
+"""The vSensor link: how a batch is signed by the sensor and verified by the vSensor.
+
+docs/protocol.md is the prose of this module; its worked example is checked by
+tests/test_protocol.py. Both ends import this module, so they cannot drift apart.
+
+A batch is one pcapng section POSTed to /v1/batches. The signature is an
+HMAC-SHA256, keyed with VSENSOR_HMAC_KEY, over a canonical text that binds the
+body (through its SHA-256 digest) to its metadata: who sent it (sensor, boot),
+which batch it is (seq), when it was sent (time), and how the body is encoded.
+A TLS-intercepting proxy can read a batch but can neither alter nor forge one,
+and a replay is refused by (sensor, boot, seq) and by the time window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import threading
+from dataclasses import dataclass
+
+SCHEME = "OSSENSOR-HMAC-SHA256-V1"
+PATH_BATCHES = "/v1/batches"
+PATH_HELLO = "/v1/hello"  # a signed request without data: "does the vSensor accept my key?"
+
+H_SENSOR = "X-Ossensor-Sensor"
+H_BOOT = "X-Ossensor-Boot"
+H_SEQ = "X-Ossensor-Seq"
+H_TIME = "X-Ossensor-Time"
+H_DIGEST = "X-Ossensor-Digest"
+H_SIGNATURE = "X-Ossensor-Signature"
+
+CONTENT_TYPE = "application/x-pcapng"
+ENCODINGS = ("identity", "zstd")
+
+MAX_SKEW_S = 300  # a batch signed more than this far from the vSensor's clock is stale
+MAX_BODY = 64 * 1024 * 1024  # the vSensor refuses larger bodies (413)
+
+_SENSOR_RE = re.compile(r"^[A-Za-z0-9._:-]{1,253}$")
+_BOOT_RE = re.compile(r"^[0-9a-f]{16}$")
+_DIGEST_RE = re.compile(r"^sha256=([0-9a-f]{64})$")
+_SIG_RE = re.compile(r"^v1=([0-9a-f]{64})$")
+
+
+class ProtocolError(Exception):
+    """A request the vSensor refuses: HTTP status and a reason the sensor logs."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def body_digest(body: bytes | memoryview) -> str:
+    return "sha256=" + hashlib.sha256(body).hexdigest()
+
+
+def canonical(method: str, path: str, sensor: str, boot: str, seq: int, timestamp: int,
+              content_type: str, content_encoding: str, digest: str) -> bytes:
+    """The exact bytes the HMAC covers: one field per line, no trailing newline."""
+    return "\n".join([
+        SCHEME, method.upper(), path, sensor, boot, str(seq), str(timestamp),
+        content_type, content_encoding, digest,
+    ]).encode("utf-8")
+
+
+def signature(key: bytes, canon: bytes) -> str:
+    return "v1=" + hmac.new(key, canon, hashlib.sha256).hexdigest()
+
+
+def sign(key: bytes, *, sensor: str, boot: str, seq: int, timestamp: int, body: bytes | memoryview,
+         method: str = "POST", path: str = PATH_BATCHES, content_encoding: str = "identity") -> dict[str, str]:
+    """Headers that authenticate `body` as batch `seq` of this sensor's boot `boot`."""
+    digest = body_digest(body)
+    canon = canonical(method, path, sensor, boot, seq, timestamp, CONTENT_TYPE, content_encoding, digest)
+    return {
+        "Content-Type": CONTENT_TYPE,
+        "Content-Encoding": content_encoding,
+        H_SENSOR: sensor,
+        H_BOOT: boot,
+        H_SEQ: str(seq),
+        H_TIME: str(timestamp),
+        H_DIGEST: digest,
+        H_SIGNATURE: signature(key, canon),
+    }
+
+
+@dataclass(frozen=True)
+class Verified:
+    sensor: str
+    boot: str
+    seq: int
+    timestamp: int
+    content_encoding: str
+
+
+def _header(headers, name: str) -> str:
+    value = headers.get(name)
+    if value is None:
+        raise ProtocolError(400, f"missing header {name}")
+    return value.strip()
+
+
+def verify(key: bytes, *, method: str, path: str, headers, body: bytes, now: float,
+           max_skew: int = MAX_SKEW_S) -> Verified:
+    """Check a request's signature, digest and freshness. Raises ProtocolError.
+
+    `headers` is any case-insensitive mapping with .get (http.server's Message is one).
+    The signature is compared in constant time, before anything about the body is trusted.
+    """
+    sensor = _header(headers, H_SENSOR)
+    boot = _header(headers, H_BOOT)
+    seq_s = _header(headers, H_SEQ)
+    time_s = _header(headers, H_TIME)
+    digest = _header(headers, H_DIGEST)
+    sig = _header(headers, H_SIGNATURE)
+    ctype = (headers.get("Content-Type") or CONTENT_TYPE).strip()
+    encoding = (headers.get("Content-Encoding") or "identity").strip()
+    if not _SENSOR_RE.match(sensor):
+        raise ProtocolError(400, f"bad {H_SENSOR}")
+    if not _BOOT_RE.match(boot):
+        raise ProtocolError(400, f"bad {H_BOOT}")
+    if not seq_s.isdigit() or not time_s.isdigit():
+        raise ProtocolError(400, f"{H_SEQ} and {H_TIME} must be decimal integers")
+    if not _DIGEST_RE.match(digest) or not _SIG_RE.match(sig):
+        raise ProtocolError(400, f"bad {H_DIGEST} or {H_SIGNATURE}")
+    if ctype != CONTENT_TYPE:
+        raise ProtocolError(415, f"Content-Type must be {CONTENT_TYPE}")
+    if encoding not in ENCODINGS:
+        raise ProtocolError(415, f"Content-Encoding {encoding!r} not supported")
+    seq, timestamp = int(seq_s), int(time_s)
+    canon = canonical(method, path, sensor, boot, seq, timestamp, ctype, encoding, digest)
+    if not hmac.compare_digest(signature(key, canon), sig):
+        raise ProtocolError(401, "signature does not verify (wrong key, or the request was altered)")
+    if not hmac.compare_digest(body_digest(body), digest):
+        raise ProtocolError(401, "body does not match its signed digest (tampered)")
+    if abs(now - timestamp) > max_skew:
+        raise ProtocolError(401, f"stale timestamp: {int(now - timestamp)} s from the vSensor's clock "
+                                 f"(allowed ±{max_skew} s; check NTP)")
+    return Verified(sensor, boot, seq, timestamp, encoding)
+
+
+class ReplayGuard:
+    """Remembers which (sensor, boot, seq) were accepted, in bounded memory.
+
+    Per (sensor, boot) it keeps a low-water mark (every seq <= it was seen) and the
+    set of seqs above it; the set is capped, and when it overflows the mark jumps
+    up, so very late out-of-order batches are refused as replays rather than
+    letting memory grow. A sensor process draws a new random boot id at start.
+    """
+
+    def __init__(self, window: int = 65536, max_streams: int = 4096):
+        self._window = window
+        self._max_streams = max_streams
+        self._streams: dict[tuple[str, str], tuple[int, set[int]]] = {}
+        self._lock = threading.Lock()
+
+    def seen(self, sensor: str, boot: str, seq: int) -> bool:
+        with self._lock:
+            low, above = self._streams.get((sensor, boot), (-1, set()))
+            return seq <= low or seq in above
+
+    def accept(self, sensor: str, boot: str, seq: int) -> bool:
+        """Record seq; False if it was already accepted (a replay or a retry)."""
+        with self._lock:
+            key = (sensor, boot)
+            low, above = self._streams.pop(key, (-1, set()))
+            if seq <= low or seq in above:
+                self._streams[key] = (low, above)
+                return False
+            above.add(seq)
+            while low + 1 in above:
+                low += 1
+                above.discard(low)
+            if len(above) > self._window:
+                cut = sorted(above)[len(above) - self._window]
+                low = cut - 1
+                above = {s for s in above if s > low}
+            self._streams[key] = (low, above)  # re-inserted last: most recently used
+            while len(self._streams) > self._max_streams:
+                self._streams.pop(next(iter(self._streams)))
+            return True
