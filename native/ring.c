@@ -1,0 +1,620 @@
+/*
+ * ossensor._native: the capture hot path.
+ *
+ * One AF_PACKET socket with a TPACKET_V3 receive ring, bound to every interface;
+ * a classic-BPF program attached in the kernel selects the interfaces and applies
+ * the user's filter. Ring.read() walks the ring's blocks with the GIL released and
+ * writes one pcapng Enhanced Packet Block per packet straight into the batch
+ * buffer (a bytes object handed to Python by Ring.take() without a copy), so
+ * Python never sees a packet, only batches.
+ *
+ * The interface table (ifindex -> pcapng interface id, link type) is set from
+ * Python; packets from interfaces not in the table (left in the ring from before
+ * a filter swap) are counted as "stale" and skipped.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <linux/filter.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
+#include <poll.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define EPB_TYPE 6u
+#define EPB_OVERHEAD 32u /* block header 8 + fixed fields 20 + trailer 4 */
+#define LINKTYPE_ETHERNET 1
+#define MIN_BLOCKS 2u
+
+typedef struct {
+    int ifindex;
+    int linktype;
+    uint64_t packets; /* written into batches, since the last take() */
+    uint64_t bytes;   /* captured bytes written, since the last take() */
+} IfEntry;
+
+typedef struct {
+    PyObject_HEAD
+    int fd;
+    uint8_t *map;
+    size_t map_len;
+    unsigned block_size;
+    unsigned block_nr;
+    unsigned block_cur;
+    unsigned snaplen;
+    int started;
+    int busy; /* a read() is in progress (GIL released) */
+
+    /* partially consumed block (the batch filled up in the middle of it) */
+    struct tpacket3_hdr *pend_pkt;
+    unsigned pend_left;
+
+    IfEntry *ifs;
+    unsigned n_ifs;
+    int last_ifindex; /* one-entry cache: packets arrive in runs from one interface */
+    unsigned last_id;
+
+    PyObject *buf; /* bytes object being filled */
+    size_t buf_cap;
+    size_t buf_len;
+    uint64_t batch_packets;
+    uint64_t first_ns, last_ns;
+    int batch_full;
+
+    /* cumulative counters */
+    uint64_t k_packets, k_drops, k_freezes; /* PACKET_STATISTICS, accumulated (reading resets them) */
+    uint64_t stale;                         /* from interfaces no longer selected */
+    uint64_t vlan_restored;
+} Ring;
+
+static PyObject *new_buffer(Ring *self)
+{
+    PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)self->buf_cap);
+    if (!b)
+        return NULL;
+    self->buf = b;
+    self->buf_len = 0;
+    self->batch_packets = 0;
+    self->first_ns = self->last_ns = 0;
+    self->batch_full = 0;
+    return b;
+}
+
+static PyObject *Ring_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    (void)args;
+    (void)kwds;
+    Ring *self = (Ring *)type->tp_alloc(type, 0);
+    if (self)
+        self->fd = -1;
+    return (PyObject *)self;
+}
+
+static void ring_unmap(Ring *self)
+{
+    if (self->map && self->map != MAP_FAILED)
+        munmap(self->map, self->map_len);
+    self->map = NULL;
+    if (self->fd >= 0)
+        close(self->fd);
+    self->fd = -1;
+}
+
+static void Ring_dealloc(Ring *self)
+{
+    ring_unmap(self);
+    PyMem_Free(self->ifs);
+    Py_XDECREF(self->buf);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int Ring_init(Ring *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"ring_bytes", "block_size", "block_timeout_ms", "snaplen", "batch_bytes", NULL};
+    unsigned long long ring_bytes = 64ull << 20;
+    unsigned block_size = 1u << 20, timeout_ms = 10, snaplen = 262144;
+    unsigned long long batch_bytes = 4ull << 20;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|KIIIK", kwlist, &ring_bytes, &block_size, &timeout_ms,
+                                     &snaplen, &batch_bytes))
+        return -1;
+    long page = sysconf(_SC_PAGESIZE);
+    if (block_size < (unsigned)page || block_size % (unsigned)page || (block_size & (block_size - 1))) {
+        PyErr_Format(PyExc_ValueError, "block_size must be a power of two and a multiple of the page size (%ld)",
+                     page);
+        return -1;
+    }
+    if (snaplen < 64 || snaplen + 256 > block_size) {
+        PyErr_SetString(PyExc_ValueError, "snaplen must be at least 64 and fit in a ring block");
+        return -1;
+    }
+    if (self->fd >= 0 || self->map) {
+        PyErr_SetString(PyExc_RuntimeError, "Ring already initialised");
+        return -1;
+    }
+    self->snaplen = snaplen;
+    self->buf_cap = batch_bytes < snaplen + 1024u ? snaplen + 1024u : (size_t)batch_bytes;
+    self->buf_cap = (self->buf_cap + 3) & ~(size_t)3;
+    self->last_ifindex = -1;
+
+    /* Protocol 0: the socket receives nothing until start() binds it, so no packet
+     * reaches the ring before the filter is attached. */
+    self->fd = socket(AF_PACKET, SOCK_RAW, 0);
+    if (self->fd < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    int ver = TPACKET_V3;
+    if (setsockopt(self->fd, SOL_PACKET, PACKET_VERSION, &ver, sizeof ver) < 0)
+        goto fail;
+
+    unsigned nr = (unsigned)(ring_bytes / block_size);
+    if (nr < MIN_BLOCKS)
+        nr = MIN_BLOCKS;
+    for (;;) {
+        struct tpacket_req3 req;
+        memset(&req, 0, sizeof req);
+        req.tp_block_size = block_size;
+        req.tp_block_nr = nr;
+        req.tp_frame_size = TPACKET_ALIGNMENT << 7; /* 2048: only used for the frame count */
+        req.tp_frame_nr = (block_size / req.tp_frame_size) * nr;
+        req.tp_retire_blk_tov = timeout_ms;
+        req.tp_feature_req_word = 0;
+        if (setsockopt(self->fd, SOL_PACKET, PACKET_RX_RING, &req, sizeof req) == 0)
+            break;
+        /* Busy nodes may not have that much contiguous memory: halve and retry;
+         * Python reports the size obtained. */
+        if (errno == ENOMEM && nr > MIN_BLOCKS) {
+            nr /= 2;
+            if (nr < MIN_BLOCKS)
+                nr = MIN_BLOCKS;
+            continue;
+        }
+        goto fail;
+    }
+    self->block_size = block_size;
+    self->block_nr = nr;
+    self->map_len = (size_t)block_size * nr;
+    self->map = mmap(NULL, self->map_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_LOCKED, self->fd, 0);
+    if (self->map == MAP_FAILED) /* MAP_LOCKED may exceed RLIMIT_MEMLOCK: fall back to unlocked */
+        self->map = mmap(NULL, self->map_len, PROT_READ | PROT_WRITE, MAP_SHARED, self->fd, 0);
+    if (self->map == MAP_FAILED) {
+        self->map = NULL;
+        goto fail;
+    }
+    if (!new_buffer(self))
+        return -1;
+    return 0;
+fail:
+    PyErr_SetFromErrno(PyExc_OSError);
+    ring_unmap(self);
+    return -1;
+}
+
+static int check_open(Ring *self)
+{
+    if (self->fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "Ring is closed");
+        return -1;
+    }
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "Ring is being read by another thread");
+        return -1;
+    }
+    return 0;
+}
+
+/* attach_filter(program): program is a sequence of (code, jt, jf, k) tuples.
+ * SO_ATTACH_FILTER replaces the previous program atomically. */
+static PyObject *Ring_attach_filter(Ring *self, PyObject *arg)
+{
+    if (self->fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "Ring is closed");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(arg, "program must be a sequence of (code, jt, jf, k)");
+    if (!seq)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n < 1 || n > BPF_MAXINSNS) {
+        Py_DECREF(seq);
+        PyErr_Format(PyExc_ValueError, "program length %zd outside 1..%d", n, BPF_MAXINSNS);
+        return NULL;
+    }
+    struct sock_filter *ins = PyMem_Calloc((size_t)n, sizeof *ins);
+    if (!ins) {
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned code, jt, jf;
+        unsigned long k;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "IIIk", &code, &jt, &jf, &k)) {
+            PyMem_Free(ins);
+            Py_DECREF(seq);
+            return NULL;
+        }
+        if (code > 0xffff || jt > 0xff || jf > 0xff || k > 0xffffffffUL) {
+            PyMem_Free(ins);
+            Py_DECREF(seq);
+            PyErr_Format(PyExc_ValueError, "instruction %zd out of range", i);
+            return NULL;
+        }
+        ins[i].code = (uint16_t)code;
+        ins[i].jt = (uint8_t)jt;
+        ins[i].jf = (uint8_t)jf;
+        ins[i].k = (uint32_t)k;
+    }
+    Py_DECREF(seq);
+    struct sock_fprog prog = {.len = (unsigned short)n, .filter = ins};
+    int rc = setsockopt(self->fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog);
+    PyMem_Free(ins);
+    if (rc < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
+/* start(): bind to all interfaces; reception begins here. */
+static PyObject *Ring_start(Ring *self, PyObject *Py_UNUSED(ignored))
+{
+    if (check_open(self) < 0)
+        return NULL;
+    if (self->started)
+        Py_RETURN_NONE;
+    struct sockaddr_ll sll;
+    memset(&sll, 0, sizeof sll);
+    sll.sll_family = AF_PACKET;
+    sll.sll_protocol = htons(ETH_P_ALL);
+    sll.sll_ifindex = 0;
+    if (bind(self->fd, (struct sockaddr *)&sll, sizeof sll) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    self->started = 1;
+    Py_RETURN_NONE;
+}
+
+/* set_interfaces([(ifindex, linktype), ...]): position in the list = pcapng interface id.
+ * While a batch is being filled the existing positions must not change (ids are stable
+ * within a section); new interfaces may be appended. */
+static PyObject *Ring_set_interfaces(Ring *self, PyObject *arg)
+{
+    if (check_open(self) < 0)
+        return NULL;
+    PyObject *seq = PySequence_Fast(arg, "interfaces must be a sequence of (ifindex, linktype)");
+    if (!seq)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    IfEntry *tab = PyMem_Calloc(n ? (size_t)n : 1, sizeof *tab);
+    if (!tab) {
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "ii", &tab[i].ifindex, &tab[i].linktype)) {
+            PyMem_Free(tab);
+            Py_DECREF(seq);
+            return NULL;
+        }
+    }
+    Py_DECREF(seq);
+    if (self->buf_len) {
+        int ok = (size_t)n >= self->n_ifs;
+        for (unsigned i = 0; ok && i < self->n_ifs; i++)
+            ok = tab[i].ifindex == self->ifs[i].ifindex && tab[i].linktype == self->ifs[i].linktype;
+        if (!ok) {
+            PyMem_Free(tab);
+            PyErr_SetString(PyExc_ValueError,
+                            "interface ids must stay stable within a batch: only append, or take() first");
+            return NULL;
+        }
+        for (unsigned i = 0; i < self->n_ifs; i++) {
+            tab[i].packets = self->ifs[i].packets;
+            tab[i].bytes = self->ifs[i].bytes;
+        }
+    }
+    PyMem_Free(self->ifs);
+    self->ifs = tab;
+    self->n_ifs = (unsigned)n;
+    self->last_ifindex = -1;
+    Py_RETURN_NONE;
+}
+
+static inline int lookup_if(Ring *self, int ifindex, unsigned *id)
+{
+    if (ifindex == self->last_ifindex) {
+        *id = self->last_id;
+        return 1;
+    }
+    for (unsigned i = 0; i < self->n_ifs; i++) {
+        if (self->ifs[i].ifindex == ifindex) {
+            self->last_ifindex = ifindex;
+            self->last_id = i;
+            *id = i;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+struct epb_head {
+    uint32_t type, total, if_id, ts_hi, ts_lo, caplen, wirelen;
+};
+
+/* Copy one packet into the batch as an EPB. Returns 0 when it does not fit. */
+static inline int write_epb(Ring *self, uint8_t *out, struct tpacket3_hdr *h)
+{
+    struct sockaddr_ll *sll = (struct sockaddr_ll *)((uint8_t *)h + TPACKET_ALIGN(sizeof(struct tpacket3_hdr)));
+    unsigned id;
+    if (!lookup_if(self, sll->sll_ifindex, &id)) {
+        self->stale++;
+        return 1;
+    }
+    const uint8_t *data = (const uint8_t *)h + h->tp_mac;
+    uint32_t caplen = h->tp_snaplen, wirelen = h->tp_len;
+    int vlan = (h->tp_status & TP_STATUS_VLAN_VALID) && self->ifs[id].linktype == LINKTYPE_ETHERNET &&
+               caplen >= 12;
+    uint32_t outlen = caplen + (vlan ? 4u : 0u);
+    uint32_t total = EPB_OVERHEAD + ((outlen + 3u) & ~3u);
+    if (self->buf_len + total > self->buf_cap)
+        return 0;
+    uint8_t *p = out + self->buf_len;
+    uint64_t ns = (uint64_t)h->tp_sec * 1000000000ull + h->tp_nsec;
+    struct epb_head eh = {EPB_TYPE, total, id, (uint32_t)(ns >> 32), (uint32_t)ns, outlen,
+                          wirelen + (vlan ? 4u : 0u)};
+    memcpy(p, &eh, sizeof eh);
+    p += sizeof eh;
+    if (vlan) {
+        /* The NIC or kernel stripped the 802.1Q tag into the ring header: put it back
+         * after the MAC addresses so the frame is as it was on the wire. */
+        uint16_t tpid = (h->tp_status & TP_STATUS_VLAN_TPID_VALID) ? h->hv1.tp_vlan_tpid : ETH_P_8021Q;
+        uint16_t tag[2] = {htons(tpid), htons((uint16_t)h->hv1.tp_vlan_tci)};
+        memcpy(p, data, 12);
+        memcpy(p + 12, tag, 4);
+        memcpy(p + 16, data + 12, caplen - 12);
+        self->vlan_restored++;
+    } else {
+        memcpy(p, data, caplen);
+    }
+    p += outlen;
+    memset(p, 0, ((outlen + 3u) & ~3u) - outlen);
+    p += ((outlen + 3u) & ~3u) - outlen;
+    memcpy(p, &total, 4);
+
+    self->buf_len += total;
+    if (!self->batch_packets)
+        self->first_ns = ns;
+    self->last_ns = ns;
+    self->batch_packets++;
+    self->ifs[id].packets++;
+    self->ifs[id].bytes += outlen;
+    return 1;
+}
+
+static inline struct tpacket_block_desc *block_at(Ring *self, unsigned i)
+{
+    return (struct tpacket_block_desc *)(self->map + (size_t)i * self->block_size);
+}
+
+/* Drain ready blocks into the batch buffer. Called without the GIL. Returns packets written. */
+static uint64_t drain(Ring *self, uint8_t *out)
+{
+    uint64_t before = self->batch_packets;
+    for (;;) {
+        struct tpacket_block_desc *bd = block_at(self, self->block_cur);
+        if (!(__atomic_load_n(&bd->hdr.bh1.block_status, __ATOMIC_ACQUIRE) & TP_STATUS_USER))
+            break;
+        struct tpacket3_hdr *h;
+        unsigned left;
+        if (self->pend_pkt) {
+            h = self->pend_pkt;
+            left = self->pend_left;
+        } else {
+            h = (struct tpacket3_hdr *)((uint8_t *)bd + bd->hdr.bh1.offset_to_first_pkt);
+            left = bd->hdr.bh1.num_pkts;
+        }
+        while (left) {
+            if (!write_epb(self, out, h)) {
+                self->pend_pkt = h;
+                self->pend_left = left;
+                self->batch_full = 1;
+                return self->batch_packets - before;
+            }
+            left--;
+            h = (struct tpacket3_hdr *)((uint8_t *)h + h->tp_next_offset);
+        }
+        self->pend_pkt = NULL;
+        self->pend_left = 0;
+        __atomic_store_n(&bd->hdr.bh1.block_status, TP_STATUS_KERNEL, __ATOMIC_RELEASE);
+        self->block_cur = (self->block_cur + 1) % self->block_nr;
+    }
+    return self->batch_packets - before;
+}
+
+/* read(timeout_ms) -> packets appended. Waits up to timeout_ms only when no block is ready. */
+static PyObject *Ring_read(Ring *self, PyObject *args)
+{
+    int timeout_ms = 100;
+    if (!PyArg_ParseTuple(args, "|i", &timeout_ms))
+        return NULL;
+    if (check_open(self) < 0)
+        return NULL;
+    if (self->batch_full)
+        return PyLong_FromLong(0);
+    uint8_t *out = (uint8_t *)PyBytes_AS_STRING(self->buf);
+    uint64_t n;
+    int err = 0;
+    self->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    n = drain(self, out);
+    if (!n && !self->batch_full && timeout_ms != 0) {
+        struct pollfd pfd = {.fd = self->fd, .events = POLLIN | POLLERR, .revents = 0};
+        if (poll(&pfd, 1, timeout_ms) < 0 && errno != EINTR)
+            err = errno;
+        else
+            n = drain(self, out);
+    }
+    Py_END_ALLOW_THREADS
+    self->busy = 0;
+    if (err) {
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromUnsignedLongLong(n);
+}
+
+/* take() -> (epbs: bytes, packets, first_ns, last_ns, [(packets, bytes) per interface id])
+ * Hands the filled buffer to Python (shrunk in place, not copied) and starts a new one. */
+static PyObject *Ring_take(Ring *self, PyObject *Py_UNUSED(ignored))
+{
+    if (check_open(self) < 0)
+        return NULL;
+    PyObject *per_if = PyList_New(self->n_ifs);
+    if (!per_if)
+        return NULL;
+    for (unsigned i = 0; i < self->n_ifs; i++) {
+        PyObject *t = Py_BuildValue("(KK)", (unsigned long long)self->ifs[i].packets,
+                                    (unsigned long long)self->ifs[i].bytes);
+        if (!t) {
+            Py_DECREF(per_if);
+            return NULL;
+        }
+        PyList_SET_ITEM(per_if, i, t);
+    }
+    PyObject *data = self->buf;
+    self->buf = NULL;
+    if (_PyBytes_Resize(&data, (Py_ssize_t)self->buf_len) < 0) {
+        Py_DECREF(per_if);
+        new_buffer(self);
+        return NULL;
+    }
+    unsigned long long pk = self->batch_packets, f = self->first_ns, l = self->last_ns;
+    if (!new_buffer(self)) {
+        Py_DECREF(per_if);
+        Py_DECREF(data);
+        return NULL;
+    }
+    for (unsigned i = 0; i < self->n_ifs; i++)
+        self->ifs[i].packets = self->ifs[i].bytes = 0;
+    return Py_BuildValue("(NKKKN)", data, pk, f, l, per_if);
+}
+
+/* kernel_stats() -> (packets, drops, freezes), cumulative since the socket opened.
+ * The kernel resets its counters on every read, so we accumulate. packets includes drops. */
+static PyObject *Ring_kernel_stats(Ring *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "Ring is closed");
+        return NULL;
+    }
+    struct tpacket_stats_v3 st;
+    socklen_t len = sizeof st;
+    memset(&st, 0, sizeof st);
+    if (getsockopt(self->fd, SOL_PACKET, PACKET_STATISTICS, &st, &len) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    self->k_packets += st.tp_packets;
+    self->k_drops += st.tp_drops;
+    self->k_freezes += st.tp_freeze_q_cnt;
+    return Py_BuildValue("(KKK)", (unsigned long long)self->k_packets, (unsigned long long)self->k_drops,
+                         (unsigned long long)self->k_freezes);
+}
+
+static PyObject *Ring_fileno(Ring *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromLong(self->fd);
+}
+
+static PyObject *Ring_close(Ring *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "Ring is being read by another thread");
+        return NULL;
+    }
+    ring_unmap(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Ring_get_ring_bytes(Ring *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromSize_t(self->map_len);
+}
+static PyObject *Ring_get_batch_bytes(Ring *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromSize_t(self->buf_len);
+}
+static PyObject *Ring_get_batch_packets(Ring *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromUnsignedLongLong(self->batch_packets);
+}
+static PyObject *Ring_get_batch_full(Ring *self, void *Py_UNUSED(c))
+{
+    return PyBool_FromLong(self->batch_full);
+}
+static PyObject *Ring_get_stale(Ring *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromUnsignedLongLong(self->stale);
+}
+static PyObject *Ring_get_vlan_restored(Ring *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromUnsignedLongLong(self->vlan_restored);
+}
+
+static PyGetSetDef Ring_getset[] = {
+    {"ring_bytes", (getter)Ring_get_ring_bytes, NULL, "size of the kernel ring obtained", NULL},
+    {"batch_bytes", (getter)Ring_get_batch_bytes, NULL, "bytes in the batch being filled", NULL},
+    {"batch_packets", (getter)Ring_get_batch_packets, NULL, "packets in the batch being filled", NULL},
+    {"batch_full", (getter)Ring_get_batch_full, NULL, "the next packet does not fit: take() now", NULL},
+    {"stale", (getter)Ring_get_stale, NULL, "packets skipped from interfaces no longer selected", NULL},
+    {"vlan_restored", (getter)Ring_get_vlan_restored, NULL, "802.1Q tags put back into frames", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef Ring_methods[] = {
+    {"attach_filter", (PyCFunction)Ring_attach_filter, METH_O, "attach a classic BPF program [(code, jt, jf, k)]"},
+    {"start", (PyCFunction)Ring_start, METH_NOARGS, "bind to all interfaces: capture starts"},
+    {"set_interfaces", (PyCFunction)Ring_set_interfaces, METH_O, "set [(ifindex, linktype)]; position = id"},
+    {"read", (PyCFunction)Ring_read, METH_VARARGS, "read(timeout_ms) -> packets appended to the batch"},
+    {"take", (PyCFunction)Ring_take, METH_NOARGS, "take() -> (epbs, packets, first_ns, last_ns, per_if)"},
+    {"kernel_stats", (PyCFunction)Ring_kernel_stats, METH_NOARGS, "(packets, drops, freezes) cumulative"},
+    {"fileno", (PyCFunction)Ring_fileno, METH_NOARGS, "socket file descriptor"},
+    {"close", (PyCFunction)Ring_close, METH_NOARGS, "unmap the ring and close the socket"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject RingType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ossensor._native.Ring",
+    .tp_doc = "TPACKET_V3 capture ring that writes pcapng EPBs into batch buffers",
+    .tp_basicsize = sizeof(Ring),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = Ring_new,
+    .tp_init = (initproc)Ring_init,
+    .tp_dealloc = (destructor)Ring_dealloc,
+    .tp_methods = Ring_methods,
+    .tp_getset = Ring_getset,
+};
+
+static struct PyModuleDef native_module = {
+    PyModuleDef_HEAD_INIT, "ossensor._native", "ossensor capture hot path", -1, NULL, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__native(void)
+{
+    if (PyType_Ready(&RingType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&native_module);
+    if (!m)
+        return NULL;
+    Py_INCREF(&RingType);
+    if (PyModule_AddObject(m, "Ring", (PyObject *)&RingType) < 0) {
+        Py_DECREF(&RingType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

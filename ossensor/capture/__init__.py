@@ -1,0 +1,1 @@
+"""Capture: the kernel ring (native/ring.c) and the BPF program that feeds it."""

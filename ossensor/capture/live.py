@@ -1,0 +1,149 @@
+"""Live capture: one ring for all selected interfaces, cut into batches.
+
+The reader thread is the only one that touches the Ring: it reads (GIL released
+in C), cuts a batch when it is full or old enough, wraps it as a pcapng section
+and hands it on. Interface changes are applied between reads: appended within a
+batch (ids stay stable), compacted only at a batch boundary.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+from ossensor import log as L
+from ossensor.accounting import Accounting
+from ossensor.batch import Batch, packet_hex, section
+from ossensor.capture import bpf
+from ossensor.interfaces import Interface
+
+BLOCK_SIZE = 1 << 20  # ring block: a power of two, a multiple of any page size (4 KiB .. 64 KiB)
+
+
+class LiveCapture:
+    def __init__(self, *, ring_bytes: int, block_timeout_ms: int, snaplen: int, batch_bytes: int,
+                 batch_age_s: float, filter_expr: str, log: L.Log, accounting: Accounting):
+        from ossensor._native import Ring
+
+        self.snaplen = snaplen
+        self.batch_age_s = batch_age_s
+        self.filter_expr = filter_expr
+        self.log = log
+        self.acct = accounting
+        self.ring = Ring(ring_bytes=ring_bytes, block_size=BLOCK_SIZE, block_timeout_ms=block_timeout_ms,
+                         snaplen=snaplen, batch_bytes=batch_bytes)
+        self.ring.attach_filter([(bpf.BPF_RET_K, 0, 0, 0)])  # nothing until interfaces are set
+        self._table: list[Interface] = []      # id order of the batch being filled
+        self._delivered: list[int] = []         # cumulative per table entry
+        self._delivered_by_name: dict[str, int] = {}
+        self._pending: list[Interface] | None = None
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._batch_started = 0.0
+
+    @property
+    def ring_bytes(self) -> int:
+        return self.ring.ring_bytes
+
+    def program_for(self, interfaces: list[Interface]) -> list[bpf.Insn]:
+        groups: dict[int, list[int]] = {}
+        for iface in interfaces:
+            groups.setdefault(iface.linktype, []).append(iface.index)
+        return bpf.build_program([(ixs, bpf.compile_expr(self.filter_expr, lt, self.snaplen))
+                                  for lt, ixs in groups.items()])
+
+    def set_interfaces(self, interfaces: list[Interface]) -> None:
+        """Called from any thread: the new program is attached now; the table follows in the reader."""
+        prog = self.program_for(interfaces)
+        with self._lock:
+            self._pending = list(interfaces)
+            if not self._table:
+                self._apply_pending()
+            self.ring.attach_filter(prog)
+
+    def _apply_pending(self) -> None:
+        """Reader thread (or before start). New interfaces are appended; removed ones leave
+        the table only at a batch boundary, so ids stay stable within a section."""
+        if self._pending is None:
+            return
+        wanted = {i.index: i for i in self._pending}
+        if self.ring.batch_packets:
+            known = {i.index for i in self._table}
+            table = self._table + [i for i in self._pending if i.index not in known]
+        else:
+            table = list(self._pending)
+            self._pending = None
+        for i, iface in enumerate(table):
+            if iface.index in wanted:
+                table[i] = wanted[iface.index]  # a rename keeps the id, takes the new name
+        self.ring.set_interfaces([(i.index, i.linktype) for i in table])
+        self._table = table
+        self._delivered = [self._delivered_by_name.get(i.name, 0) for i in table]
+
+    def start(self) -> None:
+        self.ring.start()
+
+    def _cut(self, ts_ns: int) -> Batch | None:
+        epbs, packets, first_ns, last_ns, per_if = self.ring.take()
+        if not packets:
+            return None
+        names = [i.name for i in self._table]
+        per_name: dict[str, tuple[int, int]] = {}
+        for i, (p, b) in enumerate(per_if):
+            self._delivered[i] += p
+            self._delivered_by_name[names[i]] = self._delivered[i]
+            if p:
+                per_name[names[i]] = (p, b)
+        k_seen, k_drops, _ = self.ring.kernel_stats()
+        with self.acct.lock:
+            self.acct.kernel_seen, self.acct.kernel_drops, self.acct.stale = k_seen, k_drops, self.ring.stale
+        body = section([(i.name, i.linktype) for i in self._table], self.snaplen, epbs, ts_ns=ts_ns,
+                       delivered=self._delivered, kernel_seen=k_seen, kernel_drops=k_drops)
+        self._seq += 1
+        captured = sum(b for _, b in per_if)
+        self.acct.add_batch(packets, captured, per_name)
+        if self.log.enabled(L.BATCHES):
+            span = (last_ns - first_ns) / 1e6
+            self.log(L.BATCHES, f"batch seq={self._seq} packets={packets} bytes={captured} "
+                                f"body={len(body)} first={first_ns / 1e9:.6f} last={last_ns / 1e9:.6f} "
+                                f"span_ms={span:.1f}")
+        if self.log.enabled(L.PACKETS):
+            for line in packet_hex(epbs, names):
+                self.log(L.PACKETS, line)
+        return Batch(self._seq, body, packets, captured, first_ns, last_ns, time.monotonic())
+
+    def run(self, stop: threading.Event, emit: Callable[[Batch], None]) -> None:
+        """The reader loop; returns after a final drain once `stop` is set."""
+        ring = self.ring
+        while not stop.is_set():
+            ring.read(50)
+            now = time.monotonic()
+            if ring.batch_packets and not self._batch_started:
+                self._batch_started = now
+            if ring.batch_packets and (ring.batch_full or now - self._batch_started >= self.batch_age_s):
+                self._flush(emit)
+            with self._lock:
+                if self._pending is not None:
+                    self._apply_pending()
+        # final drain: what the kernel already holds goes into the last batches
+        while True:
+            n = ring.read(0)
+            if ring.batch_full:
+                self._flush(emit)
+            elif not n:
+                break
+        self._flush(emit)
+
+    def _flush(self, emit: Callable[[Batch], None]) -> None:
+        self._batch_started = 0.0
+        batch = self._cut(time.time_ns())
+        if batch:
+            emit(batch)
+
+    def kernel_stats(self) -> tuple[int, int]:
+        k_seen, k_drops, _ = self.ring.kernel_stats()
+        return k_seen, k_drops
+
+    def close(self) -> None:
+        self.ring.close()

@@ -1,0 +1,272 @@
+"""`ossensor run`: config -> interfaces -> capture -> batch -> ship, until SIGTERM.
+
+Threads: the reader (capture/live.py) cuts batches into a bounded queue; the
+shipper sends them; the main thread logs statistics and waits for a signal.
+On SIGTERM/SIGINT capture stops, the last batch is cut, and the queue is sent
+within the shutdown timeout; what cannot be sent is counted and reported.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import signal
+import socket
+import sys
+import threading
+import time
+import urllib.parse
+
+from requests.utils import should_bypass_proxies
+
+from ossensor import __version__, config, interfaces
+from ossensor import log as L
+from ossensor.accounting import Accounting
+from ossensor.batch import Batch, BatchQueue
+from ossensor.capture import bpf
+from ossensor.ship import Shipper, url_host
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+class Fatal(Exception):
+    """A start-up failure: one line, then exit with `status`."""
+
+    def __init__(self, msg: str, status: int = EXIT_FAIL):
+        super().__init__(msg)
+        self.status = status
+
+
+def resolve(host: str, port: int) -> list[str]:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise Fatal(f"VSENSOR_HOSTNAME: cannot resolve {host!r}: {err.strerror}") from None
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+def proxy_endpoint(host: str, port: int) -> tuple[str, int] | None:
+    """The HTTPS proxy requests will use for the vSensor, if any (HTTPS_PROXY, NO_PROXY)."""
+    url = f"https://{url_host(host)}:{port}/"
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    if not proxy or should_bypass_proxies(url, no_proxy=None):
+        return None
+    parsed = urllib.parse.urlsplit(proxy)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise Fatal(f"HTTPS_PROXY: {proxy!r} is not a proxy URL such as http://proxy.example:3128", EXIT_USAGE)
+    return parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
+
+
+def own_traffic_filter(settings) -> str:
+    endpoints = [(a, settings.vsensor_port) for a in resolve(settings.vsensor_hostname, settings.vsensor_port)]
+    proxy = proxy_endpoint(settings.vsensor_hostname, settings.vsensor_port)
+    if proxy:
+        endpoints += [(a, proxy[1]) for a in resolve(proxy[0], proxy[1])]
+    return bpf.own_traffic(endpoints)
+
+
+def choose_interfaces(settings, log: L.Log) -> list[interfaces.Interface]:
+    attempts = max(1, settings.interface_wait_attempts)
+    for attempt in range(1, attempts + 1):
+        sel = interfaces.select(interfaces.enumerate_interfaces(), device=settings.network_device,
+                                include=settings.include_list, exclude=settings.exclude_list)
+        if sel.selected:
+            for v in sel.verdicts:
+                log(L.BASIC, f"interface {v.interface.name} index={v.interface.index} "
+                             f"{'selected' if v.selected else 'not selected'}: {v.reason}")
+            return sel.selected
+        left = attempts - attempt
+        what = (f"interface {settings.network_device!r} (OSSENSOR_NETWORK_DEVICE)" if settings.network_device
+                else "interface matching the selection")
+        if left:
+            log.warning(f"no {what} yet; waiting {settings.interface_wait_secs:g} s, {left} attempts left")
+            time.sleep(settings.interface_wait_secs)
+    if settings.network_device:
+        raise Fatal(f"OSSENSOR_NETWORK_DEVICE: no such interface {settings.network_device!r}", EXIT_USAGE)
+    raise Fatal("no interface to capture: every interface is loopback or excluded "
+                "(check NETWORK_DEVICE_INCLUDELIST / NETWORK_DEVICE_EXCLUDELIST; `ossensor interfaces` shows why)")
+
+
+class Sensor:
+    def __init__(self, settings, log: L.Log):
+        self.s = settings
+        self.log = log
+        self.acct = Accounting()
+        self.stop = threading.Event()
+        self.queue = BatchQueue(settings.queue_mb << 20)
+        self.boot = secrets.token_hex(8)
+        self.capture = None
+        self.shipper = None
+        self._last_refusal = ("", 0.0)
+
+    # -- stages --------------------------------------------------------------------------
+    def enqueue(self, batch: Batch) -> None:
+        if not self.queue.put(batch):
+            self.acct.drop("queue", batch.packets)
+            self.log.warning(f"queue full ({self.s.queue_mb} MiB): batch seq={batch.seq} of "
+                             f"{batch.packets} packets dropped")
+
+    def ship_loop(self, deadline: list[float]) -> None:
+        while True:
+            batch = self.queue.get(0.2)
+            if batch is None:
+                if self.stop.is_set() and not len(self.queue):
+                    return
+                continue
+            self.ship_one(batch, deadline)
+
+    def ship_one(self, batch: Batch, deadline: list[float]) -> None:
+        attempt = 0
+        while True:
+            out = self.shipper.send(batch.seq, batch.body)
+            with self.acct.lock:
+                self.acct.sent_batches += 1
+                self.acct.sent_packets += batch.packets
+                self.acct.sent_bytes += len(batch.body)
+            self.log(L.SENDS, f"send seq={batch.seq} packets={batch.packets} bytes={len(batch.body)} "
+                              f"-> {out.status or '-'} {out.kind}: {out.reason} rtt_ms={out.rtt * 1000:.1f}")
+            if out.kind == "acked":
+                with self.acct.lock:
+                    self.acct.acked += batch.packets
+                    self.acct.acked_batches += 1
+                if self._last_refusal[0]:
+                    self.log(L.BASIC, "vSensor accepts batches again")
+                    self._last_refusal = ("", 0.0)
+                return
+            if out.kind == "refused":
+                self.acct.drop("refused", batch.packets)
+                self._report_refusal(out)
+                return
+            attempt += 1
+            if attempt == 1 or attempt % 10 == 0:
+                self.log.error(f"cannot send to vSensor {self.shipper.base}: {out.reason}; "
+                               f"retrying (attempt {attempt})")
+            pause = min(30.0, 0.25 * 2 ** min(attempt, 8)) * random.uniform(0.5, 1.0)
+            if deadline[0] and time.monotonic() + pause > deadline[0]:
+                self.acct.drop("shutdown", batch.packets)
+                return
+            self.stop.wait(pause) if not self.stop.is_set() else time.sleep(pause)
+
+    def _report_refusal(self, out) -> None:
+        hint = ""
+        if out.status in (401, 403):
+            hint = " (is VSENSOR_HMAC_KEY the vSensor's key? is the clock right?)"
+        line = f"vSensor refused the batch: HTTP {out.status}: {out.reason}{hint}"
+        reason, when = self._last_refusal
+        if reason != line or time.monotonic() - when > 60:
+            self.log.error(line)
+            self._last_refusal = (line, time.monotonic())
+
+    def stats_line(self) -> str:
+        if self.capture:
+            with self.acct.lock:
+                self.acct.kernel_seen, self.acct.kernel_drops = self.capture.kernel_stats()
+        snap = self.acct.snapshot()
+        d = snap["dropped"]
+        per_if = " ".join(f"{n}={p}/{b}B" for n, (p, b) in sorted(snap["per_if"].items()))
+        return (f"stats captured={snap['captured']} bytes={snap['captured_bytes']} "
+                f"kernel_drops={snap['kernel_drops']} queue_drops={d['queue']} refused={d['refused']} "
+                f"shutdown_drops={d['shutdown']} acked={snap['acked']} batches={snap['batches']} "
+                f"in_queue={len(self.queue)} in_flight={self.acct.in_flight()} stale={snap['stale']} "
+                f"per_interface[{per_if}]")
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def run(self) -> int:
+        s, log = self.s, self.log
+        log(L.BASIC, f"ossensor {__version__} starting: sensor={s.sensor_name} boot={self.boot} pid={os.getpid()}")
+        for name, value in s.summary():
+            log(L.BASIC, f"config {name}={value}")
+        for w in s.warnings:
+            log.warning(w)
+        chosen = choose_interfaces(s, log)
+        exclusion = own_traffic_filter(s)
+        expr = bpf.combine(exclusion, s.bpf)
+        log(L.BASIC, f"kernel filter: {expr or '(all packets)'}")
+        config.write_config_file(s, [i.name for i in chosen])
+        log(L.BASIC, f"wrote generated configuration to {s.config_path}")
+        try:
+            from ossensor.capture.live import LiveCapture
+
+            self.capture = LiveCapture(ring_bytes=s.ring_mb << 20, block_timeout_ms=s.block_timeout_ms,
+                                       snaplen=s.snaplen, batch_bytes=s.batch_max_bytes,
+                                       batch_age_s=s.batch_max_age_ms / 1000, filter_expr=expr,
+                                       log=log, accounting=self.acct)
+        except PermissionError:
+            raise Fatal("cannot open a capture socket: permission denied (needs CAP_NET_RAW)") from None
+        except OSError as err:
+            raise Fatal(f"cannot open the capture ring ({s.ring_mb} MiB): {err.strerror or err}") from None
+        if self.capture.ring_bytes < s.ring_mb << 20:
+            log.warning(f"capture ring reduced to {self.capture.ring_bytes >> 20} MiB "
+                        f"(asked {s.ring_mb} MiB: not enough memory)")
+        self.capture.set_interfaces(chosen)
+        log(L.BASIC, f"capturing on {', '.join(i.name for i in chosen)}: ring {self.capture.ring_bytes >> 20} MiB, "
+                     f"batches up to {s.batch_max_bytes >> 10} KiB or {s.batch_max_age_ms} ms")
+        self.shipper = Shipper(host=s.vsensor_hostname, port=s.vsensor_port, key=s.key_bytes,
+                               sensor=s.sensor_name, boot=self.boot,
+                               ca_file=str(s.tls_ca_file) if s.tls_ca_file else None,
+                               client_cert=(str(s.tls_cert_file), str(s.tls_key_file))
+                               if s.tls_cert_file else None)
+        log(L.BASIC, f"shipping to {self.shipper.base} (TLS verified against "
+                     f"{s.tls_ca_file or 'the system trust store'}"
+                     f"{', via proxy ' + os.environ.get('HTTPS_PROXY', os.environ.get('https_proxy', '')) if proxy_endpoint(s.vsensor_hostname, s.vsensor_port) else ''})")
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop.set())
+        reader_stop = threading.Event()
+        deadline = [0.0]
+        reader = threading.Thread(target=self.capture.run, args=(reader_stop, self.enqueue), name="reader")
+        shipper = threading.Thread(target=self.ship_loop, args=(deadline,), name="shipper")
+        self.capture.start()
+        reader.start()
+        shipper.start()
+
+        next_stats = time.monotonic() + s.stats_interval
+        while not self.stop.wait(min(1.0, max(0.05, next_stats - time.monotonic()))):
+            if not reader.is_alive():
+                log.error("capture loop ended unexpectedly; stopping")
+                break
+            if time.monotonic() >= next_stats:
+                log(L.STATS, self.stats_line())
+                next_stats += s.stats_interval
+        self.stop.set()
+        log(L.BASIC, "stopping: flushing the last batch")
+        timeout = getattr(s, "shutdown_timeout", 5.0)
+        deadline[0] = time.monotonic() + timeout
+        reader_stop.set()
+        reader.join()
+        self.queue.close()
+        shipper.join(max(0.0, deadline[0] - time.monotonic()) + 0.5)
+        for batch in self.queue.drain():
+            self.acct.drop("shutdown", batch.packets)
+        log(L.BASIC, "final " + self.stats_line())
+        lost = self.acct.snapshot()["dropped"]
+        if any(lost.values()):
+            log.warning(f"packets not delivered: {lost}")
+        self.capture.close()
+        self.shipper.close()
+        log(L.BASIC, "stopped")
+        return EXIT_OK
+
+
+def run(settings) -> int:
+    try:
+        log = L.Log(settings.debug, settings.logfile)
+    except OSError as err:
+        print(f"ossensor: OSSENSOR_LOGFILE_PATH: cannot open {settings.logfile}: {err.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return Sensor(settings, log).run()
+    except config.ConfigError as err:
+        for p in err.problems:
+            log.error(p)
+            if settings.logfile:
+                print(f"ossensor: {p}", file=sys.stderr)
+        return EXIT_USAGE
+    except Fatal as err:
+        log.error(str(err))
+        if settings.logfile:  # the log is in a file: say it where the user looks too
+            print(f"ossensor: {err}", file=sys.stderr)
+        return err.status
+    finally:
+        log.close()
