@@ -16,7 +16,6 @@ EXIT_USAGE = 2
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from ossensor import config
-    from ossensor.sensor import run
 
     try:
         settings = config.load()
@@ -24,6 +23,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         for problem in err.problems:
             print(f"ossensor: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    from ossensor.sensor import run
+
     return run(settings)
 
 

@@ -1,0 +1,651 @@
+"""Configuration from environment variables (read once at start).
+
+``load()`` reads the variables of docs/SPEC (``VSENSOR_HOSTNAME``, ``VSENSOR_HMAC_KEY`` ...), checks every
+one of them and raises a single :class:`ConfigError` listing *all* the problems, one line each, in the
+form ``VARIABLE_NAME: reason``. The CLI prints those lines and exits with status 2.
+
+Validation runs through a pydantic-settings ``BaseSettings`` model (:class:`Settings`) whose fields are
+aliased to the environment variable names; ``load()`` feeds it from a mapping (``os.environ`` by default,
+a plain dict in tests) and turns pydantic's errors into the one-line messages.
+
+Rules worth knowing:
+
+* An empty (or all-blank) variable counts as not set: its default applies.
+* ``VSENSOR_HMAC_KEY`` is used verbatim; ``VSENSOR_HMAC_KEY_FILE`` is read as bytes and trailing
+  whitespace/newlines are stripped (``echo key > file`` and ``kubectl create secret --from-file`` leave
+  a newline). Setting both is an error. The key never appears in a problem, ``repr``, ``str``, the
+  summary or the generated file.
+* ``VSENSOR_HOSTNAME`` is a DNS name, an IPv4 address, or an IPv6 address (bare ``fd00::5`` or in brackets
+  ``[fd00::5]``, the brackets are removed). A port inside it (``host:443``, ``1.2.3.4:80``,
+  ``[::1]:443``) is an error: the port goes in ``VSENSOR_PORT``.
+* Booleans accept ``true/false``, ``1/0``, ``yes/no``, ``on/off`` (any case).
+* ``NETWORK_DEVICE_BLACKLIST``/``NETWORK_DEVICE_WHITELIST`` are still accepted for the exclude/include
+  lists, with a warning (``Settings.warnings``); setting the old and the new name of one list is an error.
+* ``BPF`` is compiled with libpcap (through pcapy) for an Ethernet link at ``OSSENSOR_SNAPLEN``, so a
+  filter that libpcap refuses is reported at start with libpcap's reason.
+"""
+
+from __future__ import annotations
+
+import configparser
+import io
+import ipaddress
+import math
+import os
+import re
+import socket
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Optional
+
+from pydantic import Field, SecretBytes, ValidationError, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from ossensor.egrep import ERE, compile_list
+
+__all__ = ["ConfigError", "Settings", "load", "read_hmac_key", "write_config_file",
+           "DEFAULT_CONFIG_PATH", "REDACTED"]
+
+DEFAULT_CONFIG_PATH = Path("/etc/darktrace/ossensor.cfg")
+REDACTED = "<redacted>"
+KEY_FILE_MAX_BYTES = 64 * 1024
+
+# Order in which problems are reported (the order of the documentation table).
+VARIABLES = [
+    "VSENSOR_HOSTNAME", "VSENSOR_HMAC_KEY", "VSENSOR_HMAC_KEY_FILE", "VSENSOR_PORT",
+    "OSSENSOR_NETWORK_DEVICE", "OSSENSOR_CONFIG_PATH", "OSSENSOR_DEBUG",
+    "ANTIGENA_ENABLED", "ANTIGENA_TIME_PERIOD",
+    "NETWORK_DEVICE_EXCLUDELIST", "NETWORK_DEVICE_BLACKLIST",
+    "NETWORK_DEVICE_INCLUDELIST", "NETWORK_DEVICE_WHITELIST",
+    "NETWORK_DEVICE_ANY", "BPF", "OSSENSOR_LOGFILE_PATH",
+    "INTERFACE_WAIT_SECS", "INTERFACE_WAIT_ATTEMPTS",
+    "OSSENSOR_TLS_CA_FILE", "OSSENSOR_TLS_CERT_FILE", "OSSENSOR_TLS_KEY_FILE",
+    "OSSENSOR_SNAPLEN", "OSSENSOR_RING_MB", "OSSENSOR_BLOCK_TIMEOUT_MS",
+    "OSSENSOR_BATCH_MAX_KB", "OSSENSOR_BATCH_MAX_AGE_MS", "OSSENSOR_QUEUE_MB",
+    "OSSENSOR_STATS_INTERVAL", "OSSENSOR_SENSOR_NAME",
+]
+
+# (new name, old name) of the interface lists
+_LIST_NAMES = [("NETWORK_DEVICE_EXCLUDELIST", "NETWORK_DEVICE_BLACKLIST"),
+               ("NETWORK_DEVICE_INCLUDELIST", "NETWORK_DEVICE_WHITELIST")]
+
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+_FALSE = {"0", "false", "no", "off", "n", "f"}
+
+_SENSOR_NAME_RE = re.compile(r"[A-Za-z0-9._:-]{1,253}")
+_DNS_LABEL_RE = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+_IFNAME_MAX = 15  # IFNAMSIZ - 1
+
+
+class ConfigError(Exception):
+    """One or more configuration problems; ``problems`` holds one line each, ``"VARIABLE: reason"``."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+    def __str__(self) -> str:
+        return "\n".join(self.problems)
+
+
+# --------------------------------------------------------------------------- value parsers
+# Each raises ValueError(reason); the variable name is added by load().
+
+def _show(value: Any, limit: int = 80) -> str:
+    """Quote a user value for a one-line message (never used for the key)."""
+    text = str(value)
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return repr(text)
+
+
+def _parse_int(value: Any, lo: int, hi: int | None) -> int:
+    what = f"an integer {lo}-{hi}" if hi is not None else f"an integer >= {lo}"
+    if isinstance(value, bool):
+        raise ValueError(f"must be {what}, got {_show(value)}")
+    if isinstance(value, int):
+        number = value
+    else:
+        text = str(value).strip()
+        if not re.fullmatch(r"[+-]?[0-9]+", text):
+            raise ValueError(f"must be {what}, got {_show(value)}")
+        number = int(text, 10)
+    if number < lo or (hi is not None and number > hi):
+        raise ValueError(f"must be {what}, got {_show(value)}")
+    return number
+
+
+def _parse_float(value: Any, *, minimum: float = 0.0, strict_min: bool = True,
+                 maximum: float | None = None) -> float:
+    op = ">" if strict_min else ">="
+    what = f"a number of seconds {op} {minimum:g}"
+    if maximum is not None:
+        what += f" and <= {maximum:g}"
+    if isinstance(value, bool):
+        raise ValueError(f"must be {what}, got {_show(value)}")
+    try:
+        number = float(str(value).strip()) if not isinstance(value, (int, float)) else float(value)
+    except ValueError:
+        raise ValueError(f"must be {what}, got {_show(value)}") from None
+    if (not math.isfinite(number) or number < minimum or (strict_min and number == minimum)
+            or (maximum is not None and number > maximum)):
+        raise ValueError(f"must be {what}, got {_show(value)}")
+    return number
+
+
+def _parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"must be a boolean (true/false, 1/0, yes/no), got {_show(value)}")
+
+
+def _parse_hostname(value: Any) -> str:
+    text = str(value).strip()
+    if not text:
+        raise ValueError("required, not set")
+    if "://" in text or "/" in text:
+        raise ValueError(f"must be a host name or IP address, not a URL or path, got {_show(text)}")
+    if any(ch.isspace() for ch in text):
+        raise ValueError(f"must be a host name or IP address, got {_show(text)}")
+    if text.startswith("["):
+        m = re.fullmatch(r"\[([^\]]*)\](?::(.*))?", text)
+        if not m:
+            raise ValueError(f"unbalanced brackets in {_show(text)}")
+        inner, port = m.group(1), m.group(2)
+        if port is not None:
+            raise ValueError(f"must not contain a port ({_show(text)}): set VSENSOR_HOSTNAME={inner} "
+                             f"and VSENSOR_PORT={port}")
+        try:
+            ipaddress.IPv6Address(inner)
+        except ValueError:
+            raise ValueError(f"{_show(text)}: brackets are only for an IPv6 address") from None
+        return inner
+    if ":" in text:
+        if text.count(":") == 1:
+            host, port = text.split(":")
+            raise ValueError(f"must not contain a port ({_show(text)}): set VSENSOR_HOSTNAME={host} "
+                             f"and VSENSOR_PORT={port}")
+        try:
+            ipaddress.IPv6Address(text)
+        except ValueError:
+            raise ValueError(f"{_show(text)} is neither a host name nor an IPv6 address "
+                             f"(a port goes in VSENSOR_PORT; an IPv6 address with a port is "
+                             f"written [addr]:port, which is not allowed here either)") from None
+        return text
+    # IPv4 address or DNS name
+    if re.fullmatch(r"[0-9.]+", text):
+        try:
+            ipaddress.IPv4Address(text)
+        except ValueError:
+            raise ValueError(f"{_show(text)} is not a valid IPv4 address") from None
+        return text
+    name = text[:-1] if text.endswith(".") else text
+    if len(name) > 253 or not all(_DNS_LABEL_RE.fullmatch(label) for label in name.split(".")):
+        raise ValueError(f"{_show(text)} is not a valid host name")
+    return text
+
+
+def _parse_ifname(value: Any) -> str:
+    text = str(value).strip()
+    if (len(text) > _IFNAME_MAX or "/" in text or ":" in text or text in (".", "..")
+            or any(ch.isspace() or not ch.isprintable() for ch in text)):
+        raise ValueError(f"must be a network interface name (at most {_IFNAME_MAX} characters, "
+                         f"no '/', ':' or spaces), got {_show(text)}")
+    return text
+
+
+def _parse_regex_list(value: Any) -> list[ERE]:
+    if isinstance(value, list):
+        return [v if isinstance(v, ERE) else ERE(str(v)) for v in value]
+    return compile_list(str(value))
+
+
+def _check_bpf(expr: str, snaplen: int) -> None:
+    try:
+        import pcapy
+    except ImportError:  # pragma: no cover - pcapy-ng is a dependency
+        return
+    try:
+        pcapy.compile(pcapy.DLT_EN10MB, snaplen, expr, 1, 0xFFFFFFFF)
+    except Exception as err:  # pcapy.PcapError / pcapy.BPFError
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise ValueError(f"does not compile: {reason} (filter: {_show(expr, 120)})") from None
+
+
+def _readable_file(value: Any) -> Path:
+    path = Path(str(value).strip())
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as err:
+        raise ValueError(f"cannot read {path}: {err.strerror or err}") from None
+    if not path.is_file():
+        raise ValueError(f"{path} is not a regular file")
+    return path
+
+
+# --------------------------------------------------------------------------- the model
+
+class Settings(BaseSettings):
+    """Validated configuration. Field aliases are the environment variable names."""
+
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", arbitrary_types_allowed=True,
+                                      populate_by_name=True, validate_default=False)
+
+    vsensor_hostname: str = Field(validation_alias="VSENSOR_HOSTNAME")
+    vsensor_port: int = Field(443, validation_alias="VSENSOR_PORT")
+    hmac_key: SecretBytes = Field(validation_alias="VSENSOR_HMAC_KEY", repr=False)
+    network_device: Optional[str] = Field(None, validation_alias="OSSENSOR_NETWORK_DEVICE")
+    config_path: Path = Field(DEFAULT_CONFIG_PATH, validation_alias="OSSENSOR_CONFIG_PATH")
+    debug: int = Field(1, validation_alias="OSSENSOR_DEBUG")
+    antigena_enabled: bool = Field(True, validation_alias="ANTIGENA_ENABLED")
+    antigena_time_period: float = Field(5.0, validation_alias="ANTIGENA_TIME_PERIOD")
+    exclude_list: list[ERE] = Field(default_factory=list, validation_alias="NETWORK_DEVICE_EXCLUDELIST")
+    include_list: list[ERE] = Field(default_factory=list, validation_alias="NETWORK_DEVICE_INCLUDELIST")
+    device_any: bool = Field(False, validation_alias="NETWORK_DEVICE_ANY")
+    snaplen: int = Field(262144, validation_alias="OSSENSOR_SNAPLEN")  # before bpf: bpf uses it
+    bpf: str = Field("", validation_alias="BPF")
+    logfile: Optional[Path] = Field(None, validation_alias="OSSENSOR_LOGFILE_PATH")
+    interface_wait_secs: float = Field(5.0, validation_alias="INTERFACE_WAIT_SECS")
+    interface_wait_attempts: int = Field(3, validation_alias="INTERFACE_WAIT_ATTEMPTS")
+    tls_ca_file: Optional[Path] = Field(None, validation_alias="OSSENSOR_TLS_CA_FILE")
+    tls_cert_file: Optional[Path] = Field(None, validation_alias="OSSENSOR_TLS_CERT_FILE")
+    tls_key_file: Optional[Path] = Field(None, validation_alias="OSSENSOR_TLS_KEY_FILE")
+    ring_mb: int = Field(64, validation_alias="OSSENSOR_RING_MB")
+    block_timeout_ms: int = Field(10, validation_alias="OSSENSOR_BLOCK_TIMEOUT_MS")
+    batch_max_bytes: int = Field(4096 * 1024, validation_alias="OSSENSOR_BATCH_MAX_KB")
+    batch_max_age_ms: int = Field(1000, validation_alias="OSSENSOR_BATCH_MAX_AGE_MS")
+    queue_mb: int = Field(64, validation_alias="OSSENSOR_QUEUE_MB")
+    stats_interval: float = Field(10.0, validation_alias="OSSENSOR_STATS_INTERVAL")
+    sensor_name: str = Field(default_factory=socket.gethostname, validation_alias="OSSENSOR_SENSOR_NAME")
+    warnings: list[str] = Field(default_factory=list, validation_alias="_WARNINGS")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings: PydanticBaseSettingsSource,
+                                   env_settings, dotenv_settings, file_secret_settings):
+        # Only what load() passes in: the environment is read (and cross-checked) there, never behind
+        # its back, so a test's dict is the whole truth.
+        return (init_settings,)
+
+    # -- per-variable validators (raw strings in, typed values out; ValueError(reason) on a problem)
+
+    @field_validator("vsensor_hostname", mode="before")
+    @classmethod
+    def _v_hostname(cls, v):
+        return _parse_hostname(v)
+
+    @field_validator("vsensor_port", mode="before")
+    @classmethod
+    def _v_port(cls, v):
+        return _parse_int(v, 1, 65535)
+
+    @field_validator("hmac_key", mode="before")
+    @classmethod
+    def _v_key(cls, v):
+        if isinstance(v, SecretBytes):
+            return v
+        if isinstance(v, str):
+            v = v.encode("utf-8", "surrogateescape")
+        if not isinstance(v, (bytes, bytearray)) or not bytes(v).strip():
+            raise ValueError("required, not set")  # never echo the value
+        return SecretBytes(bytes(v))
+
+    @field_validator("network_device", mode="before")
+    @classmethod
+    def _v_device(cls, v):
+        return None if v is None else _parse_ifname(v)
+
+    @field_validator("config_path", mode="before")
+    @classmethod
+    def _v_config_path(cls, v):
+        return Path(str(v).strip())
+
+    @field_validator("debug", mode="before")
+    @classmethod
+    def _v_debug(cls, v):
+        return _parse_int(v, 0, 5)
+
+    @field_validator("antigena_enabled", "device_any", mode="before")
+    @classmethod
+    def _v_bool(cls, v):
+        return _parse_bool(v)
+
+    @field_validator("antigena_time_period", "stats_interval", mode="before")
+    @classmethod
+    def _v_period(cls, v):
+        return _parse_float(v, minimum=0.0, strict_min=True, maximum=86400.0)
+
+    @field_validator("interface_wait_secs", mode="before")
+    @classmethod
+    def _v_wait_secs(cls, v):
+        return _parse_float(v, minimum=0.0, strict_min=False, maximum=86400.0)
+
+    @field_validator("interface_wait_attempts", mode="before")
+    @classmethod
+    def _v_wait_attempts(cls, v):
+        return _parse_int(v, 1, 1_000_000)
+
+    @field_validator("exclude_list", "include_list", mode="before")
+    @classmethod
+    def _v_lists(cls, v):
+        return _parse_regex_list(v)
+
+    @field_validator("snaplen", mode="before")
+    @classmethod
+    def _v_snaplen(cls, v):
+        return _parse_int(v, 64, 262144)
+
+    @field_validator("bpf", mode="before")
+    @classmethod
+    def _v_bpf(cls, v, info: ValidationInfo):
+        expr = str(v)
+        if not expr.strip():
+            return ""
+        snaplen = info.data.get("snaplen", 262144)
+        _check_bpf(expr, snaplen)
+        return expr
+
+    @field_validator("logfile", mode="before")
+    @classmethod
+    def _v_logfile(cls, v):
+        return None if v is None else Path(str(v).strip())
+
+    @field_validator("tls_ca_file", "tls_cert_file", "tls_key_file", mode="before")
+    @classmethod
+    def _v_tls_files(cls, v):
+        return None if v is None else _readable_file(v)
+
+    @field_validator("ring_mb", mode="before")
+    @classmethod
+    def _v_ring(cls, v):
+        return _parse_int(v, 1, 4096)
+
+    @field_validator("block_timeout_ms", mode="before")
+    @classmethod
+    def _v_block_timeout(cls, v):
+        return _parse_int(v, 1, 1000)
+
+    @field_validator("batch_max_bytes", mode="before")
+    @classmethod
+    def _v_batch_kb(cls, v):
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 64 * 1024:
+            return v  # already bytes (populate by name)
+        return _parse_int(v, 64, 65536) * 1024
+
+    @field_validator("batch_max_age_ms", mode="before")
+    @classmethod
+    def _v_batch_age(cls, v):
+        return _parse_int(v, 10, 60000)
+
+    @field_validator("queue_mb", mode="before")
+    @classmethod
+    def _v_queue(cls, v):
+        return _parse_int(v, 1, 65536)
+
+    @field_validator("sensor_name", mode="before")
+    @classmethod
+    def _v_sensor_name(cls, v):
+        text = str(v).strip()
+        if not _SENSOR_NAME_RE.fullmatch(text):
+            raise ValueError("must be 1-253 characters from letters, digits and . _ : -, "
+                             f"got {_show(text)}")
+        return text
+
+    # -- helpers
+
+    @property
+    def key_bytes(self) -> bytes:
+        """The HMAC key. Never log it."""
+        return self.hmac_key.get_secret_value()
+
+    @property
+    def vsensor_address(self) -> str:
+        """``host:port``, IPv6 in brackets (``[fd00::5]:443``)."""
+        host = self.vsensor_hostname
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{host}:{self.vsensor_port}"
+
+    def summary(self) -> list[tuple[str, str]]:
+        """(variable, value) rows for the start-up log; the key is shown as ``<redacted>``."""
+        def lst(items: list[ERE]) -> str:
+            return " ".join(e.pattern for e in items) if items else "(none)"
+
+        def opt(value: Any, unset: str = "(not set)") -> str:
+            return unset if value is None else str(value)
+
+        rows = [
+            ("VSENSOR_HOSTNAME", self.vsensor_hostname),
+            ("VSENSOR_PORT", str(self.vsensor_port)),
+            ("VSENSOR_HMAC_KEY", REDACTED),
+            ("OSSENSOR_NETWORK_DEVICE", opt(self.network_device, "(not set)")),
+            ("OSSENSOR_CONFIG_PATH", str(self.config_path)),
+            ("OSSENSOR_DEBUG", str(self.debug)),
+            ("ANTIGENA_ENABLED", "true" if self.antigena_enabled else "false"),
+            ("ANTIGENA_TIME_PERIOD", f"{self.antigena_time_period:g}"),
+            ("NETWORK_DEVICE_EXCLUDELIST", lst(self.exclude_list)),
+            ("NETWORK_DEVICE_INCLUDELIST", lst(self.include_list)),
+            ("NETWORK_DEVICE_ANY", "1" if self.device_any else "0"),
+            ("BPF", self.bpf or "(none)"),
+            ("OSSENSOR_LOGFILE_PATH", opt(self.logfile, "(standard output)")),
+            ("INTERFACE_WAIT_SECS", f"{self.interface_wait_secs:g}"),
+            ("INTERFACE_WAIT_ATTEMPTS", str(self.interface_wait_attempts)),
+            ("OSSENSOR_TLS_CA_FILE", opt(self.tls_ca_file, "(system default)")),
+            ("OSSENSOR_TLS_CERT_FILE", opt(self.tls_cert_file)),
+            ("OSSENSOR_TLS_KEY_FILE", opt(self.tls_key_file)),
+            ("OSSENSOR_SNAPLEN", str(self.snaplen)),
+            ("OSSENSOR_RING_MB", str(self.ring_mb)),
+            ("OSSENSOR_BLOCK_TIMEOUT_MS", str(self.block_timeout_ms)),
+            ("OSSENSOR_BATCH_MAX_KB", str(self.batch_max_bytes // 1024)),
+            ("OSSENSOR_BATCH_MAX_AGE_MS", str(self.batch_max_age_ms)),
+            ("OSSENSOR_QUEUE_MB", str(self.queue_mb)),
+            ("OSSENSOR_STATS_INTERVAL", f"{self.stats_interval:g}"),
+            ("OSSENSOR_SENSOR_NAME", self.sensor_name),
+        ]
+        return [(name, _redact(value, self.key_bytes)) for name, value in rows]
+
+    def __str__(self) -> str:
+        return "Settings(" + ", ".join(f"{n}={v}" for n, v in self.summary()) + ")"
+
+
+def _redact(text: str, key: bytes | None) -> str:
+    """Belt and braces: a user value that happens to contain the key is shown redacted."""
+    if not key or len(key) < 4:
+        return text
+    try:
+        key_text = key.decode("utf-8", "surrogateescape")
+    except Exception:  # pragma: no cover
+        return text
+    return text.replace(key_text, REDACTED) if key_text.strip() else text
+
+
+# --------------------------------------------------------------------------- loading
+
+def _get(environ: Mapping[str, str], name: str) -> str | None:
+    """A variable's value; empty or all-blank counts as not set."""
+    value = environ.get(name)
+    if value is None or not str(value).strip():
+        return None
+    return value
+
+
+def read_hmac_key(environ: Mapping[str, str]) -> tuple[bytes | None, list[str]]:
+    """The HMAC key from ``VSENSOR_HMAC_KEY`` or the file named by ``VSENSOR_HMAC_KEY_FILE``.
+
+    Returns ``(key, problems)``; ``(None, [])`` when neither is set (callers decide whether the key is
+    required). The file's trailing whitespace/newlines are stripped; the variable is used verbatim.
+    Problems never contain the key.
+    """
+    direct = _get(environ, "VSENSOR_HMAC_KEY")
+    path = _get(environ, "VSENSOR_HMAC_KEY_FILE")
+    if direct is not None and path is not None:
+        return None, ["VSENSOR_HMAC_KEY: both VSENSOR_HMAC_KEY and VSENSOR_HMAC_KEY_FILE are set; "
+                      "set only one of them"]
+    if direct is not None:
+        return direct.encode("utf-8", "surrogateescape"), []
+    if path is None:
+        return None, []
+    path = path.strip()
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(KEY_FILE_MAX_BYTES + 1)
+    except OSError as err:
+        return None, [f"VSENSOR_HMAC_KEY_FILE: cannot read {path}: {err.strerror or err}"]
+    if len(raw) > KEY_FILE_MAX_BYTES:
+        return None, [f"VSENSOR_HMAC_KEY_FILE: {path} is larger than {KEY_FILE_MAX_BYTES} bytes; "
+                      "is it the right file?"]
+    key = raw.rstrip(b" \t\r\n")
+    if not key:
+        return None, [f"VSENSOR_HMAC_KEY_FILE: {path} is empty"]
+    return key, []
+
+
+def _problem_from_error(err: dict, names: dict[str, str]) -> tuple[str, str]:
+    loc = err.get("loc") or ("",)
+    alias = str(loc[0])
+    var = names.get(alias, alias)
+    if err.get("type") == "missing":
+        return var, f"{var}: required, not set"
+    ctx = err.get("ctx") or {}
+    reason = str(ctx.get("error")) if "error" in ctx else err.get("msg", "invalid value")
+    reason = " ".join(reason.split())  # exactly one line
+    return var, f"{var}: {reason}"
+
+
+def load(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and check the configuration; raises :class:`ConfigError` listing every problem."""
+    if environ is None:
+        environ = os.environ
+    problems: list[tuple[str, str]] = []  # (variable, line)
+    warnings: list[str] = []
+    data: dict[str, Any] = {}
+    names: dict[str, str] = {}  # field alias -> variable the user actually set
+
+    # the key (two possible sources)
+    key, key_problems = read_hmac_key(environ)
+    for line in key_problems:
+        problems.append((line.split(":", 1)[0], line))
+    if key is not None:
+        data["VSENSOR_HMAC_KEY"] = key
+    elif not key_problems:
+        problems.append(("VSENSOR_HMAC_KEY", "VSENSOR_HMAC_KEY: required, not set "
+                                             "(set it, or VSENSOR_HMAC_KEY_FILE to a file holding it)"))
+
+    # the interface lists, under their new or old names
+    for new, old in _LIST_NAMES:
+        new_value, old_value = _get(environ, new), _get(environ, old)
+        if new_value is not None and old_value is not None:
+            problems.append((new, f"{new}: both {new} and its old name {old} are set; set only {new}"))
+        elif old_value is not None:
+            warnings.append(f"{old} is deprecated; use {new} instead")
+            data[new] = old_value
+            names[new] = old
+        elif new_value is not None:
+            data[new] = new_value
+
+    # TLS client certificate and key come together
+    cert, tls_key = _get(environ, "OSSENSOR_TLS_CERT_FILE"), _get(environ, "OSSENSOR_TLS_KEY_FILE")
+    if (cert is None) != (tls_key is None):
+        have, missing = (("OSSENSOR_TLS_CERT_FILE", "OSSENSOR_TLS_KEY_FILE") if cert is not None
+                         else ("OSSENSOR_TLS_KEY_FILE", "OSSENSOR_TLS_CERT_FILE"))
+        problems.append((missing, f"{missing}: must be set together with {have} "
+                                  "(client certificate and its private key)"))
+
+    skip = {"VSENSOR_HMAC_KEY", "VSENSOR_HMAC_KEY_FILE"} | {n for pair in _LIST_NAMES for n in pair}
+    for name in VARIABLES:
+        if name in skip:
+            continue
+        value = _get(environ, name)
+        if value is not None:
+            data[name] = value
+    data["_WARNINGS"] = warnings
+
+    settings: Settings | None = None
+    if "VSENSOR_HMAC_KEY" not in data:
+        data["VSENSOR_HMAC_KEY"] = b"\0unset"  # placeholder so the other fields are still checked
+    try:
+        settings = Settings(**data)
+    except ValidationError as err:
+        for e in err.errors(include_url=False, include_input=False):
+            problems.append(_problem_from_error(e, names))
+
+    if problems:
+        order = {name: i for i, name in enumerate(VARIABLES)}
+        seen: set[str] = set()
+        lines = []
+        for _, line in sorted(problems, key=lambda p: order.get(p[0], len(order))):
+            line = _redact(line, key)
+            if line not in seen:
+                seen.add(line)
+                lines.append(line)
+        raise ConfigError(lines)
+    assert settings is not None
+    return settings
+
+
+# --------------------------------------------------------------------------- config file
+
+def render_config(settings: Settings, devices: list[str]) -> str:
+    """The ``[osSensor]`` INI text (the key redacted)."""
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str  # keep key case
+    parser["osSensor"] = {
+        "Debug": str(settings.debug),
+        "vSensor": settings.vsensor_address,
+        "hmacKey": REDACTED,
+        "device": ",".join(devices),
+        "blacklist_device": " ".join(e.pattern for e in settings.exclude_list),
+        "whitelist_device": " ".join(e.pattern for e in settings.include_list),
+        "bpf": " ".join(settings.bpf.split()),
+        "useAntigena": "1" if settings.antigena_enabled else "0",
+        "sendAntigenaActionDelta": f"{settings.antigena_time_period:g}",
+        "logfile": str(settings.logfile) if settings.logfile else "",
+    }
+    out = io.StringIO()
+    out.write("# Generated by ossensor from its environment variables; edits are overwritten at start.\n")
+    parser.write(out)
+    return _redact(out.getvalue(), settings.key_bytes)
+
+
+def write_config_file(settings: Settings, devices: list[str]) -> Path:
+    """Write the generated configuration to ``settings.config_path`` atomically, mode 0600.
+
+    Raises ``ConfigError(["OSSENSOR_CONFIG_PATH: cannot write <path>: <reason>"])``.
+    """
+    path = Path(settings.config_path)
+    text = render_config(settings, devices)
+    tmp: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # mkstemp creates the file 0600 (O_EXCL), so it is never readable by others, even briefly
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            os.fchmod(fh.fileno(), 0o600)
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        tmp = None
+        try:
+            dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError:
+            pass
+    except OSError as err:
+        raise ConfigError([f"OSSENSOR_CONFIG_PATH: cannot write {path}: {err.strerror or err}"]) from None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+    return path

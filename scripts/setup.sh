@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install what ossensor needs on a fresh Debian/Ubuntu machine (as root), then the
+# package itself (editable, so the C extension is built next to the sources).
+# Idempotent: what is already present is not installed again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v ip >/dev/null || need_apt+=(iproute2)
+command -v tcpdump >/dev/null || need_apt+=(tcpdump)
+command -v trafgen >/dev/null || need_apt+=(netsniff-ng)
+command -v tshark >/dev/null || need_apt+=(tshark)
+command -v gcc >/dev/null || need_apt+=(gcc)
+[ -e /usr/include/pcap/pcap.h ] || need_apt+=(libpcap-dev)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if ! $PY -c 'import ossensor._native, pcapy, pyroute2, scapy, hypothesis, pytest' 2>/dev/null \
+   || [ native/ring.c -nt "$(ls ossensor/_native*.so 2>/dev/null | head -n1 || echo /nonexistent)" ]; then
+  echo "setup: installing the ossensor package and its test dependencies"
+  $PY -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test]'
+fi
