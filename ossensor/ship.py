@@ -45,7 +45,9 @@ class Shipper:
         self.sensor = sensor
         self.boot = boot
         self.session = requests.Session()  # honours HTTPS_PROXY / NO_PROXY from the environment
-        self.session.verify = ca_file if ca_file else True
+        # Passed with every request: a session-level `verify` loses to REQUESTS_CA_BUNDLE /
+        # CURL_CA_BUNDLE in the environment (requests issue #3829), and OSSENSOR_TLS_CA_FILE must win.
+        self.verify = ca_file if ca_file else True
         if client_cert:
             self.session.cert = client_cert
         self.session.headers["User-Agent"] = f"ossensor/{__version__}"
@@ -56,7 +58,8 @@ class Shipper:
                                 timestamp=int(time.time()), body=body, path=path)
         t0 = time.monotonic()
         try:
-            resp = self.session.post(self.base + path, data=body, headers=headers, timeout=self.timeout)
+            resp = self.session.post(self.base + path, data=body, headers=headers,
+                                     timeout=self.timeout, verify=self.verify)
         except requests.exceptions.SSLError as err:
             return Outcome("retry", None, f"TLS failure: {_root_cause(err)}", time.monotonic() - t0)
         except requests.exceptions.ProxyError as err:
@@ -105,7 +108,10 @@ def _root_cause(err: BaseException) -> str:
         if nxt is None or nxt is seen:
             break
         seen = nxt
+    verify = getattr(seen, "verify_message", None)  # ssl.SSLCertVerificationError
+    if verify:
+        return f"certificate verify failed: {verify}"
     text = str(seen)
-    if hasattr(seen, "reason") and seen.reason:
-        text = str(seen.reason)
+    if getattr(seen, "strerror", None):
+        text = seen.strerror
     return text.strip()[:300] or type(seen).__name__
