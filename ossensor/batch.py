@@ -107,6 +107,10 @@ class BatchQueue:
             return items
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def nbytes(self) -> int:
         return self._bytes
 

@@ -120,7 +120,7 @@ def verify(key: bytes, *, method: str, path: str, headers, body: bytes, now: flo
         raise ProtocolError(400, f"bad {H_SENSOR}")
     if not _BOOT_RE.match(boot):
         raise ProtocolError(400, f"bad {H_BOOT}")
-    if not seq_s.isdigit() or not time_s.isdigit():
+    if not (seq_s.isascii() and seq_s.isdigit() and time_s.isascii() and time_s.isdigit()):
         raise ProtocolError(400, f"{H_SEQ} and {H_TIME} must be decimal integers")
     if not _DIGEST_RE.match(digest) or not _SIG_RE.match(sig):
         raise ProtocolError(400, f"bad {H_DIGEST} or {H_SIGNATURE}")

@@ -111,8 +111,8 @@ class Sensor:
         while True:
             batch = self.queue.get(0.2)
             if batch is None:
-                if self.stop.is_set() and not len(self.queue):
-                    return
+                if self.queue.closed and not len(self.queue):
+                    return  # closed only after the reader's final batch is in
                 continue
             self.ship_one(batch, deadline)
 

@@ -1,0 +1,320 @@
+"""Where the reference vSensor keeps accepted batches: pcapng files that tcpdump and tshark read.
+
+Layout of ``--out DIR``:
+
+* ``DIR/<sensor>-<boot>.pcapng`` - the packets of one sensor process (boot), batch after batch.
+  Further files of the same boot are ``DIR/<sensor>-<boot>-<n>.pcapng`` (n = 1, 2, ...), see below.
+* ``DIR/batches.jsonl`` - one JSON line per accepted batch (sensor, boot, seq, packets, bytes, time,
+  files written, the ISB counters per interface).
+
+Appending keeps per-packet work out of Python: a batch is walked block by block (headers only).
+The first batch of a file is written whole (its Section Header Block with the section length set to
+"unknown"). A later batch whose Interface Description Blocks are the same as those already in the file,
+or extend them in order, is appended without its SHB and the IDBs already present: only the new IDBs,
+then its EPBs and ISBs byte for byte. libpcap (tcpdump) reads ISBs in mid-file fine, but refuses a file
+whose interfaces have different link types, so interfaces are grouped by (link type, if_tsresol): each
+group has its own file, and a batch mixing groups is split between them (interface ids are renumbered
+then, which costs a copy of each moved block). A batch whose IDBs conflict with its group's file (an
+interface changed) starts a new file for that group. After a vSensor restart a stream never appends to
+an older file (its state is unknown); it starts a new numbered file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ossensor import pcapng
+from ossensor.pcapng import BT_EPB, BT_IDB, BT_ISB, BT_SHB, PcapngError
+
+BATCH_LOG = "batches.jsonl"
+SUFFIX = ".pcapng"
+_NAME_MAX = 255
+
+_ISB_COUNTERS = {
+    pcapng.ISB_IFRECV: "ifrecv", pcapng.ISB_IFDROP: "ifdrop", pcapng.ISB_FILTERACCEPT: "filteraccept",
+    pcapng.ISB_OSDROP: "osdrop", pcapng.ISB_USRDELIV: "usrdeliv",
+}
+
+
+@dataclass
+class ParsedBatch:
+    """A validated pcapng section, described block by block (no packet decoded)."""
+    data: memoryview
+    shb: memoryview
+    idbs: list[memoryview]                      # raw IDB blocks in interface-id order
+    groups: list[tuple[int, bytes]]             # per interface: (link type, if_tsresol)
+    names: list[str]                            # per interface: if_name
+    blocks: list[tuple[int, int, int, int]]     # (btype, offset, length, if_id) for EPB/ISB, in order
+    packets: int
+    stats: list[dict] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+def parse_batch(data: bytes | memoryview) -> ParsedBatch:
+    """Check that `data` is exactly one well-formed little-endian pcapng section. Raises PcapngError.
+
+    Accepted blocks: one SHB first, then IDBs, EPBs and ISBs; every EPB/ISB must name an interface
+    declared before it, and an EPB's captured length must fit its block.
+    """
+    view = memoryview(data)
+    if len(view) == 0:
+        raise PcapngError(0, "empty body")
+    shb = None
+    idbs: list[memoryview] = []
+    groups: list[tuple[int, bytes]] = []
+    names: list[str] = []
+    blocks: list[tuple[int, int, int, int]] = []
+    stats: list[dict] = []
+    packets = 0
+    unpack = struct.unpack_from
+    for blk in pcapng.iter_blocks(view):
+        btype, off, raw = blk.btype, blk.offset, blk.raw
+        length = len(raw)
+        if btype == BT_EPB:
+            if length < 32:
+                raise PcapngError(off, "Enhanced Packet Block too short")
+            if_id, _hi, _lo, caplen = unpack("<IIII", raw, 8)
+            if if_id >= len(idbs):
+                raise PcapngError(off, f"packet refers to undeclared interface {if_id}")
+            if 28 + caplen + 4 > length:
+                raise PcapngError(off, "captured length exceeds block")
+            blocks.append((btype, off, length, if_id))
+            packets += 1
+        elif btype == BT_SHB:
+            if shb is not None:
+                raise PcapngError(off, "a batch must be one section (second Section Header Block)")
+            if length < 28:
+                raise PcapngError(off, "Section Header Block too short")
+            major, _minor = unpack("<HH", raw, 12)
+            if major != 1:
+                raise PcapngError(off, f"unsupported pcapng major version {major}")
+            shb = raw
+        elif shb is None:
+            raise PcapngError(off, "body does not start with a Section Header Block")
+        elif btype == BT_IDB:
+            if length < 20:
+                raise PcapngError(off, "Interface Description Block too short")
+            linktype = unpack("<H", raw, 8)[0]
+            tsresol, name = b"\x06", ""
+            for code, value in pcapng.parse_options(raw[16:-4]):
+                if code == pcapng.IF_TSRESOL:
+                    tsresol = value[:1]
+                elif code == pcapng.IF_NAME:
+                    name = value.decode("utf-8", "replace")
+            idbs.append(raw)
+            groups.append((linktype, tsresol))
+            names.append(name)
+        elif btype == BT_ISB:
+            if length < 24:
+                raise PcapngError(off, "Interface Statistics Block too short")
+            if_id = unpack("<I", raw, 8)[0]
+            if if_id >= len(idbs):
+                raise PcapngError(off, f"statistics refer to undeclared interface {if_id}")
+            blocks.append((btype, off, length, if_id))
+            entry: dict = {"if_id": if_id, "if_name": names[if_id]}
+            for code, value in pcapng.parse_options(raw[20:-4]):
+                if code in _ISB_COUNTERS and len(value) == 8:
+                    entry[_ISB_COUNTERS[code]] = struct.unpack("<Q", value)[0]
+            stats.append(entry)
+        else:
+            raise PcapngError(off, f"unsupported block type 0x{btype:08x} (a batch holds IDB, EPB and ISB)")
+    if shb is None:
+        raise PcapngError(0, "no Section Header Block")
+    return ParsedBatch(view, shb, idbs, groups, names, blocks, packets, stats)
+
+
+def _file_shb(shb: memoryview) -> bytes:
+    """The batch's SHB with its section length set to -1 (unknown): the file's section keeps growing."""
+    out = bytearray(shb)
+    struct.pack_into("<q", out, 16, -1)
+    return bytes(out)
+
+
+@dataclass
+class _File:
+    path: Path
+    fh: object
+    idbs: list[bytes]
+
+
+def _is_prefix(short: list[bytes], long: list) -> bool:
+    return len(short) <= len(long) and all(bytes(long[i]) == short[i] for i in range(len(short)))
+
+
+class Store:
+    """Appends accepted batches; thread-safe (one lock: writes are sequential page-cache copies)."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._streams: dict[tuple[str, str], dict[tuple[int, bytes], _File]] = {}
+        self._next_n: dict[tuple[str, str], int] = {}
+        self._closed = False
+        self._log = open(self.out_dir / BATCH_LOG, "a", encoding="utf-8")
+
+    # -- naming ----------------------------------------------------------------------------
+    def _stem(self, sensor: str, boot: str) -> str:
+        stem = f"{sensor}-{boot}"
+        if len(stem.encode()) + len(SUFFIX) + 8 > _NAME_MAX:  # room for "-<n>"
+            digest = hashlib.sha256(sensor.encode()).hexdigest()[:12]
+            stem = f"{sensor[:_NAME_MAX - len(SUFFIX) - 8 - 30]}~{digest}-{boot}"
+        return stem
+
+    def _new_path(self, sensor: str, boot: str) -> Path:
+        stem = self._stem(sensor, boot)
+        n = self._next_n.get((sensor, boot), 0)
+        while True:
+            path = self.out_dir / (f"{stem}{SUFFIX}" if n == 0 else f"{stem}-{n}{SUFFIX}")
+            n += 1
+            if not path.exists():
+                self._next_n[(sensor, boot)] = n
+                return path
+
+    # -- writing ---------------------------------------------------------------------------
+    def append(self, sensor: str, boot: str, seq: int, batch: ParsedBatch, *, sent: int,
+               wire_bytes: int, encoding: str) -> list[str]:
+        """Store one accepted batch; returns the names of the files written. Raises OSError."""
+        with self._lock:
+            if self._closed:
+                raise OSError("store is closed")
+            files = self._streams.setdefault((sensor, boot), {})
+            # Which group file each interface goes to, and its interface id there.
+            group_keys: list[tuple[int, bytes]] = []
+            for g in batch.groups:
+                if g not in group_keys:
+                    group_keys.append(g)
+            plan: dict[tuple[int, bytes], list] = {}
+            for key in group_keys:
+                members = [i for i, g in enumerate(batch.groups) if g == key]
+                raw = [batch.idbs[i] for i in members]
+                current = files.get(key)
+                parts: list = []
+                if current is not None and (_is_prefix(current.idbs, raw) or
+                                            _is_prefix([bytes(r) for r in raw], current.idbs)):
+                    parts.extend(raw[len(current.idbs):])
+                    plan[key] = [current, parts, False, raw]
+                else:
+                    parts.append(_file_shb(batch.shb))
+                    parts.extend(raw)
+                    plan[key] = [None, parts, True, raw]
+            local: dict[int, int] = {}
+            for key in group_keys:
+                for k, i in enumerate(i for i, g in enumerate(batch.groups) if g == key):
+                    local[i] = k
+            new_id = [local[i] for i in range(len(batch.groups))]
+
+            # Route EPBs/ISBs, coalescing runs that go unchanged to the same file into one slice.
+            data = batch.data
+            run_key, run_start, run_end = None, 0, 0
+            for btype, off, length, if_id in batch.blocks:
+                key = batch.groups[if_id]
+                target = new_id[if_id]
+                if target == if_id:
+                    if run_key == key and run_end == off:
+                        run_end = off + length
+                        continue
+                    if run_key is not None:
+                        plan[run_key][1].append(data[run_start:run_end])
+                    run_key, run_start, run_end = key, off, off + length
+                    continue
+                if run_key is not None:
+                    plan[run_key][1].append(data[run_start:run_end])
+                    run_key = None
+                blk = bytearray(data[off:off + length])
+                struct.pack_into("<I", blk, 8, target)
+                plan[key][1].append(bytes(blk))
+            if run_key is not None:
+                plan[run_key][1].append(data[run_start:run_end])
+
+            written: list[str] = []
+            undo: list[tuple[_File, int]] = []
+            created: list[tuple[tuple[int, bytes], _File, _File | None]] = []
+            try:
+                for key in group_keys:
+                    current, parts, fresh, raw = plan[key]
+                    if fresh:
+                        path = self._new_path(sensor, boot)
+                        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o640)
+                        current = _File(path, os.fdopen(fd, "ab"), [])
+                        created.append((key, current, files.get(key)))
+                    else:
+                        undo.append((current, current.fh.tell()))
+                    current.fh.writelines(parts)
+                    current.fh.flush()
+                    written.append(current.path.name)
+            except OSError:
+                # Leave every file as it was: drop a half-written batch, remove files it created.
+                for f, pos in undo:
+                    try:
+                        f.fh.truncate(pos)
+                    except OSError:
+                        pass
+                for _key, f, _old in created:
+                    try:
+                        f.fh.close()
+                        f.path.unlink()
+                    except OSError:
+                        pass
+                raise
+            for key, f, old in created:
+                files[key] = f
+                if old is not None:
+                    old.fh.close()
+            for key in group_keys:
+                f, raw = files[key], plan[key][3]
+                if len(raw) > len(f.idbs):
+                    f.idbs = [bytes(r) for r in raw]
+            self._log_batch(sensor, boot, seq, batch, sent=sent, wire_bytes=wire_bytes,
+                            encoding=encoding, files=written)
+            return written
+
+    def _log_batch(self, sensor, boot, seq, batch: ParsedBatch, **extra) -> None:
+        entry = {"time": round(time.time(), 3), "sensor": sensor, "boot": boot, "seq": seq,
+                 "packets": batch.packets, "bytes": batch.size, **extra,
+                 "interfaces": batch.names, "stats": batch.stats}
+        self._log.write(json.dumps(entry, separators=(",", ":")) + "\n")
+        self._log.flush()
+
+    def recent(self, since: float, tail_bytes: int = 16 * 1024 * 1024) -> list[tuple[str, str, int]]:
+        """(sensor, boot, seq) of batches logged whose signed time is >= since (to re-seed replay checks)."""
+        path = self.out_dir / BATCH_LOG
+        out: list[tuple[str, str, int]] = []
+        try:
+            with open(path, "rb") as fh:
+                size = fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, size - tail_bytes))
+                if size > tail_bytes:
+                    fh.readline()  # a partial line
+                for line in fh:
+                    try:
+                        entry = json.loads(line)
+                        if entry.get("sent", 0) >= since:
+                            out.append((str(entry["sensor"]), str(entry["boot"]), int(entry["seq"])))
+                    except (ValueError, KeyError, TypeError):
+                        continue
+        except OSError:
+            pass
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for files in self._streams.values():
+                for f in files.values():
+                    try:
+                        f.fh.close()
+                    except OSError:
+                        pass
+            self._streams.clear()
+            self._log.close()
