@@ -64,6 +64,8 @@ VARIABLES = [
     "OSSENSOR_SNAPLEN", "OSSENSOR_RING_MB", "OSSENSOR_BLOCK_TIMEOUT_MS",
     "OSSENSOR_BATCH_MAX_KB", "OSSENSOR_BATCH_MAX_AGE_MS", "OSSENSOR_QUEUE_MB",
     "OSSENSOR_STATS_INTERVAL", "OSSENSOR_SENSOR_NAME",
+    # observability (issue 8): log format, metrics/probes HTTP endpoint, readiness bound
+    "OSSENSOR_LOG_FORMAT", "OSSENSOR_METRICS_PORT", "OSSENSOR_METRICS_ADDR", "OSSENSOR_READY_ACK_SECS",
 ]
 
 # (new name, old name) of the interface lists
@@ -264,6 +266,10 @@ class Settings(BaseSettings):
     queue_mb: int = Field(64, validation_alias="OSSENSOR_QUEUE_MB")
     stats_interval: float = Field(10.0, validation_alias="OSSENSOR_STATS_INTERVAL")
     sensor_name: str = Field(default_factory=socket.gethostname, validation_alias="OSSENSOR_SENSOR_NAME")
+    log_format: str = Field("plain", validation_alias="OSSENSOR_LOG_FORMAT")
+    metrics_port: Optional[int] = Field(None, validation_alias="OSSENSOR_METRICS_PORT")
+    metrics_addr: str = Field("0.0.0.0", validation_alias="OSSENSOR_METRICS_ADDR")
+    ready_ack_secs: float = Field(60.0, validation_alias="OSSENSOR_READY_ACK_SECS")
     warnings: list[str] = Field(default_factory=list, validation_alias="_WARNINGS")
 
     @classmethod
@@ -388,6 +394,35 @@ class Settings(BaseSettings):
     def _v_queue(cls, v):
         return _parse_int(v, 1, 65536)
 
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _v_log_format(cls, v):
+        text = str(v).strip().lower()
+        if text not in ("plain", "json"):
+            raise ValueError(f"must be plain or json, got {_show(v)}")
+        return text
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _v_metrics_port(cls, v):
+        return None if v is None else _parse_int(v, 1, 65535)
+
+    @field_validator("metrics_addr", mode="before")
+    @classmethod
+    def _v_metrics_addr(cls, v):
+        text = str(v).strip().strip("[]")
+        try:
+            ipaddress.ip_address(text)
+        except ValueError:
+            raise ValueError(f"must be an IP address to listen on (0.0.0.0, ::, 127.0.0.1), "
+                             f"got {_show(v)}") from None
+        return text
+
+    @field_validator("ready_ack_secs", mode="before")
+    @classmethod
+    def _v_ready_ack(cls, v):
+        return _parse_float(v, minimum=1.0, strict_min=False, maximum=86400.0)
+
     @field_validator("sensor_name", mode="before")
     @classmethod
     def _v_sensor_name(cls, v):
@@ -447,6 +482,10 @@ class Settings(BaseSettings):
             ("OSSENSOR_QUEUE_MB", str(self.queue_mb)),
             ("OSSENSOR_STATS_INTERVAL", f"{self.stats_interval:g}"),
             ("OSSENSOR_SENSOR_NAME", self.sensor_name),
+            ("OSSENSOR_LOG_FORMAT", self.log_format),
+            ("OSSENSOR_METRICS_PORT", opt(self.metrics_port, "(off)")),
+            ("OSSENSOR_METRICS_ADDR", self.metrics_addr),
+            ("OSSENSOR_READY_ACK_SECS", f"{self.ready_ack_secs:g}"),
         ]
         return [(name, _redact(value, self.key_bytes)) for name, value in rows]
 
