@@ -20,7 +20,7 @@ import urllib.parse
 
 from requests.utils import should_bypass_proxies
 
-from ossensor import __version__, config, interfaces
+from ossensor import __version__, config, interfaces, privileges
 from ossensor import log as L
 from ossensor.accounting import Accounting
 from ossensor.batch import Batch, BatchQueue
@@ -172,6 +172,16 @@ class Sensor:
                 f"per_interface[{per_if}]")
 
     # -- lifecycle ------------------------------------------------------------------------
+    def drop_privileges(self) -> None:
+        try:
+            report = privileges.drop_all()
+        except OSError as err:
+            raise Fatal(f"cannot drop capabilities after opening the sockets: {err.strerror or err}") from None
+        self.log(L.BASIC, report.line())
+        if report.threads_with_caps:
+            self.log.warning(f"threads started before the drop still hold capabilities: "
+                             f"{', '.join(report.threads_with_caps)}")
+
     def run(self) -> int:
         s, log = self.s, self.log
         log(L.BASIC, f"ossensor {__version__} starting: sensor={s.sensor_name} boot={self.boot} pid={os.getpid()}")
@@ -179,6 +189,10 @@ class Sensor:
             log(L.BASIC, f"config {name}={value}")
         for w in s.warnings:
             log.warning(w)
+        try:  # before waiting for interfaces: a missing capability is a deployment error, say it now
+            privileges.require(antigena=s.antigena_enabled)
+        except privileges.MissingCapability as err:
+            raise Fatal(str(err), EXIT_USAGE) from None
         chosen = choose_interfaces(s, log)
         exclusion = own_traffic_filter(s)
         expr = bpf.combine(exclusion, s.bpf)
@@ -211,6 +225,9 @@ class Sensor:
                      f"{s.tls_ca_file or 'the system trust store'}"
                      f"{', via proxy ' + os.environ.get('HTTPS_PROXY', os.environ.get('https_proxy', '')) if proxy_endpoint(s.vsensor_hostname, s.vsensor_port) else ''})")
 
+        # Every socket that needs a capability is open by now (open new ones above this line):
+        # give up all capabilities before any thread starts (capabilities are per thread).
+        self.drop_privileges()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop.set())
         reader_stop = threading.Event()
