@@ -7,7 +7,15 @@ setup(
         Extension(
             "ossensor._native",
             sources=["native/ring.c"],
+            depends=["native/antigena.h"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-std=gnu11"],
-        )
+        ),
+        # `ossensor replay`: pcap/pcapng files -> EPBs in batch buffers, BPF by libpcap's bpf_filter()
+        Extension(
+            "ossensor._filereader",
+            sources=["native/filereader.c"],
+            libraries=["pcap"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-std=gnu11"],
+        ),
     ]
 )
