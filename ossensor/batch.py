@@ -10,7 +10,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ossensor import pcapng
 from ossensor.pcapng import BT_EPB
@@ -25,21 +25,38 @@ class Batch:
     first_ns: int
     last_ns: int
     created: float  # time.monotonic()
+    per_if: dict[str, tuple[int, int]] = field(default_factory=dict)  # interface -> (packets, bytes)
+    boot: str | None = None       # None: this process's boot; else the boot it was captured under (spool)
+    encoding: str = "identity"    # Content-Encoding of body ("zstd" after compression)
+    spool_path: str | None = None  # its spool file, when one was written (deleted once acknowledged)
+
+    @property
+    def size(self) -> int:
+        """Bytes it holds in memory (0 when only its spool file holds it)."""
+        return len(self.body) if self.body is not None else 0
 
 
 def section(interfaces: list[tuple[str, int]], snaplen: int, epbs: bytes, *, ts_ns: int,
-            delivered: list[int], kernel_seen: int, kernel_drops: int) -> bytes:
-    """interfaces: [(name, linktype)] in id order; delivered: cumulative packets per interface."""
+            delivered: list[int], kernel_seen: int, kernel_drops: int,
+            drops: tuple[dict[str, int], dict[str, int]] | None = None) -> bytes:
+    """interfaces: [(name, linktype)] in id order; delivered: cumulative packets per interface;
+    drops: Accounting.isb_drops() -- per interface, packets dropped at ossensor's own stages
+    (isb_ifdrop), and ring-wide totals per stage (named in the first ISB's comment)."""
     head = [pcapng.shb()] + [pcapng.idb(name, lt, snaplen) for name, lt in interfaces]
     tail = []
+    by_if, by_stage = drops if drops is not None else (None, None)
     for i in range(len(interfaces)):
+        ifdrop = by_if.get(interfaces[i][0], 0) if by_if is not None else None
         if i == 0:
             # One ring serves every interface: its counters are ring-wide, carried once.
+            comment = "isb_filteraccept and isb_osdrop are ring-wide (all interfaces)"
+            if by_stage is not None:
+                comment += ("; isb_ifdrop = dropped by ossensor after capture; ossensor drops: "
+                            + " ".join(f"{k}={v}" for k, v in by_stage.items()))
             tail.append(pcapng.isb(0, ts_ns, usrdeliv=delivered[0], filteraccept=kernel_seen,
-                                   osdrop=kernel_drops,
-                                   comment="isb_filteraccept and isb_osdrop are ring-wide (all interfaces)"))
+                                   osdrop=kernel_drops, ifdrop=ifdrop, comment=comment))
         else:
-            tail.append(pcapng.isb(i, ts_ns, usrdeliv=delivered[i]))
+            tail.append(pcapng.isb(i, ts_ns, usrdeliv=delivered[i], ifdrop=ifdrop))
     return b"".join(head) + epbs + b"".join(tail)
 
 
@@ -72,10 +89,10 @@ class BatchQueue:
 
     def put(self, batch: Batch) -> bool:
         with self._cond:
-            if self._bytes + len(batch.body) > self.max_bytes and self._items:
+            if self._bytes + batch.size > self.max_bytes and self._items:
                 return False
             self._items.append(batch)
-            self._bytes += len(batch.body)
+            self._bytes += batch.size
             self._cond.notify()
             return True
 
@@ -90,7 +107,7 @@ class BatchQueue:
                     return None
                 self._cond.wait(left)
             batch = self._items.popleft()
-            self._bytes -= len(batch.body)
+            self._bytes -= batch.size
             return batch
 
     def close(self) -> None:

@@ -63,6 +63,8 @@ VARIABLES = [
     "OSSENSOR_TLS_CA_FILE", "OSSENSOR_TLS_CERT_FILE", "OSSENSOR_TLS_KEY_FILE",
     "OSSENSOR_SNAPLEN", "OSSENSOR_RING_MB", "OSSENSOR_BLOCK_TIMEOUT_MS",
     "OSSENSOR_BATCH_MAX_KB", "OSSENSOR_BATCH_MAX_AGE_MS", "OSSENSOR_QUEUE_MB",
+    # the vSensor link under faults (issue 5): spool, compression, shutdown
+    "OSSENSOR_SPOOL_DIR", "OSSENSOR_SPOOL_MB", "OSSENSOR_COMPRESSION", "OSSENSOR_SHUTDOWN_TIMEOUT",
     "OSSENSOR_STATS_INTERVAL", "OSSENSOR_SENSOR_NAME",
     # observability (issue 8): log format, metrics/probes HTTP endpoint, readiness bound
     "OSSENSOR_LOG_FORMAT", "OSSENSOR_METRICS_PORT", "OSSENSOR_METRICS_ADDR", "OSSENSOR_READY_ACK_SECS",
@@ -264,6 +266,10 @@ class Settings(BaseSettings):
     batch_max_bytes: int = Field(4096 * 1024, validation_alias="OSSENSOR_BATCH_MAX_KB")
     batch_max_age_ms: int = Field(1000, validation_alias="OSSENSOR_BATCH_MAX_AGE_MS")
     queue_mb: int = Field(64, validation_alias="OSSENSOR_QUEUE_MB")
+    spool_dir: Optional[Path] = Field(None, validation_alias="OSSENSOR_SPOOL_DIR")
+    spool_mb: int = Field(1024, validation_alias="OSSENSOR_SPOOL_MB")
+    compression: str = Field("none", validation_alias="OSSENSOR_COMPRESSION")
+    shutdown_timeout: float = Field(5.0, validation_alias="OSSENSOR_SHUTDOWN_TIMEOUT")
     stats_interval: float = Field(10.0, validation_alias="OSSENSOR_STATS_INTERVAL")
     sensor_name: str = Field(default_factory=socket.gethostname, validation_alias="OSSENSOR_SENSOR_NAME")
     log_format: str = Field("plain", validation_alias="OSSENSOR_LOG_FORMAT")
@@ -389,6 +395,41 @@ class Settings(BaseSettings):
     def _v_batch_age(cls, v):
         return _parse_int(v, 10, 60000)
 
+    @field_validator("spool_dir", mode="before")
+    @classmethod
+    def _v_spool_dir(cls, v):
+        if v is None:
+            return None
+        path = Path(str(v).strip())
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"{_show(str(path))} exists and is not a directory")
+        probe = path if path.exists() else path.parent
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise ValueError(f"{_show(str(path))} is not writable (checked {probe})")
+        return path
+
+    @field_validator("spool_mb", mode="before")
+    @classmethod
+    def _v_spool_mb(cls, v):
+        return _parse_int(v, 1, 1 << 20)
+
+    @field_validator("compression", mode="before")
+    @classmethod
+    def _v_compression(cls, v):
+        text = str(v).strip().lower()
+        if text in ("none", "identity", "off", "0", "false", "no"):
+            return "none"
+        if text == "zstd":
+            return "zstd"
+        raise ValueError(f"must be none or zstd, got {_show(v)}")
+
+    @field_validator("shutdown_timeout", mode="before")
+    @classmethod
+    def _v_shutdown_timeout(cls, v):
+        return _parse_float(v, minimum=0.0, strict_min=False, maximum=3600.0)
+
     @field_validator("queue_mb", mode="before")
     @classmethod
     def _v_queue(cls, v):
@@ -480,6 +521,10 @@ class Settings(BaseSettings):
             ("OSSENSOR_BATCH_MAX_KB", str(self.batch_max_bytes // 1024)),
             ("OSSENSOR_BATCH_MAX_AGE_MS", str(self.batch_max_age_ms)),
             ("OSSENSOR_QUEUE_MB", str(self.queue_mb)),
+            ("OSSENSOR_SPOOL_DIR", opt(self.spool_dir, "(no spool)")),
+            ("OSSENSOR_SPOOL_MB", str(self.spool_mb)),
+            ("OSSENSOR_COMPRESSION", self.compression),
+            ("OSSENSOR_SHUTDOWN_TIMEOUT", f"{self.shutdown_timeout:g}"),
             ("OSSENSOR_STATS_INTERVAL", f"{self.stats_interval:g}"),
             ("OSSENSOR_SENSOR_NAME", self.sensor_name),
             ("OSSENSOR_LOG_FORMAT", self.log_format),

@@ -26,6 +26,7 @@ from ossensor.accounting import Accounting
 from ossensor.batch import Batch, BatchQueue
 from ossensor.capture import bpf
 from ossensor.ship import Shipper, url_host
+from ossensor.shipping import Pipeline
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -47,15 +48,23 @@ def resolve(host: str, port: int) -> list[str]:
 
 
 def proxy_endpoint(host: str, port: int) -> tuple[str, int] | None:
-    """The HTTPS proxy requests will use for the vSensor, if any (HTTPS_PROXY, NO_PROXY)."""
-    url = f"https://{url_host(host)}:{port}/"
-    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
-    if not proxy or should_bypass_proxies(url, no_proxy=None):
-        return None
-    parsed = urllib.parse.urlsplit(proxy)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise Fatal(f"HTTPS_PROXY: {proxy!r} is not a proxy URL such as http://proxy.example:3128", EXIT_USAGE)
-    return parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
+    """The HTTPS proxy used for the vSensor, if any (HTTPS_PROXY, NO_PROXY: ossensor/proxy.py)."""
+    from ossensor import proxy as P
+
+    try:
+        chosen = P.choose(host, port)
+    except P.ProxyError as err:
+        raise Fatal(str(err), EXIT_USAGE) from None
+    return (chosen.host, chosen.port) if chosen else None
+
+
+def _proxy_choice(settings):
+    from ossensor import proxy as P
+
+    try:
+        return P.choose(settings.vsensor_hostname, settings.vsensor_port)
+    except P.ProxyError as err:
+        raise Fatal(str(err), EXIT_USAGE) from None
 
 
 def own_traffic_filter(settings) -> str:
@@ -98,65 +107,12 @@ class Sensor:
         self.boot = secrets.token_hex(8)
         self.capture = None
         self.shipper = None
-        self._last_refusal = ("", 0.0)
+        self.pipeline = None  # shipping.Pipeline, built in run()
 
     # -- stages --------------------------------------------------------------------------
     def enqueue(self, batch: Batch) -> None:
-        if not self.queue.put(batch):
-            self.acct.drop("queue", batch.packets)
-            self.log.warning(f"queue full ({self.s.queue_mb} MiB): batch seq={batch.seq} of "
-                             f"{batch.packets} packets dropped")
-
-    def ship_loop(self, deadline: list[float]) -> None:
-        while True:
-            batch = self.queue.get(0.2)
-            if batch is None:
-                if self.queue.closed and not len(self.queue):
-                    return  # closed only after the reader's final batch is in
-                continue
-            self.ship_one(batch, deadline)
-
-    def ship_one(self, batch: Batch, deadline: list[float]) -> None:
-        attempt = 0
-        while True:
-            out = self.shipper.send(batch.seq, batch.body)
-            with self.acct.lock:
-                self.acct.sent_batches += 1
-                self.acct.sent_packets += batch.packets
-                self.acct.sent_bytes += len(batch.body)
-            self.log(L.SENDS, f"send seq={batch.seq} packets={batch.packets} bytes={len(batch.body)} "
-                              f"-> {out.status or '-'} {out.kind}: {out.reason} rtt_ms={out.rtt * 1000:.1f}")
-            if out.kind == "acked":
-                with self.acct.lock:
-                    self.acct.acked += batch.packets
-                    self.acct.acked_batches += 1
-                if self._last_refusal[0]:
-                    self.log(L.BASIC, "vSensor accepts batches again")
-                    self._last_refusal = ("", 0.0)
-                return
-            if out.kind == "refused":
-                self.acct.drop("refused", batch.packets)
-                self._report_refusal(out)
-                return
-            attempt += 1
-            if attempt == 1 or attempt % 10 == 0:
-                self.log.error(f"cannot send to vSensor {self.shipper.base}: {out.reason}; "
-                               f"retrying (attempt {attempt})")
-            pause = min(30.0, 0.25 * 2 ** min(attempt, 8)) * random.uniform(0.5, 1.0)
-            if deadline[0] and time.monotonic() + pause > deadline[0]:
-                self.acct.drop("shutdown", batch.packets)
-                return
-            self.stop.wait(pause) if not self.stop.is_set() else time.sleep(pause)
-
-    def _report_refusal(self, out) -> None:
-        hint = ""
-        if out.status in (401, 403):
-            hint = " (is VSENSOR_HMAC_KEY the vSensor's key? is the clock right?)"
-        line = f"vSensor refused the batch: HTTP {out.status}: {out.reason}{hint}"
-        reason, when = self._last_refusal
-        if reason != line or time.monotonic() - when > 60:
-            self.log.error(line)
-            self._last_refusal = (line, time.monotonic())
+        """The reader's hand-off: shipping.Pipeline (memory queue -> disk spool -> counted drops)."""
+        self.pipeline.enqueue(batch)
 
     def stats_line(self) -> str:
         if self.capture:
@@ -166,9 +122,12 @@ class Sensor:
         d = snap["dropped"]
         per_if = " ".join(f"{n}={p}/{b}B" for n, (p, b) in sorted(snap["per_if"].items()))
         return (f"stats captured={snap['captured']} bytes={snap['captured_bytes']} "
-                f"kernel_drops={snap['kernel_drops']} queue_drops={d['queue']} refused={d['refused']} "
-                f"shutdown_drops={d['shutdown']} acked={snap['acked']} batches={snap['batches']} "
-                f"in_queue={len(self.queue)} in_flight={self.acct.in_flight()} stale={snap['stale']} "
+                f"kernel_drops={snap['kernel_drops']} queue_drops={d['queue']} spool_drops={d['spool']} "
+                f"refused={d['refused']} shutdown_drops={d['shutdown']} acked={snap['acked']} "
+                f"batches={snap['batches']} recovered={snap['recovered']} queued={snap['queued']} "
+                f"spooled={snap['spooled']} sent={snap['sent_packets']} "
+                f"{self.pipeline.stats_fields() if self.pipeline else 'in_queue=0'} "
+                f"in_flight={self.acct.in_flight()} stale={snap['stale']} "
                 f"per_interface[{per_if}]")
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -216,14 +175,19 @@ class Sensor:
         self.capture.set_interfaces(chosen)
         log(L.BASIC, f"capturing on {', '.join(i.name for i in chosen)}: ring {self.capture.ring_bytes >> 20} MiB, "
                      f"batches up to {s.batch_max_bytes >> 10} KiB or {s.batch_max_age_ms} ms")
+        via = _proxy_choice(s)
         self.shipper = Shipper(host=s.vsensor_hostname, port=s.vsensor_port, key=s.key_bytes,
                                sensor=s.sensor_name, boot=self.boot,
                                ca_file=str(s.tls_ca_file) if s.tls_ca_file else None,
                                client_cert=(str(s.tls_cert_file), str(s.tls_key_file))
-                               if s.tls_cert_file else None)
+                               if s.tls_cert_file else None, proxy=via.url if via else None)
         log(L.BASIC, f"shipping to {self.shipper.base} (TLS verified against "
                      f"{s.tls_ca_file or 'the system trust store'}"
-                     f"{', via proxy ' + os.environ.get('HTTPS_PROXY', os.environ.get('https_proxy', '')) if proxy_endpoint(s.vsensor_hostname, s.vsensor_port) else ''})")
+                     f"{', client certificate ' + str(s.tls_cert_file) if s.tls_cert_file else ''}"
+                     f"{', via proxy ' + via.shown + ' (' + via.variable + ')' if via else ', direct'})")
+        self.pipeline = Pipeline(s, log, self.acct, self.shipper, self.boot)  # queue -> spool -> vSensor
+        self.queue = self.pipeline.queue
+        self.pipeline.recover()
 
         # Every socket that needs a capability is open by now (open new ones above this line):
         # give up all capabilities before any thread starts (capabilities are per thread).
@@ -231,12 +195,10 @@ class Sensor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop.set())
         reader_stop = threading.Event()
-        deadline = [0.0]
         reader = threading.Thread(target=self.capture.run, args=(reader_stop, self.enqueue), name="reader")
-        shipper = threading.Thread(target=self.ship_loop, args=(deadline,), name="shipper")
         self.capture.start()
         reader.start()
-        shipper.start()
+        self.pipeline.start()
 
         next_stats = time.monotonic() + s.stats_interval
         while not self.stop.wait(min(1.0, max(0.05, next_stats - time.monotonic()))):
@@ -249,13 +211,10 @@ class Sensor:
         self.stop.set()
         log(L.BASIC, "stopping: flushing the last batch")
         timeout = getattr(s, "shutdown_timeout", 5.0)
-        deadline[0] = time.monotonic() + timeout
+        t_stop = time.monotonic()
         reader_stop.set()
         reader.join()
-        self.queue.close()
-        shipper.join(max(0.0, deadline[0] - time.monotonic()) + 0.5)
-        for batch in self.queue.drain():
-            self.acct.drop("shutdown", batch.packets)
+        self.pipeline.finish(max(0.0, timeout - (time.monotonic() - t_stop)))  # flush; spool or count the rest
         log(L.BASIC, "final " + self.stats_line())
         lost = self.acct.snapshot()["dropped"]
         if any(lost.values()):

@@ -24,6 +24,7 @@ class Outcome:
     status: int | None  # HTTP status, None when no answer
     reason: str
     rtt: float
+    retry_after: float | None = None  # seconds, from a 503/429's Retry-After
 
 
 def url_host(host: str) -> str:
@@ -39,12 +40,18 @@ def url_host(host: str) -> str:
 class Shipper:
     def __init__(self, *, host: str, port: int, key: bytes, sensor: str, boot: str,
                  ca_file: str | None = None, client_cert: tuple[str, str] | None = None,
-                 connect_timeout: float = 5.0, read_timeout: float = 30.0):
+                 connect_timeout: float = 5.0, read_timeout: float = 30.0, proxy: str | None = None):
+        """proxy: the http:// proxy URL to CONNECT through (ossensor.proxy.choose decides it from
+        HTTPS_PROXY/NO_PROXY), or None for a direct connection. The environment is not consulted
+        here, so what the sensor logged at start is what it does."""
         self.base = f"https://{url_host(host)}:{port}"
         self._key = key
         self.sensor = sensor
         self.boot = boot
-        self.session = requests.Session()  # honours HTTPS_PROXY / NO_PROXY from the environment
+        self.session = requests.Session()
+        self.session.trust_env = False  # proxies and CA bundle are decided by ossensor, not requests
+        if proxy:
+            self.session.proxies = {"https": proxy}
         # Passed with every request: a session-level `verify` loses to REQUESTS_CA_BUNDLE /
         # CURL_CA_BUNDLE in the environment (requests issue #3829), and OSSENSOR_TLS_CA_FILE must win.
         self.verify = ca_file if ca_file else True
@@ -53,21 +60,28 @@ class Shipper:
         self.session.headers["User-Agent"] = f"ossensor/{__version__}"
         self.timeout = (connect_timeout, read_timeout)
 
-    def _post(self, path: str, seq: int, body: bytes) -> Outcome:
-        headers = protocol.sign(self._key, sensor=self.sensor, boot=self.boot, seq=seq,
-                                timestamp=int(time.time()), body=body, path=path)
+    def _post(self, path: str, seq: int, body: bytes, *, boot: str | None = None, sensor: str | None = None,
+              encoding: str = "identity") -> Outcome:
+        # signed now, at each attempt: a retry carries a fresh time, its boot and seq stay
+        headers = protocol.sign(self._key, sensor=sensor or self.sensor, boot=boot or self.boot, seq=seq,
+                                timestamp=int(time.time()), body=body, path=path, content_encoding=encoding)
         t0 = time.monotonic()
         try:
             resp = self.session.post(self.base + path, data=body, headers=headers,
                                      timeout=self.timeout, verify=self.verify)
         except requests.exceptions.SSLError as err:
-            return Outcome("retry", None, f"TLS failure: {_root_cause(err)}", time.monotonic() - t0)
+            return Outcome("retry", None, tls_explain(_root_cause(err)), time.monotonic() - t0)
         except requests.exceptions.ProxyError as err:
             return Outcome("retry", None, f"proxy failure: {_root_cause(err)}", time.monotonic() - t0)
         except requests.exceptions.Timeout:
             return Outcome("retry", None, "timed out", time.monotonic() - t0)
         except requests.exceptions.ConnectionError as err:
-            return Outcome("retry", None, f"cannot connect: {_root_cause(err)}", time.monotonic() - t0)
+            cause = _root_cause(err)
+            if _looks_tls(cause):  # TLS 1.3: a refused client certificate shows after the handshake
+                return Outcome("retry", None, tls_explain(cause), time.monotonic() - t0)
+            return Outcome("retry", None, f"cannot connect: {cause}", time.monotonic() - t0)
+        except requests.exceptions.RequestException as err:  # anything else requests raises
+            return Outcome("retry", None, f"request failed: {_root_cause(err)}", time.monotonic() - t0)
         rtt = time.monotonic() - t0
         reason = _reason(resp)
         if resp.status_code == 200:
@@ -75,11 +89,15 @@ class Shipper:
         if resp.status_code == 409:
             return Outcome("acked", 409, reason or "duplicate (already accepted)", rtt)
         if resp.status_code >= 500 or resp.status_code == 429:
-            return Outcome("retry", resp.status_code, reason, rtt)
+            return Outcome("retry", resp.status_code, reason or f"HTTP {resp.status_code}", rtt,
+                           _retry_after(resp.headers.get("Retry-After")))
+        if resp.status_code < 400:  # 1xx/2xx/3xx other than 200: not an answer of this protocol
+            return Outcome("retry", resp.status_code, f"unexpected answer: {reason}", rtt)
         return Outcome("refused", resp.status_code, reason, rtt)
 
-    def send(self, seq: int, body: bytes) -> Outcome:
-        return self._post(protocol.PATH_BATCHES, seq, body)
+    def send(self, seq: int, body: bytes, *, boot: str | None = None, sensor: str | None = None,
+             encoding: str = "identity") -> Outcome:
+        return self._post(protocol.PATH_BATCHES, seq, body, boot=boot, sensor=sensor, encoding=encoding)
 
     def hello(self) -> Outcome:
         return self._post(protocol.PATH_HELLO, 0, b"")
@@ -115,3 +133,49 @@ def _root_cause(err: BaseException) -> str:
     if getattr(seen, "strerror", None):
         text = seen.strerror
     return text.strip()[:300] or type(seen).__name__
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, min(300.0, float(value))) if value else None
+    except ValueError:
+        return None
+
+
+_TLS_WORDS = ("ssl", "tls", "certificate", "alert", "handshake")
+
+
+def _looks_tls(text: str) -> bool:
+    low = text.lower()
+    return any(w in low for w in _TLS_WORDS)
+
+
+# (substring of OpenSSL's message, what it means for the operator)
+_TLS_HINTS = [
+    ("unable to get local issuer certificate", "the vSensor's certificate is signed by a CA this sensor does "
+     "not trust (unknown CA): set OSSENSOR_TLS_CA_FILE to the vSensor's CA"),
+    ("self-signed certificate", "the vSensor's certificate is self-signed and not trusted (unknown CA): "
+     "set OSSENSOR_TLS_CA_FILE to it or to its CA"),
+    ("self signed certificate", "the vSensor's certificate is self-signed and not trusted (unknown CA): "
+     "set OSSENSOR_TLS_CA_FILE to it or to its CA"),
+    ("hostname mismatch", "the vSensor's certificate does not name VSENSOR_HOSTNAME (name mismatch)"),
+    ("ip address mismatch", "the vSensor's certificate does not name VSENSOR_HOSTNAME (name mismatch)"),
+    ("certificate has expired", "the vSensor's certificate has expired (or this node's clock is wrong)"),
+    ("certificate is not yet valid", "the vSensor's certificate is not yet valid (is this node's clock right?)"),
+    ("certificate required", "the vSensor requires a client certificate: set OSSENSOR_TLS_CERT_FILE and "
+     "OSSENSOR_TLS_KEY_FILE"),
+    ("bad certificate", "the vSensor refused this sensor's client certificate (not signed by a CA it trusts?)"),
+    ("unknown ca", "the vSensor refused this sensor's client certificate: signed by a CA it does not trust"),
+    ("certificate unknown", "the vSensor refused this sensor's client certificate"),
+    ("decrypt error", "the vSensor refused this sensor's client certificate (key does not match?)"),
+    ("wrong version number", "the other end does not speak TLS (plain HTTP on VSENSOR_PORT?)"),
+]
+
+
+def tls_explain(cause: str) -> str:
+    """'TLS failure: <meaning>: <OpenSSL's words>' -- one line an operator can act on."""
+    low = cause.lower()
+    for needle, meaning in _TLS_HINTS:
+        if needle in low:
+            return f"TLS failure: {meaning} ({cause})"
+    return f"TLS failure: {cause}"

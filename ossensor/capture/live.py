@@ -99,7 +99,8 @@ class LiveCapture:
         with self.acct.lock:
             self.acct.kernel_seen, self.acct.kernel_drops, self.acct.stale = k_seen, k_drops, self.ring.stale
         body = section([(i.name, i.linktype) for i in self._table], self.snaplen, epbs, ts_ns=ts_ns,
-                       delivered=self._delivered, kernel_seen=k_seen, kernel_drops=k_drops)
+                       delivered=self._delivered, kernel_seen=k_seen, kernel_drops=k_drops,
+                       drops=self.acct.isb_drops())
         self._seq += 1
         captured = sum(b for _, b in per_if)
         self.acct.add_batch(packets, captured, per_name)
@@ -111,7 +112,7 @@ class LiveCapture:
         if self.log.enabled(L.PACKETS):
             for line in packet_hex(epbs, names):
                 self.log(L.PACKETS, line)
-        return Batch(self._seq, body, packets, captured, first_ns, last_ns, time.monotonic())
+        return Batch(self._seq, body, packets, captured, first_ns, last_ns, time.monotonic(), per_if=per_name)
 
     def run(self, stop: threading.Event, emit: Callable[[Batch], None]) -> None:
         """The reader loop; returns after a final drain once `stop` is set."""

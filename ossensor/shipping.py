@@ -1,0 +1,271 @@
+"""The shipping stage: batches -> bounded memory queue (+ optional disk spool) -> vSensor.
+
+    producer (live capture, file replay)
+        │ enqueue(batch)                     compress (OSSENSOR_COMPRESSION=zstd)
+        ▼                                    spool file written first, when a spool is set
+    memory queue, ≤ OSSENSOR_QUEUE_MB ──full──▶ kept only in the spool (body read back to send)
+        │                                       no spool, or spool full ──▶ dropped, counted
+        ▼  shipper thread: one batch at a time, retried until acknowledged or refused
+    vSensor ─ 200/409: acknowledged (spool file deleted)
+            ─ 401/403/4xx: refused, not retried, counted, logged at level 0 with the reason
+            ─ connection error, TLS failure, timeout, 5xx/429: retried, exponential backoff
+              0.5 s, 1 s, 2 s ... capped at 10 s, × random 0.5-1.0 (jitter); Retry-After honoured
+
+`Pipeline` is what a producer drives: `Sensor.run` for live capture, `ossensor replay` for
+files. Construct it with the settings, the log and an `Accounting`; `recover()` picks up
+what an earlier process left in the spool; `start()` runs the shipper thread; `enqueue()`
+hands over batches (`block=True` waits for room instead of dropping: for file replay);
+`finish(timeout)` flushes within the shutdown timeout and reports what was not delivered.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+from ossensor import log as L
+from ossensor.accounting import Accounting
+from ossensor.batch import Batch, BatchQueue
+from ossensor.ship import Outcome, Shipper
+from ossensor.spool import Spool, SpoolFull
+
+BACKOFF_FIRST = 0.5
+BACKOFF_CAP = 10.0
+
+
+def backoff(attempt: int, retry_after: float | None = None) -> float:
+    """Seconds to wait before attempt `attempt + 1` (attempt >= 1): exponential with jitter."""
+    pause = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** min(attempt - 1, 16)) * random.uniform(0.5, 1.0)
+    if retry_after is not None:
+        pause = max(pause, min(retry_after, 60.0))
+    return pause
+
+
+class Pipeline:
+    def __init__(self, settings, log: L.Log, acct: Accounting, client: Shipper, boot: str):
+        self.s = settings
+        self.log = log
+        self.acct = acct
+        self.client = client
+        self.boot = boot
+        self.queue_mb = settings.queue_mb
+        self.queue = BatchQueue(settings.queue_mb << 20)
+        self.compression = getattr(settings, "compression", "none")
+        self._zstd = None
+        if self.compression == "zstd":
+            import zstandard
+
+            self._zstd = zstandard.ZstdCompressor(level=3)
+        self.spool: Spool | None = None
+        spool_dir = getattr(settings, "spool_dir", None)
+        if spool_dir:
+            self.spool = Spool(spool_dir, getattr(settings, "spool_mb", 1024) << 20, settings.sensor_name)
+        self.stop = threading.Event()        # set: stop waiting between retries of a batch
+        self.deadline: float | None = None   # set by finish(): give up at this time
+        self._thread: threading.Thread | None = None
+        self._current: Batch | None = None
+        self._failing_since: float | None = None
+        self._last_refusal = ("", 0.0)
+        self._last_full_log = 0.0
+        self.kept_in_spool = (0, 0)  # (batches, packets) left in the spool at finish()
+
+    # -- start ----------------------------------------------------------------------------
+    def recover(self) -> int:
+        """Queue what an earlier process left in the spool (sent first). Returns batches found."""
+        if self.spool is None:
+            return 0
+        batches, torn = self.spool.recover()
+        for t in torn:
+            with self.acct.lock:
+                self.acct.torn_files += 1
+            self.acct.add_recovered(t.packets, t.nbytes, None)
+            self.acct.drop("spool", t.packets, t.nbytes)
+            self.log.warning(f"spool file {t.name} skipped and removed: {t.reason}"
+                             f"{f' ({t.packets} packets lost)' if t.packets else ''}")
+        for b in batches:
+            self.acct.add_recovered(b.packets, b.captured_bytes, b.per_if)
+            self.queue.put(b)  # body not in memory: always fits
+        if batches or torn:
+            self.log(L.BASIC, f"spool {self.spool.dir}: {len(batches)} batches "
+                              f"({sum(b.packets for b in batches)} packets) from an earlier run to send first"
+                              f"{f', {len(torn)} torn files skipped' if torn else ''}")
+        return len(batches)
+
+    def start(self) -> threading.Thread:
+        self._thread = threading.Thread(target=self.run, name="shipper", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    # -- producer side ---------------------------------------------------------------------
+    def enqueue(self, batch: Batch, block: bool = False) -> bool:
+        """Hand over a batch. False: it was dropped (and counted)."""
+        if self._zstd is not None and batch.encoding == "identity":
+            batch.body = self._zstd.compress(batch.body)
+            batch.encoding = "zstd"
+        spooled = False
+        if self.spool is not None:
+            try:
+                batch.spool_path = self.spool.put(batch, self.boot)
+                spooled = True
+                self.acct.stage("spooled", batch.packets, batch.per_if)
+            except SpoolFull as err:
+                self._warn_full(f"{err}: batch seq={batch.seq} kept in memory only if the queue has room")
+            except OSError as err:
+                self._warn_full(f"cannot write to the spool {self.spool.dir}: {err.strerror or err}")
+        while True:
+            if self.queue.put(batch):
+                self.acct.stage("queued", batch.packets, batch.per_if)
+                return True
+            if spooled:
+                batch.body = None  # memory queue full: the spool file holds it
+                self.queue.put(batch)
+                return True
+            if block and not self.stop.is_set():
+                time.sleep(0.05)
+                continue
+            stage = "queue" if self.spool is None else "spool"
+            self.acct.drop(stage, batch.packets, batch.captured_bytes, batch.per_if)
+            self._warn_full(f"{'queue' if stage == 'queue' else 'queue and spool'} full "
+                            f"({self.queue_mb} MiB in memory): batch seq={batch.seq} of {batch.packets} "
+                            f"packets dropped (counted as {stage}_drops)")
+            return False
+
+    def _warn_full(self, msg: str) -> None:
+        now = time.monotonic()  # at most one such line per 10 s: the counters have the rest
+        if now - self._last_full_log >= 10:
+            self._last_full_log = now
+            self.log.warning(msg)
+
+    # -- shipper thread ----------------------------------------------------------------------
+    def run(self) -> None:
+        while True:
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                return
+            batch = self.queue.get(0.2)
+            if batch is None:
+                if self.queue.closed and not len(self.queue):
+                    return  # closed only after the producer's final batch is in
+                continue
+            self._current = batch
+            try:
+                done = self.ship_one(batch)
+            except Exception as err:  # never let the shipper die silently
+                self.log.error(f"shipper: unexpected {type(err).__name__}: {err}")
+                done = False
+            self._current = None
+            if not done:
+                self._requeue_front(batch)
+                return
+
+    def _requeue_front(self, batch: Batch) -> None:
+        with self.queue._cond:
+            self.queue._items.appendleft(batch)
+            self.queue._bytes += batch.size
+
+    def _body(self, batch: Batch) -> bytes | None:
+        if batch.body is not None:
+            return batch.body
+        try:
+            return self.spool.load(batch.spool_path)
+        except (OSError, ValueError) as err:
+            with self.acct.lock:
+                self.acct.torn_files += 1
+            self.acct.drop("spool", batch.packets, batch.captured_bytes, batch.per_if)
+            self.log.error(f"spool file {batch.spool_path} unreadable, {batch.packets} packets lost: {err}")
+            self.spool.remove(batch.spool_path)
+            return None
+
+    def ship_one(self, batch: Batch) -> bool:
+        """Send until acknowledged or refused: True. False: the deadline passed first."""
+        body = self._body(batch)
+        if body is None:
+            return True
+        attempt = 0
+        while True:
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                return False
+            out = self.client.send(batch.seq, body, boot=batch.boot, encoding=batch.encoding)
+            self.acct.sent(batch.packets, len(body), batch.per_if)
+            self.log(L.SENDS, f"send seq={batch.seq}{'' if not batch.boot else ' boot=' + batch.boot} "
+                              f"packets={batch.packets} bytes={len(body)}"
+                              f"{'' if batch.encoding == 'identity' else ' ' + batch.encoding} "
+                              f"-> {out.status or '-'} {out.kind}: {out.reason} rtt_ms={out.rtt * 1000:.1f}")
+            if out.kind == "acked":
+                self.acct.ack(batch.packets, batch.captured_bytes, batch.per_if)
+                self._forget(batch)
+                if self._failing_since is not None:
+                    self.log(L.BASIC, f"vSensor {self.client.base} reachable again after "
+                                      f"{time.monotonic() - self._failing_since:.1f} s; "
+                                      f"{len(self.queue)} batches waiting")
+                    self._failing_since = None
+                if self._last_refusal[0]:
+                    self.log(L.BASIC, "vSensor accepts batches again")
+                    self._last_refusal = ("", 0.0)
+                return True
+            if out.kind == "refused":
+                self.acct.drop("refused", batch.packets, batch.captured_bytes, batch.per_if)
+                self._forget(batch)
+                self._report_refusal(out)
+                return True
+            attempt += 1
+            if self._failing_since is None:
+                self._failing_since = time.monotonic()
+            pause = backoff(attempt, out.retry_after)
+            if attempt == 1 or attempt % 10 == 0:
+                self.log.error(f"cannot send to vSensor {self.client.base}: {out.reason}; retrying in "
+                               f"{pause:.1f} s (attempt {attempt}; {len(self.queue)} batches queued)")
+            if self.deadline is not None:
+                pause = min(pause, max(0.0, self.deadline - time.monotonic()))
+            self.stop.wait(pause) if not self.stop.is_set() else time.sleep(pause)
+
+    def _forget(self, batch: Batch) -> None:
+        if batch.spool_path and self.spool is not None:
+            self.spool.remove(batch.spool_path)
+
+    def _report_refusal(self, out: Outcome) -> None:
+        hint = ""
+        if out.status in (401, 403):
+            hint = " (wrong key? is VSENSOR_HMAC_KEY the vSensor's key? is the clock right?)"
+        line = f"vSensor refused the batch: HTTP {out.status}: {out.reason}{hint}"
+        reason, when = self._last_refusal
+        if reason != line or time.monotonic() - when > 60:
+            self.log.error(line)
+            self._last_refusal = (line, time.monotonic())
+
+    # -- shutdown ---------------------------------------------------------------------------
+    def finish(self, timeout: float) -> dict:
+        """The producer has stopped: send what is queued within `timeout` s; then keep in the
+        spool what it holds, count the rest as `shutdown` drops. Returns a summary."""
+        self.deadline = time.monotonic() + timeout
+        self.stop.set()  # retry pauses are cut to the deadline
+        self.queue.close()
+        if self._thread is not None:
+            self._thread.join(max(0.0, self.deadline - time.monotonic()) + 0.5)
+        left = self.queue.drain()
+        cur = self._current
+        if cur is not None and self._thread is not None and self._thread.is_alive():
+            left.append(cur)  # its send outlived the deadline; if it was accepted, a resend gets 409
+        kept_b = kept_p = lost_b = lost_p = 0
+        for batch in left:
+            if batch.spool_path:
+                kept_b += 1
+                kept_p += batch.packets
+            else:
+                lost_b += 1
+                lost_p += batch.packets
+                self.acct.drop("shutdown", batch.packets, batch.captured_bytes, batch.per_if)
+        self.kept_in_spool = (kept_b, kept_p)
+        if kept_b:
+            self.log(L.BASIC, f"shutdown: {kept_p} packets ({kept_b} batches) not yet acknowledged are kept "
+                              f"in the spool {self.spool.dir} and will be sent at the next start")
+        if lost_b:
+            self.log.warning(f"shutdown: {lost_p} packets ({lost_b} batches) could not be sent within "
+                             f"OSSENSOR_SHUTDOWN_TIMEOUT={timeout:g} s and are lost (counted as shutdown_drops)")
+        return {"kept_batches": kept_b, "kept_packets": kept_p, "lost_batches": lost_b, "lost_packets": lost_p}
+
+    # -- reporting ---------------------------------------------------------------------------
+    def stats_fields(self) -> str:
+        sp = (f" spool_files={len(self.spool)} spool_mb={self.spool.nbytes / 2**20:.1f}"
+              if self.spool is not None else "")
+        return f"in_queue={len(self.queue)} queue_mb={self.queue.nbytes / 2**20:.1f}{sp}"

@@ -1,0 +1,179 @@
+"""The disk spool: batches kept on disk until the vSensor acknowledges them.
+
+With `OSSENSOR_SPOOL_DIR` set, every batch is written here when it is cut (a write-ahead
+log: a sensor killed with SIGKILL loses only the batch it was filling), and its file is
+deleted once the vSensor acknowledges it (200, or 409 "already have it"). A sensor that
+starts with files in the spool sends them first, under the boot and seq they were
+captured with, so the vSensor's replay guard accepts each exactly once.
+
+Files: `DIR/<boot>-<seq, 12 digits>.osb`, written as `.tmp` and renamed (atomic on one
+filesystem). Layout:
+
+    b"OSSPOOL1"  u32 header length (little-endian)  JSON header  body
+
+The header holds sensor, boot, seq, packets, bytes, per-interface counts, encoding,
+body length and the body's SHA-256. A file whose length or digest does not match (torn
+by a crash or a full disk), or a leftover `.tmp`, is skipped, removed and counted.
+No fsync: the page cache survives the process; a power cut may tear the last files,
+which is detected. The spool is bounded by `OSSENSOR_SPOOL_MB` (file sizes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from ossensor.batch import Batch
+
+MAGIC = b"OSSPOOL1"
+SUFFIX = ".osb"
+
+
+@dataclass
+class Torn:
+    name: str
+    reason: str
+    packets: int  # 0 when the header could not be read
+    nbytes: int
+
+
+class SpoolFull(Exception):
+    pass
+
+
+class Spool:
+    def __init__(self, directory: Path, max_bytes: int, sensor: str):
+        self.dir = Path(directory)
+        self.max_bytes = max_bytes
+        self.sensor = sensor
+        self._lock = threading.Lock()
+        self._sizes: dict[str, int] = {}  # file name -> size on disk
+        self._bytes = 0
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o700)
+
+    # -- start ---------------------------------------------------------------------------
+    def recover(self) -> tuple[list[Batch], list[Torn]]:
+        """Batches left by an earlier process (oldest first, bodies not loaded), and torn files."""
+        good: list[tuple[float, str, Batch]] = []
+        torn: list[Torn] = []
+        for path in sorted(self.dir.iterdir()):
+            if path.name.endswith(".tmp"):
+                torn.append(Torn(path.name, "incomplete write (the process stopped while writing it)", 0, 0))
+                path.unlink(missing_ok=True)
+                continue
+            if not path.name.endswith(SUFFIX):
+                continue
+            try:
+                batch, size = self._read(path, verify=True)
+            except (OSError, ValueError) as err:
+                meta = _try_header(path)
+                torn.append(Torn(path.name, str(err), meta.get("packets", 0) if meta else 0,
+                                 meta.get("bytes", 0) if meta else 0))
+                path.unlink(missing_ok=True)
+                continue
+            batch.body = None  # loaded again when it is sent: memory stays bounded
+            good.append((path.stat().st_mtime, path.name, batch))
+            with self._lock:
+                self._sizes[path.name] = size
+                self._bytes += size
+        good.sort(key=lambda g: (g[0], g[1]))
+        return [g[2] for g in good], torn
+
+    # -- write / read / delete -----------------------------------------------------------
+    def put(self, batch: Batch, boot: str) -> str:
+        """Write the batch; returns its path. Raises SpoolFull, or OSError (disk trouble)."""
+        header = json.dumps({
+            "sensor": self.sensor, "boot": batch.boot or boot, "seq": batch.seq, "packets": batch.packets,
+            "bytes": batch.captured_bytes, "first_ns": batch.first_ns, "last_ns": batch.last_ns,
+            "per_if": batch.per_if, "encoding": batch.encoding, "body_len": len(batch.body),
+            "sha256": hashlib.sha256(batch.body).hexdigest(),
+        }, separators=(",", ":")).encode()
+        size = len(MAGIC) + 4 + len(header) + len(batch.body)
+        name = f"{batch.boot or boot}-{batch.seq:012d}{SUFFIX}"
+        with self._lock:
+            if self._bytes + size > self.max_bytes:
+                raise SpoolFull(f"spool full ({self._bytes >> 20} of {self.max_bytes >> 20} MiB)")
+            self._bytes += size
+            self._sizes[name] = size
+        path = self.dir / name
+        tmp = self.dir / (name + ".tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(MAGIC + struct.pack("<I", len(header)) + header)
+                f.write(batch.body)
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            self._forget(name)
+            raise
+        return str(path)
+
+    def load(self, path: str) -> bytes:
+        batch, _ = self._read(Path(path), verify=True)
+        return batch.body
+
+    def remove(self, path: str) -> None:
+        Path(path).unlink(missing_ok=True)
+        self._forget(Path(path).name)
+
+    def _forget(self, name: str) -> None:
+        with self._lock:
+            size = self._sizes.pop(name, 0)
+            self._bytes -= size
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    # -- format ----------------------------------------------------------------------------
+    def _read(self, path: Path, verify: bool) -> tuple[Batch, int]:
+        data = path.read_bytes()
+        meta, off = _parse_header(data)
+        body = data[off:]
+        if len(body) != meta["body_len"]:
+            raise ValueError(f"torn: body is {len(body)} bytes, header says {meta['body_len']}")
+        if verify and hashlib.sha256(body).hexdigest() != meta["sha256"]:
+            raise ValueError("torn: body does not match its SHA-256")
+        per_if = {k: (int(v[0]), int(v[1])) for k, v in (meta.get("per_if") or {}).items()}
+        batch = Batch(int(meta["seq"]), body, int(meta["packets"]), int(meta["bytes"]),
+                      int(meta.get("first_ns", 0)), int(meta.get("last_ns", 0)), 0.0, per_if=per_if,
+                      boot=str(meta["boot"]), encoding=str(meta.get("encoding", "identity")),
+                      spool_path=str(path))
+        return batch, len(data)
+
+
+def _parse_header(data: bytes) -> tuple[dict, int]:
+    if len(data) < len(MAGIC) + 4 or data[:len(MAGIC)] != MAGIC:
+        raise ValueError("torn: no spool header")
+    (hlen,) = struct.unpack_from("<I", data, len(MAGIC))
+    off = len(MAGIC) + 4
+    if hlen > 1 << 20 or len(data) < off + hlen:
+        raise ValueError("torn: header cut short")
+    try:
+        meta = json.loads(data[off:off + hlen])
+        for k in ("boot", "seq", "packets", "bytes", "body_len", "sha256"):
+            meta[k]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError("torn: header unreadable") from None
+    return meta, off + hlen
+
+
+def _try_header(path: Path) -> dict | None:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+        return _parse_header(head + b"")[0] if len(head) >= 12 else None
+    except (OSError, ValueError):
+        return None
+
+
+__all__ = ["Spool", "SpoolFull", "Torn"]
