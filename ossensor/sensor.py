@@ -189,6 +189,10 @@ class Sensor:
         self.queue = self.pipeline.queue
         self.pipeline.recover()
 
+        from ossensor.metrics import Observer  # metrics, probes, rate lines (docs/troubleshooting.md)
+
+        self.obs = Observer(self, s, log)
+        self.obs.bind()
         # Every socket that needs a capability is open by now (open new ones above this line):
         # give up all capabilities before any thread starts (capabilities are per thread).
         self.drop_privileges()
@@ -199,6 +203,7 @@ class Sensor:
         self.capture.start()
         reader.start()
         self.pipeline.start()
+        self.obs.start(self.shipper)
 
         next_stats = time.monotonic() + s.stats_interval
         while not self.stop.wait(min(1.0, max(0.05, next_stats - time.monotonic()))):
@@ -207,6 +212,7 @@ class Sensor:
                 break
             if time.monotonic() >= next_stats:
                 log(L.STATS, self.stats_line())
+                self.obs.periodic()
                 next_stats += s.stats_interval
         self.stop.set()
         log(L.BASIC, "stopping: flushing the last batch")
@@ -220,6 +226,7 @@ class Sensor:
         if any(lost.values()):
             log.warning(f"packets not delivered: {lost}")
         self.capture.close()
+        self.obs.close()
         self.shipper.close()
         log(L.BASIC, "stopped")
         return EXIT_OK
@@ -227,7 +234,8 @@ class Sensor:
 
 def run(settings) -> int:
     try:
-        log = L.Log(settings.debug, settings.logfile)
+        log = L.Log(settings.debug, settings.logfile, fmt=getattr(settings, "log_format", "plain"),
+                    secrets=[settings.key_bytes])
     except OSError as err:
         print(f"ossensor: OSSENSOR_LOGFILE_PATH: cannot open {settings.logfile}: {err.strerror}", file=sys.stderr)
         return EXIT_USAGE

@@ -120,6 +120,7 @@ class LiveCapture:
         while not stop.is_set():
             ring.read(50)
             now = time.monotonic()
+            self.heartbeat = now  # liveness (/healthz): the loop turns at least every 50 ms
             if ring.batch_packets and not self._batch_started:
                 self._batch_started = now
             if ring.batch_packets and (ring.batch_full or now - self._batch_started >= self.batch_age_s):
