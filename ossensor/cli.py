@@ -28,6 +28,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run(settings)
 
 
+def _cmd_interfaces(args: argparse.Namespace) -> int:
+    from ossensor.interfaces_report import main
+
+    return main(as_json=args.json)
+
+
 def _cmd_vsensor(args: argparse.Namespace) -> int:
     from ossensor.vsensor.server import main
 
@@ -45,6 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_run = sub.add_parser("run", help="start the sensor from the environment (the container's entrypoint)")
     p_run.set_defaults(func=_cmd_run)
+
+    p_if = sub.add_parser(
+        "interfaces", help="list every interface: selected or not, and which rule decided",
+        description="List this host's interfaces (netlink) and whether `ossensor run` would capture each, "
+                    "with the rule and regex that decided. Reads OSSENSOR_NETWORK_DEVICE, "
+                    "NETWORK_DEVICE_INCLUDELIST/EXCLUDELIST (and their old names) and NETWORK_DEVICE_ANY "
+                    "like `run` does; needs neither VSENSOR_HOSTNAME nor the key.")
+    p_if.add_argument("--json", action="store_true", help="machine-readable output for scripts")
+    p_if.set_defaults(func=_cmd_interfaces)
 
     p_vs = sub.add_parser("vsensor", help="run the reference vSensor receiver")
     from ossensor.vsensor.server import add_arguments

@@ -75,24 +75,27 @@ def own_traffic_filter(settings) -> str:
     return bpf.own_traffic(endpoints)
 
 
-def choose_interfaces(settings, log: L.Log) -> list[interfaces.Interface]:
+def choose_interfaces(settings, log: L.Log, selector: interfaces.Selector | None = None) -> list[interfaces.Interface]:
+    if selector is None:
+        selector = interfaces.Selector.from_settings(settings)
+        for note in selector.notes:
+            log(L.BASIC, note)
     attempts = max(1, settings.interface_wait_attempts)
     for attempt in range(1, attempts + 1):
-        sel = interfaces.select(interfaces.enumerate_interfaces(), device=settings.network_device,
-                                include=settings.include_list, exclude=settings.exclude_list)
+        sel = selector.select(interfaces.enumerate_interfaces())
         if sel.selected:
             for v in sel.verdicts:
                 log(L.BASIC, f"interface {v.interface.name} index={v.interface.index} "
                              f"{'selected' if v.selected else 'not selected'}: {v.reason}")
             return sel.selected
         left = attempts - attempt
-        what = (f"interface {settings.network_device!r} (OSSENSOR_NETWORK_DEVICE)" if settings.network_device
+        what = (f"interface {selector.device!r} (OSSENSOR_NETWORK_DEVICE)" if selector.device
                 else "interface matching the selection")
         if left:
             log.warning(f"no {what} yet; waiting {settings.interface_wait_secs:g} s, {left} attempts left")
             time.sleep(settings.interface_wait_secs)
-    if settings.network_device:
-        raise Fatal(f"OSSENSOR_NETWORK_DEVICE: no such interface {settings.network_device!r}", EXIT_USAGE)
+    if selector.device:
+        raise Fatal(f"OSSENSOR_NETWORK_DEVICE: no such interface {selector.device!r}", EXIT_USAGE)
     raise Fatal("no interface to capture: every interface is loopback or excluded "
                 "(check NETWORK_DEVICE_INCLUDELIST / NETWORK_DEVICE_EXCLUDELIST; `ossensor interfaces` shows why)")
 
@@ -152,7 +155,10 @@ class Sensor:
             privileges.require(antigena=s.antigena_enabled)
         except privileges.MissingCapability as err:
             raise Fatal(str(err), EXIT_USAGE) from None
-        chosen = choose_interfaces(s, log)
+        self.selector = interfaces.Selector.from_settings(s)
+        for note in self.selector.notes:
+            log(L.BASIC, note)
+        chosen = choose_interfaces(s, log, self.selector)
         exclusion = own_traffic_filter(s)
         expr = bpf.combine(exclusion, s.bpf)
         log(L.BASIC, f"kernel filter: {expr or '(all packets)'}")
@@ -193,6 +199,9 @@ class Sensor:
 
         self.obs = Observer(self, s, log)
         self.obs.bind()
+        from ossensor.hotplug import Watcher  # netlink link events: interfaces coming and going
+
+        self.watcher = Watcher(self.capture, self.selector, chosen, hotplug=s.device_any, log=log).open()
         # Every socket that needs a capability is open by now (open new ones above this line):
         # give up all capabilities before any thread starts (capabilities are per thread).
         self.drop_privileges()
@@ -202,6 +211,7 @@ class Sensor:
         reader = threading.Thread(target=self.capture.run, args=(reader_stop, self.enqueue), name="reader")
         self.capture.start()
         reader.start()
+        self.watcher.start()
         self.pipeline.start()
         self.obs.start(self.shipper)
 
@@ -216,6 +226,7 @@ class Sensor:
                 next_stats += s.stats_interval
         self.stop.set()
         log(L.BASIC, "stopping: flushing the last batch")
+        self.watcher.stop()
         timeout = getattr(s, "shutdown_timeout", 5.0)
         t_stop = time.monotonic()
         reader_stop.set()

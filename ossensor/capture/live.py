@@ -38,6 +38,9 @@ class LiveCapture:
         self._delivered: list[int] = []         # cumulative per table entry
         self._delivered_by_name: dict[str, int] = {}
         self._pending: list[Interface] | None = None
+        self._pending_prog: list[bpf.Insn] | None = None  # attached once the table holds its interfaces
+        self._bodies: dict[int, list[bpf.Insn]] = {}  # libpcap program per link type (hot-plug: no recompiling)
+        self._started = False
         self._lock = threading.Lock()
         self._seq = 0
         self._batch_started = 0.0
@@ -50,17 +53,29 @@ class LiveCapture:
         groups: dict[int, list[int]] = {}
         for iface in interfaces:
             groups.setdefault(iface.linktype, []).append(iface.index)
-        return bpf.build_program([(ixs, bpf.compile_expr(self.filter_expr, lt, self.snaplen))
-                                  for lt, ixs in groups.items()])
+        for lt in groups:
+            if lt not in self._bodies:
+                self._bodies[lt] = bpf.compile_expr(self.filter_expr, lt, self.snaplen)
+        return bpf.build_program([(ixs, self._bodies[lt]) for lt, ixs in groups.items()])
+
+    @property
+    def interfaces(self) -> list[Interface]:
+        """What is (or is about to be) captured."""
+        with self._lock:
+            return list(self._pending if self._pending is not None else self._table)
 
     def set_interfaces(self, interfaces: list[Interface]) -> None:
-        """Called from any thread: the new program is attached now; the table follows in the reader."""
+        """Called from any thread. Before start() it applies at once; afterwards the reader thread
+        applies it after its current read (<= 50 ms): first the table (new interfaces appended),
+        then the new filter, so no packet of a new interface arrives before its table entry
+        (it would be skipped as stale). Removed interfaces stop at the filter swap; their
+        entries leave the table at the next batch boundary."""
         prog = self.program_for(interfaces)
         with self._lock:
             self._pending = list(interfaces)
-            if not self._table:
+            self._pending_prog = prog
+            if not self._started:
                 self._apply_pending()
-            self.ring.attach_filter(prog)
 
     def _apply_pending(self) -> None:
         """Reader thread (or before start). New interfaces are appended; removed ones leave
@@ -69,19 +84,27 @@ class LiveCapture:
             return
         wanted = {i.index: i for i in self._pending}
         if self.ring.batch_packets:
-            known = {i.index for i in self._table}
+            known = {i.index: i.linktype for i in self._table}
             table = self._table + [i for i in self._pending if i.index not in known]
         else:
             table = list(self._pending)
             self._pending = None
         for i, iface in enumerate(table):
-            if iface.index in wanted:
+            if iface.index in wanted and wanted[iface.index].linktype == iface.linktype:
                 table[i] = wanted[iface.index]  # a rename keeps the id, takes the new name
         self.ring.set_interfaces([(i.index, i.linktype) for i in table])
         self._table = table
+        if self._pending is None:  # compacted: forget the counters of interfaces gone (bounded memory)
+            names = {i.name for i in table}
+            self._delivered_by_name = {n: c for n, c in self._delivered_by_name.items() if n in names}
         self._delivered = [self._delivered_by_name.get(i.name, 0) for i in table]
+        if self._pending_prog is not None:
+            self.ring.attach_filter(self._pending_prog)
+            self._pending_prog = None
 
     def start(self) -> None:
+        with self._lock:
+            self._started = True
         self.ring.start()
 
     def _cut(self, ts_ns: int) -> Batch | None:
