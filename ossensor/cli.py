@@ -40,6 +40,12 @@ def _cmd_vsensor(args: argparse.Namespace) -> int:
     return main(args)
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from ossensor.replay import main
+
+    return main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ossensor",
@@ -66,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(p_vs)
     p_vs.set_defaults(func=_cmd_vsensor)
+
+    p_rp = sub.add_parser("replay", help="replay pcap/pcapng files to the vSensor, or to a pcapng file (--out)")
+    from ossensor.replay import add_arguments as add_replay_arguments
+
+    add_replay_arguments(p_rp)
+    p_rp.set_defaults(func=_cmd_replay)
     return parser
 
 
