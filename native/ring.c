@@ -72,7 +72,13 @@ typedef struct {
     uint64_t k_packets, k_drops, k_freezes; /* PACKET_STATISTICS, accumulated (reading resets them) */
     uint64_t stale;                         /* from interfaces no longer selected */
     uint64_t vlan_restored;
+
+    /* Antigena (antigena.h): rules matched in write_epb only when n_rules != 0 */
+    struct ag_table *ag;
+    unsigned n_rules;
 } Ring;
+
+#include "antigena.h"
 
 static PyObject *new_buffer(Ring *self)
 {
@@ -112,6 +118,7 @@ static void Ring_dealloc(Ring *self)
     ring_unmap(self);
     PyMem_Free(self->ifs);
     Py_XDECREF(self->buf);
+    ag_free(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -385,6 +392,9 @@ static inline int write_epb(Ring *self, uint8_t *out, struct tpacket3_hdr *h)
     memset(p, 0, ((outlen + 3u) & ~3u) - outlen);
     p += ((outlen + 3u) & ~3u) - outlen;
     memcpy(p, &total, 4);
+    if (self->n_rules)
+        ag_match(self->ag, out + self->buf_len + sizeof eh, outlen, sll->sll_ifindex, self->ifs[id].linktype,
+                 sll->sll_pkttype);
 
     self->buf_len += total;
     if (!self->batch_packets)
@@ -583,6 +593,9 @@ static PyMethodDef Ring_methods[] = {
     {"kernel_stats", (PyCFunction)Ring_kernel_stats, METH_NOARGS, "(packets, drops, freezes) cumulative"},
     {"fileno", (PyCFunction)Ring_fileno, METH_NOARGS, "socket file descriptor"},
     {"close", (PyCFunction)Ring_close, METH_NOARGS, "unmap the ring and close the socket"},
+    {"set_rules", (PyCFunction)Ring_set_rules, METH_O, "Antigena: set [(id, kind, family, a, b, pa, pb)]"},
+    {"take_hits", (PyCFunction)Ring_take_hits, METH_NOARGS, "Antigena: [(rule_id, ifindex, linktype, pkttype, hdrs)]"},
+    {"antigena_stats", (PyCFunction)Ring_antigena_stats, METH_NOARGS, "(rules, matched, hits, overflow, skipped)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 SCHEME = "OSSENSOR-HMAC-SHA256-V1"
 PATH_BATCHES = "/v1/batches"
 PATH_HELLO = "/v1/hello"  # a signed request without data: "does the vSensor accept my key?"
+PATH_ANTIGENA = "/v1/antigena"  # every ANTIGENA_TIME_PERIOD: the sensor's reports in, actions out (JSON)
 
 H_SENSOR = "X-Ossensor-Sensor"
 H_BOOT = "X-Ossensor-Boot"
@@ -31,6 +32,13 @@ H_DIGEST = "X-Ossensor-Digest"
 H_SIGNATURE = "X-Ossensor-Signature"
 
 CONTENT_TYPE = "application/x-pcapng"
+JSON_CONTENT_TYPE = "application/json"
+# The Content-Type each path is signed with (and must carry); any other path: CONTENT_TYPE.
+CONTENT_TYPES = {PATH_ANTIGENA: JSON_CONTENT_TYPE}
+
+
+def content_type_for(path: str) -> str:
+    return CONTENT_TYPES.get(path, CONTENT_TYPE)
 ENCODINGS = ("identity", "zstd")
 
 MAX_SKEW_S = 300  # a batch signed more than this far from the vSensor's clock is stale
@@ -72,9 +80,10 @@ def sign(key: bytes, *, sensor: str, boot: str, seq: int, timestamp: int, body: 
          method: str = "POST", path: str = PATH_BATCHES, content_encoding: str = "identity") -> dict[str, str]:
     """Headers that authenticate `body` as batch `seq` of this sensor's boot `boot`."""
     digest = body_digest(body)
-    canon = canonical(method, path, sensor, boot, seq, timestamp, CONTENT_TYPE, content_encoding, digest)
+    ctype = content_type_for(path)
+    canon = canonical(method, path, sensor, boot, seq, timestamp, ctype, content_encoding, digest)
     return {
-        "Content-Type": CONTENT_TYPE,
+        "Content-Type": ctype,
         "Content-Encoding": content_encoding,
         H_SENSOR: sensor,
         H_BOOT: boot,
@@ -114,7 +123,7 @@ def verify(key: bytes, *, method: str, path: str, headers, body: bytes, now: flo
     time_s = _header(headers, H_TIME)
     digest = _header(headers, H_DIGEST)
     sig = _header(headers, H_SIGNATURE)
-    ctype = (headers.get("Content-Type") or CONTENT_TYPE).strip()
+    ctype = (headers.get("Content-Type") or content_type_for(path)).strip()
     encoding = (headers.get("Content-Encoding") or "identity").strip()
     if not _SENSOR_RE.match(sensor):
         raise ProtocolError(400, f"bad {H_SENSOR}")
@@ -124,8 +133,8 @@ def verify(key: bytes, *, method: str, path: str, headers, body: bytes, now: flo
         raise ProtocolError(400, f"{H_SEQ} and {H_TIME} must be decimal integers")
     if not _DIGEST_RE.match(digest) or not _SIG_RE.match(sig):
         raise ProtocolError(400, f"bad {H_DIGEST} or {H_SIGNATURE}")
-    if ctype != CONTENT_TYPE:
-        raise ProtocolError(415, f"Content-Type must be {CONTENT_TYPE}")
+    if ctype != content_type_for(path):
+        raise ProtocolError(415, f"Content-Type must be {content_type_for(path)}")
     if encoding not in ENCODINGS:
         raise ProtocolError(415, f"Content-Encoding {encoding!r} not supported")
     seq, timestamp = int(seq_s), int(time_s)

@@ -1,0 +1,159 @@
+"""Antigena pieces without a network: action validation, reset construction (checked with scapy),
+the book's states, the protocol's JSON content type. The C matcher is exercised on a real veth
+in tests/test_antigena.py."""
+
+from __future__ import annotations
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Dot1Q, Ether
+
+from ossensor import protocol
+from ossensor.antigena import actions, rst
+from ossensor.antigena.book import Book
+
+
+def act(target, **kw):
+    return {"id": "a1", "target": target, "expires_in": 30, **kw}
+
+
+@pytest.mark.parametrize("doc", [
+    act({"type": "connection", "src": "10.0.0.1", "sport": 40000, "dst": "10.0.0.2", "dport": 80}),
+    act({"type": "pair", "a": "fd00::1", "b": "fd00::2"}),
+    act({"type": "host", "address": "192.0.2.7"}),
+    act({"type": "host", "address": "fd00::7"}, expires_in=0.5),
+])
+def test_valid_actions(doc):
+    a = actions.parse(doc)
+    assert a.id == "a1" and a.target.as_json()["type"] == doc["target"]["type"]
+    rule = a.target.rule(5)
+    assert rule[0] == 5 and rule[2] == a.target.family
+
+
+@pytest.mark.parametrize("doc, why", [
+    (act({"type": "subnet", "address": "10.0.0.0/8"}), "unknown type 'subnet'"),
+    (act({"type": "host", "address": "10.0.0.256"}), "is not an IPv4 or IPv6 address"),
+    (act({"type": "host", "address": "fe80::1%eth0"}), "is not an IPv4 or IPv6 address"),
+    (act({"type": "host", "address": 167772161}), "not a string"),
+    (act({"type": "host", "address": "10.0.0.1"}, expires_in=-5), "not positive"),
+    (act({"type": "host", "address": "10.0.0.1"}, expires_in=0), "not positive"),
+    (act({"type": "host", "address": "10.0.0.1"}, expires_in=True), "not a number"),
+    (act({"type": "host", "address": "10.0.0.1"}, expires_in=10**9), "30 days"),
+    ({"id": "a1", "target": {"type": "host", "address": "10.0.0.1"}}, "expires_in: missing"),
+    (act({"type": "pair", "a": "10.0.0.1", "b": "fd00::1"}), "must be IPv4, or both IPv6"),
+    (act({"type": "connection", "src": "10.0.0.1", "sport": 0, "dst": "10.0.0.2", "dport": 80}), "sport"),
+    (act({"type": "connection", "src": "10.0.0.1", "sport": 1, "dst": "10.0.0.2", "dport": 80, "proto": "udp"}),
+     "only tcp"),
+    (act("10.0.0.1"), "target: missing or not an object"),
+    ({"id": "bad id with spaces", "target": {"type": "host", "address": "10.0.0.1"}, "expires_in": 5}, "id:"),
+    ([1, 2], "JSON object"),
+])
+def test_malformed_actions_are_refused_with_a_reason(doc, why):
+    with pytest.raises(actions.ActionError, match=why.replace("(", r"\(").replace(")", r"\)")):
+        actions.parse(doc)
+
+
+def tcp_frame(payload=b"hello", flags="PA", v6=False, vlan=False, seq=1000, ack=5000):
+    ip = IPv6(src="fd00::1", dst="fd00::2") if v6 else IP(src="10.1.0.1", dst="10.1.0.2")
+    l2 = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+    if vlan:
+        l2 = l2 / Dot1Q(vlan=42)
+    return bytes(l2 / ip / TCP(sport=40000, dport=80, seq=seq, ack=ack, flags=flags) / payload)
+
+
+@pytest.mark.parametrize("v6", [False, True])
+@pytest.mark.parametrize("vlan", [False, True])
+def test_resets_for_both_ends_are_valid_and_acceptable(v6, vlan):
+    seen = rst.parse(rst.LINKTYPE_ETHERNET, tcp_frame(v6=v6, vlan=vlan)[:120])  # only headers were copied
+    assert (seen.sport, seen.dport, seen.seq, seen.ack, seen.payload) == (40000, 80, 1000, 5000, 5)
+    to_sender, to_receiver = rst.resets(seen)
+
+    s = Ether(to_sender.frame())
+    ipl = IPv6 if v6 else IP
+    assert s[Ether].dst == "02:00:00:00:00:01" and s[Ether].src == "02:00:00:00:00:02"  # back to the sender
+    assert (Dot1Q in s) == vlan and (not vlan or s[Dot1Q].vlan == 42)
+    assert s[ipl].src == ("fd00::2" if v6 else "10.1.0.2") and s[ipl].dst == ("fd00::1" if v6 else "10.1.0.1")
+    assert (s[TCP].sport, s[TCP].dport) == (80, 40000)
+    assert s[TCP].seq == 5000 and s[TCP].ack == 1005 and s[TCP].flags == "RA"  # seq = its ack number
+
+    r = Ether(to_receiver.frame())
+    assert r[Ether].dst == "02:00:00:00:00:02"  # onwards, as seen
+    assert (r[TCP].sport, r[TCP].dport) == (40000, 80)
+    assert r[TCP].seq == 1005 and r[TCP].flags == "RA"  # seq = seen.seq + payload
+
+    for pkt in (s, r):  # checksums as scapy computes them
+        raw = bytes(pkt[ipl])
+        again = ipl(raw)
+        if not v6:
+            del again[IP].chksum
+        del again[TCP].chksum
+        assert bytes(ipl(bytes(again))) == raw
+
+
+def test_syn_and_fin_count_one_and_raw_ip_has_no_link_header():
+    pkt = bytes(IP(src="10.1.0.1", dst="10.1.0.2") / TCP(sport=1, dport=2, seq=77, flags="S"))
+    seen = rst.parse(rst.LINKTYPE_RAW, pkt)
+    to_sender, to_receiver = rst.resets(seen)
+    s = IP(to_sender.frame())
+    assert s[TCP].seq == 0 and s[TCP].ack == 78 and s[TCP].flags == "RA"  # SYN_SENT wants its SYN acked
+    assert IP(to_receiver.frame())[TCP].seq == 78
+    fin = rst.parse(rst.LINKTYPE_RAW, bytes(IP(src="10.1.0.1", dst="10.1.0.2") /
+                                            TCP(sport=1, dport=2, seq=10, ack=3, flags="FA") / b"xy"))
+    assert fin.next_seq == 13
+
+
+@pytest.mark.parametrize("frame", [
+    bytes(Ether() / IP(src="10.1.0.1", dst="10.1.0.2") / (b"\x00" * 20)),
+    bytes(Ether() / IP(src="10.1.0.1", dst="10.1.0.2", proto=17) / (b"\x00" * 20)),
+    b"\x00" * 10,
+])
+def test_not_tcp_is_not_reset(frame):
+    with pytest.raises(rst.NotTCP):
+        rst.parse(rst.LINKTYPE_ETHERNET, frame)
+
+
+def test_book_states_and_reports():
+    book = Book(enabled=True)
+    lines = book.receive([act({"type": "host", "address": "10.0.0.1"}),
+                          {"id": "x2", "target": {"type": "nope"}, "expires_in": 5},
+                          {"target": {"type": "host", "address": "10.0.0.1"}, "expires_in": 5}], now=1000.0)
+    assert len(lines) == 3 and any("refused id=x2" in l for l in lines)
+    version, rules = book.rules()
+    assert len(rules) == 1 and version == 1
+    # the same action again is not installed twice
+    assert book.receive([act({"type": "host", "address": "10.0.0.1"})], now=1001.0) == []
+    reps = {r["id"]: r for r in book.reports()}
+    assert reps["a1"]["state"] == "active" and reps["x2"]["state"] == "refused" and reps[None]["final"]
+    e = book.entry_for_rule(rules[0][0])
+    assert book.record(e, 1, 2, 0) is True
+    assert {r["id"]: r for r in book.reports()}["a1"]["state"] == "enforced"
+    book.delivered(book.reports())  # the final ones are forgotten once delivered
+    assert [r["id"] for r in book.reports()] == ["a1"]
+    assert book.expire(now=1031.0) and book.rules()[1] == []
+    rep = book.reports()[0]
+    assert rep["state"] == "expired" and rep["final"] and rep["resets_sent"] == 2
+    book.delivered([rep])
+    assert book.reports() == []
+    assert book.receive([act({"type": "host", "address": "10.0.0.1"})]) == []  # finished ids stay finished
+
+
+def test_disabled_book_refuses_everything():
+    book = Book(enabled=False)
+    book.receive([act({"type": "host", "address": "10.0.0.1"})])
+    (rep,) = book.reports()
+    assert rep["state"] == "refused" and "ANTIGENA_ENABLED=false" in rep["reason"] and book.rules()[1] == []
+
+
+def test_antigena_exchange_is_signed_as_json():
+    body = b'{"reports":[]}'
+    h = protocol.sign(b"k", sensor="s", boot="0123456789abcdef", seq=1, timestamp=100, body=body,
+                      path=protocol.PATH_ANTIGENA)
+    assert h["Content-Type"] == "application/json"
+    v = protocol.verify(b"k", method="POST", path=protocol.PATH_ANTIGENA, headers=h, body=body, now=100)
+    assert v.seq == 1
+    with pytest.raises(protocol.ProtocolError) as err:  # a JSON body cannot pass as a batch
+        protocol.verify(b"k", method="POST", path=protocol.PATH_BATCHES, headers=h, body=body, now=100)
+    assert err.value.status == 415
+    assert protocol.sign(b"k", sensor="s", boot="0123456789abcdef", seq=1, timestamp=100, body=b"")[
+        "Content-Type"] == protocol.CONTENT_TYPE
