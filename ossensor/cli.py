@@ -34,6 +34,12 @@ def _cmd_interfaces(args: argparse.Namespace) -> int:
     return main(as_json=args.json)
 
 
+def _cmd_diagnose(args: argparse.Namespace) -> int:
+    from ossensor.diagnose import main
+
+    return main()
+
+
 def _cmd_vsensor(args: argparse.Namespace) -> int:
     from ossensor.vsensor.server import main
 
@@ -57,6 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_run = sub.add_parser("run", help="start the sensor from the environment (the container's entrypoint)")
     p_run.set_defaults(func=_cmd_run)
+
+    p_diag = sub.add_parser(
+        "diagnose", help="check, from the sensor's environment, everything between this node and the vSensor",
+        description="One verdict line per check, in order: configuration, capabilities, interfaces, bpf, "
+                    "capture ring, dns, tcp (through HTTPS_PROXY if it applies), tls (certificate subject, "
+                    "issuer, expiry, verification), key (a signed hello the vSensor acknowledges). Exit status "
+                    "0 when all pass, 1 when a check fails, 2 when the configuration is invalid. Run it where "
+                    "the sensor runs: kubectl exec <pod> -- ossensor diagnose. See docs/troubleshooting.md.")
+    p_diag.set_defaults(func=_cmd_diagnose)
 
     p_if = sub.add_parser(
         "interfaces", help="list every interface: selected or not, and which rule decided",
