@@ -109,11 +109,11 @@ def judge(iface: Interface, *, device: str | None, include: list, exclude: list)
         return Verdict(iface, False, f"not OSSENSOR_NETWORK_DEVICE ({device})")
     for rx in exclude:
         if rx.search(iface.name):
-            return Verdict(iface, False, f"excluded by NETWORK_DEVICE_EXCLUDELIST regex {rx.pattern!r}")
+            return Verdict(iface, False, f"excluded by NETWORK_DEVICE_EXCLUDELIST regex '{rx.pattern}'")
     if include:
         for rx in include:
             if rx.search(iface.name):
-                return Verdict(iface, True, f"included by NETWORK_DEVICE_INCLUDELIST regex {rx.pattern!r}")
+                return Verdict(iface, True, f"included by NETWORK_DEVICE_INCLUDELIST regex '{rx.pattern}'")
         return Verdict(iface, False, "matches no NETWORK_DEVICE_INCLUDELIST regex")
     if iface.loopback:
         return Verdict(iface, False, "loopback (not captured unless included)")
