@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ossensor.vsensor.server import add_arguments
 
     add_arguments(p_vs)
+    from ossensor.vsensor.antigena import add_commands
+
+    add_commands(p_vs)
     p_vs.set_defaults(func=_cmd_vsensor)
 
     p_rp = sub.add_parser("replay", help="replay pcap/pcapng files to the vSensor, or to a pcapng file (--out)")

@@ -202,6 +202,9 @@ class Sensor:
         from ossensor.hotplug import Watcher  # netlink link events: interfaces coming and going
 
         self.watcher = Watcher(self.capture, self.selector, chosen, hotplug=s.device_any, log=log).open()
+        from ossensor.antigena import Antigena  # block actions: exchange with the vSensor, TCP resets
+
+        self.antigena = Antigena(s, log, self.boot).open(self.capture)  # no socket when disabled
         # Every socket that needs a capability is open by now (open new ones above this line):
         # give up all capabilities before any thread starts (capabilities are per thread).
         self.drop_privileges()
@@ -214,6 +217,7 @@ class Sensor:
         self.watcher.start()
         self.pipeline.start()
         self.obs.start(self.shipper)
+        self.antigena.start()
 
         next_stats = time.monotonic() + s.stats_interval
         while not self.stop.wait(min(1.0, max(0.05, next_stats - time.monotonic()))):
@@ -231,6 +235,7 @@ class Sensor:
         t_stop = time.monotonic()
         reader_stop.set()
         reader.join()
+        self.antigena.stop()
         self.pipeline.finish(max(0.0, timeout - (time.monotonic() - t_stop)))  # flush; spool or count the rest
         log(L.BASIC, "final " + self.stats_line())
         lost = self.acct.snapshot()["dropped"]

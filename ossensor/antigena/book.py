@@ -12,6 +12,7 @@ A final state is reported until one exchange delivering it succeeds; then the ac
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections import OrderedDict
@@ -39,6 +40,7 @@ class Entry:
     send_errors: int = 0
     last_enforced: float | None = None
     raw: str = ""                  # refused actions: what was received (truncated)
+    key: str = ""                  # actions without a usable id: a digest of what was received
 
     def report(self) -> dict:
         out = {"id": self.id, "state": self.state, "final": self.final}
@@ -77,13 +79,14 @@ class Book:
         with self.lock:
             for doc in docs:
                 aid = action_id(doc)
-                if aid is not None and (aid in self._entries or aid in self._finished):
-                    continue
+                key = aid if aid is not None else "#" + hashlib.sha256(_short(doc).encode()).hexdigest()[:32]
+                if key in self._entries or key in self._finished or any(a.key == key for a in self._anonymous):
+                    continue  # known; a malformed action without an id is refused (and reported) once
                 self.counts["received"] += 1
                 try:
                     action = parse(doc)
                 except ActionError as err:
-                    e = Entry(aid, None, "refused", str(err), True, now, raw=_short(doc))
+                    e = Entry(aid, None, "refused", str(err), True, now, raw=_short(doc), key=key)
                     self._refuse(e)
                     lines.append(f"antigena refused id={aid or '-'}: {err}")
                     continue
@@ -172,6 +175,8 @@ class Book:
         """The vSensor has these reports: forget the actions whose final state it now knows."""
         with self.lock:
             anon = sum(1 for r in reports if r["id"] is None)
+            for e in self._anonymous[:anon]:
+                self._finished[e.key] = None
             self._anonymous = self._anonymous[anon:]
             for r in reports:
                 if r["final"] and r["id"] is not None:

@@ -142,6 +142,9 @@ class LiveCapture:
         ring = self.ring
         while not stop.is_set():
             ring.read(50)
+            hook = getattr(self, "antigena_hook", None)  # Antigena: rules in, hits out (C matched them)
+            if hook is not None:
+                hook(ring)
             now = time.monotonic()
             self.heartbeat = now  # liveness (/healthz): the loop turns at least every 50 ms
             if ring.batch_packets and not self._batch_started:

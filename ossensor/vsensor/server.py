@@ -32,6 +32,7 @@ from pathlib import Path
 
 from ossensor import __version__, protocol
 from ossensor.pcapng import PcapngError
+from ossensor.vsensor import antigena as _antigena
 from ossensor.vsensor import store as _store
 from ossensor.vsensor import tls as _tls
 
@@ -146,7 +147,7 @@ class App:
             ctype = (headers.get("Content-Type") or protocol.CONTENT_TYPE).strip()
             encoding = (headers.get("Content-Encoding") or "identity").strip()
             seq_s, time_s, sig = get(protocol.H_SEQ), get(protocol.H_TIME), get(protocol.H_SIGNATURE)
-            if ctype != protocol.CONTENT_TYPE or encoding not in protocol.ENCODINGS:
+            if ctype != protocol.content_type_for(path) or encoding not in protocol.ENCODINGS:
                 return False
             if not (seq_s.isascii() and seq_s.isdigit() and time_s.isascii() and time_s.isdigit()):
                 return False
@@ -281,6 +282,8 @@ class Handler(BaseHTTPRequestHandler):
             self._post(self.server.app.max_body, batch=True)
         elif self.path == protocol.PATH_HELLO:
             self._post(HELLO_MAX_BODY, batch=False)
+        elif self.path == protocol.PATH_ANTIGENA and getattr(self.server.app, "antigena", None):
+            self._post(_antigena.MAX_BODY, batch=False)  # reports in, actions out (vsensor/antigena.py)
         else:
             n = self._content_length(HELLO_MAX_BODY)
             if n is not None:
@@ -311,6 +314,10 @@ class Handler(BaseHTTPRequestHandler):
             v = app.verify("POST", self.path, self.headers, body)
         except protocol.ProtocolError as err:
             self._refuse(err.status, err.reason)
+            return
+        if self.path == protocol.PATH_ANTIGENA:
+            status, payload = app.antigena.exchange(v, body, self._peer())
+            self._send(status, payload)
             return
         if not batch:
             app.log(f"hello sensor={v.sensor} boot={v.boot} peer={self._peer()}")
@@ -475,6 +482,7 @@ def main(args: argparse.Namespace) -> int:
     except OSError as err:
         return _fail(f"--out {out}: {err.strerror or err}")
     app = App(key, store, max_body=int(args.max_body_mb * 1024 * 1024), max_skew=args.max_skew)
+    app.antigena = _antigena.Desk(out, app.log)  # POST /v1/antigena; actions from `ossensor vsensor block`
     # A restart must not reopen the replay window: re-seed the guard from batches still inside it.
     for sensor, boot, seq in store.recent(time.time() - args.max_skew - 60):
         app.guard.accept(sensor, boot, seq)
