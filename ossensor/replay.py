@@ -479,8 +479,6 @@ def main(args: argparse.Namespace) -> int:
         try:
             with open(path, "rb"):
                 pass
-            if os.path.isdir(path):
-                problems.append(f"{path}: is a directory")
         except OSError as err:
             problems.append(f"{path}: cannot open: {err.strerror or err}")
     try:
