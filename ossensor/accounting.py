@@ -60,9 +60,10 @@ class Accounting:
     queued: int = 0           # packets put into the memory queue
     spooled: int = 0          # packets written to the disk spool
     torn_files: int = 0       # spool files found torn/unreadable (their packets: drop stage "spool")
-    sent_batches: int = 0     # send attempts (a retry counts again)
+    sent_batches: int = 0     # batches sent at least once (first attempts)
     sent_packets: int = 0
-    sent_bytes: int = 0       # body bytes on the wire
+    sent_bytes: int = 0       # body bytes of first attempts (after compression)
+    retries: int = 0          # further attempts (connection errors, timeouts, 5xx)
     acked: int = 0
     acked_bytes: int = 0
     acked_batches: int = 0
@@ -96,8 +97,12 @@ class Accounting:
             setattr(self, stage, getattr(self, stage) + packets)
             self._per_if(stage, per_if)
 
-    def sent(self, packets: int, body_bytes: int, per_if: dict[str, tuple[int, int]] | None = None) -> None:
+    def sent(self, packets: int, body_bytes: int, per_if: dict[str, tuple[int, int]] | None = None,
+             retry: bool = False) -> None:
         with self.lock:
+            if retry:
+                self.retries += 1
+                return
             self.sent_batches += 1
             self.sent_packets += packets
             self.sent_bytes += body_bytes
@@ -135,7 +140,7 @@ class Accounting:
                 "recovered": self.recovered, "recovered_bytes": self.recovered_bytes,
                 "queued": self.queued, "spooled": self.spooled, "torn_files": self.torn_files,
                 "sent_batches": self.sent_batches, "sent_packets": self.sent_packets,
-                "sent_bytes": self.sent_bytes, "acked": self.acked, "acked_bytes": self.acked_bytes,
+                "sent_bytes": self.sent_bytes, "retries": self.retries, "acked": self.acked, "acked_bytes": self.acked_bytes,
                 "acked_batches": self.acked_batches,
                 "dropped": dict(self.dropped), "dropped_bytes": dict(self.dropped_bytes),
                 "per_if": {k: (v.packets, v.bytes) for k, v in self.per_if.items()},

@@ -51,7 +51,8 @@ _COUNTERS = {
     "acked": ("ossensor_acked_packets", "packets the vSensor acknowledged"),
     "acked_batches": ("ossensor_acked_batches", "batches the vSensor acknowledged"),
 }
-_HANDLED = set(_COUNTERS) | {"kernel_drops", "dropped", "per_if"}
+_HANDLED = set(_COUNTERS) | {"kernel_drops", "dropped", "per_if", "per_if_stages"}
+_ANTIGENA_GAUGES = {"active": "Antigena block actions in force now"}  # the other Antigena numbers only grow
 
 
 def _antigena_counters(sensor) -> dict[str, float]:
@@ -187,6 +188,21 @@ class Collector:
         yield ifp
         yield ifb
 
+        # per interface and stage (issue 5's accounting: captured, queued, spooled, sent, acked, drop_<stage>)
+        stages = snap.get("per_if_stages") or {}
+        if stages:
+            sp = CounterMetricFamily("ossensor_interface_stage_packets", "packets per interface that passed a "
+                                     "stage (drop_<stage>: dropped there)", labels=["interface", "stage"])
+            sb = CounterMetricFamily("ossensor_interface_stage_bytes", "bytes per interface that passed a stage",
+                                     labels=["interface", "stage"])
+            for name, per_stage in sorted(stages.items()):
+                for stage, pb in sorted(per_stage.items()):
+                    if isinstance(pb, (tuple, list)) and len(pb) >= 2:
+                        sp.add_metric([name, stage], pb[0])
+                        sb.add_metric([name, stage], pb[1])
+            yield sp
+            yield sb
+
         in_flight = snap.get("captured", 0) - snap.get("acked", 0) - sum((snap.get("dropped") or {}).values())
         yield GaugeMetricFamily("ossensor_in_flight_packets", "captured, neither acknowledged nor dropped yet",
                                 value=in_flight)
@@ -249,8 +265,12 @@ class Collector:
             fam = CounterMetricFamily("ossensor_antigena_events", "Antigena counters, by event",
                                       labels=["event"])
             for k, v in sorted(ag.items()):
-                fam.add_metric([k], v)
+                if k not in _ANTIGENA_GAUGES:
+                    fam.add_metric([k], v)
             yield fam
+            for k, doc in _ANTIGENA_GAUGES.items():
+                if k in ag:
+                    yield GaugeMetricFamily(f"ossensor_antigena_{k}", doc, value=ag[k])
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

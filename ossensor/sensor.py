@@ -128,7 +128,7 @@ class Sensor:
                 f"kernel_drops={snap['kernel_drops']} queue_drops={d['queue']} spool_drops={d['spool']} "
                 f"refused={d['refused']} shutdown_drops={d['shutdown']} acked={snap['acked']} "
                 f"batches={snap['batches']} recovered={snap['recovered']} queued={snap['queued']} "
-                f"spooled={snap['spooled']} sent={snap['sent_packets']} "
+                f"spooled={snap['spooled']} sent={snap['sent_packets']} retries={snap['retries']} "
                 f"{self.pipeline.stats_fields() if self.pipeline else 'in_queue=0'} "
                 f"in_flight={self.acct.in_flight()} stale={snap['stale']} "
                 f"per_interface[{per_if}]")
@@ -192,7 +192,7 @@ class Sensor:
                      f"{', client certificate ' + str(s.tls_cert_file) if s.tls_cert_file else ''}"
                      f"{', via proxy ' + via.shown + ' (' + via.variable + ')' if via else ', direct'})")
         self.pipeline = Pipeline(s, log, self.acct, self.shipper, self.boot)  # queue -> spool -> vSensor
-        self.queue = self.pipeline.queue
+        self.queue, self.spool = self.pipeline.queue, self.pipeline.spool  # for metrics
         self.pipeline.recover()
 
         from ossensor.metrics import Observer  # metrics, probes, rate lines (docs/troubleshooting.md)

@@ -70,7 +70,8 @@ class Shipper:
             resp = self.session.post(self.base + path, data=body, headers=headers,
                                      timeout=self.timeout, verify=self.verify)
         except requests.exceptions.SSLError as err:
-            return Outcome("retry", None, tls_explain(_root_cause(err)), time.monotonic() - t0)
+            return Outcome("retry", None, tls_explain(_root_cause(err), self.session.cert is not None),
+                           time.monotonic() - t0)
         except requests.exceptions.ProxyError as err:
             return Outcome("retry", None, f"proxy failure: {_root_cause(err)}", time.monotonic() - t0)
         except requests.exceptions.Timeout:
@@ -78,7 +79,8 @@ class Shipper:
         except requests.exceptions.ConnectionError as err:
             cause = _root_cause(err)
             if _looks_tls(cause):  # TLS 1.3: a refused client certificate shows after the handshake
-                return Outcome("retry", None, tls_explain(cause), time.monotonic() - t0)
+                return Outcome("retry", None, tls_explain(cause, self.session.cert is not None),
+                               time.monotonic() - t0)
             return Outcome("retry", None, f"cannot connect: {cause}", time.monotonic() - t0)
         except requests.exceptions.RequestException as err:  # anything else requests raises
             return Outcome("retry", None, f"request failed: {_root_cause(err)}", time.monotonic() - t0)
@@ -172,10 +174,18 @@ _TLS_HINTS = [
 ]
 
 
-def tls_explain(cause: str) -> str:
-    """'TLS failure: <meaning>: <OpenSSL's words>' -- one line an operator can act on."""
+def tls_explain(cause: str, client_cert: bool = False) -> str:
+    """'TLS failure: <meaning> (<OpenSSL's words>)' -- one line an operator can act on."""
     low = cause.lower()
     for needle, meaning in _TLS_HINTS:
         if needle in low:
             return f"TLS failure: {meaning} ({cause})"
+    if "eof occurred in violation of protocol" in low or "unexpected eof" in low or "connection reset" in low:
+        # TLS 1.3: a server that refuses the client certificate may just close the connection
+        if client_cert:
+            return ("TLS failure: the vSensor closed the connection during the TLS handshake: it probably "
+                    f"refused this sensor's client certificate (not signed by a CA it trusts?) ({cause})")
+        return ("TLS failure: the vSensor closed the connection during the TLS handshake: does it require a "
+                "client certificate? (OSSENSOR_TLS_CERT_FILE and OSSENSOR_TLS_KEY_FILE are not set) "
+                f"({cause})")
     return f"TLS failure: {cause}"

@@ -186,7 +186,7 @@ class Pipeline:
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 return False
             out = self.client.send(batch.seq, body, boot=batch.boot, encoding=batch.encoding)
-            self.acct.sent(batch.packets, len(body), batch.per_if)
+            self.acct.sent(batch.packets, len(body), batch.per_if, retry=attempt > 0)
             self.log(L.SENDS, f"send seq={batch.seq}{'' if not batch.boot else ' boot=' + batch.boot} "
                               f"packets={batch.packets} bytes={len(body)}"
                               f"{'' if batch.encoding == 'identity' else ' ' + batch.encoding} "

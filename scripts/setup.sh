@@ -10,6 +10,7 @@ command -v ip >/dev/null || need_apt+=(iproute2)
 command -v tcpdump >/dev/null || need_apt+=(tcpdump)
 command -v trafgen >/dev/null || need_apt+=(netsniff-ng)
 command -v tshark >/dev/null || need_apt+=(tshark)
+command -v tinyproxy >/dev/null || need_apt+=(tinyproxy)  # HTTP CONNECT proxy for the link tests
 command -v gcc >/dev/null || need_apt+=(gcc)
 [ -e /usr/include/pcap/pcap.h ] || need_apt+=(libpcap-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -86,6 +86,9 @@ def test_metrics_match_the_accounting(topo, tmp_path):
     assert metric(text, "ossensor_captured_bytes_total") == n * frame
     assert metric(text, "ossensor_interface_captured_packets_total", interface=topo.cap_if) == n
     assert metric(text, "ossensor_interface_captured_bytes_total", interface=topo.cap_if) == n * frame
+    for stage in ("captured", "sent", "acked"):
+        assert metric(text, "ossensor_interface_stage_packets_total", interface=topo.cap_if, stage=stage) == n
+    assert metric(text, "ossensor_interface_stage_packets_total", interface=topo.cap_if, stage="drop_queue") == 0
     for stage in ("kernel_ring", "queue", "refused", "shutdown"):
         assert metric(text, "ossensor_dropped_packets_total", stage=stage) == 0, stage
     assert metric(text, "ossensor_in_flight_packets") == 0
@@ -174,7 +177,8 @@ def test_antigena_counters_are_exported_when_present():
     from ossensor import metrics
 
     sensor = _fake_sensor()
-    sensor.antigena = types.SimpleNamespace(counters=lambda: {"received": 3, "enforced": 2, "note": "x"})
+    sensor.antigena = types.SimpleNamespace(counters=lambda: {"received": 3, "enforced": 2, "note": "x",
+                                                              "active": 1})
     reg = CollectorRegistry(auto_describe=False)
     h = metrics.Health(sensor, 60.0, reg)
     reg.register(metrics.Collector(sensor, h))
@@ -182,6 +186,8 @@ def test_antigena_counters_are_exported_when_present():
     assert metric(text, "ossensor_antigena_events_total", event="received") == 3
     assert metric(text, "ossensor_antigena_events_total", event="enforced") == 2
     assert "note" not in text
+    assert metric(text, "ossensor_antigena_active") == 1
+    assert metric(text, "ossensor_antigena_events_total", event="active") is None
 
 
 @pytest.mark.parametrize("var,value,reason", [
