@@ -27,15 +27,21 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #define EPB_TYPE 6u
 #define EPB_OVERHEAD 32u /* block header 8 + fixed fields 20 + trailer 4 */
 #define LINKTYPE_ETHERNET 1
 #define MIN_BLOCKS 2u
+#define POOL_SIZE 8
+#define ISB_RESERVE(n) (256u + 256u * (n))
 
 typedef struct {
     int ifindex;
     int linktype;
+    PyObject *idb;    /* this interface's pcapng Interface Description Block (bytes) */
     uint64_t packets; /* written into batches, since the last take() */
     uint64_t bytes;   /* captured bytes written, since the last take() */
 } IfEntry;
@@ -61,9 +67,14 @@ typedef struct {
     int last_ifindex; /* one-entry cache: packets arrive in runs from one interface */
     unsigned last_id;
 
-    PyObject *buf; /* bytes object being filled */
-    size_t buf_cap;
+    PyObject *buf; /* bytearray being filled with one pcapng section */
+    PyObject *pool[POOL_SIZE]; /* batch buffers handed out; reused once Python lets go of them */
+    PyObject *shb;             /* Section Header Block that opens every batch (bytes) */
+    size_t buf_cap;  /* size of new batch buffers */
+    size_t buf_size; /* size of the current one */
     size_t buf_len;
+    size_t reserve; /* kept free at the end for the trailer (ISBs) */
+    unsigned hdr_ifs; /* interfaces whose IDB is in the current batch */
     uint64_t batch_packets;
     uint64_t first_ns, last_ns;
     int batch_full;
@@ -80,17 +91,51 @@ typedef struct {
 
 #include "antigena.h"
 
+/* Start a new batch buffer. A bytearray handed to Python earlier is reused as soon as
+ * only the pool still references it (its memoryview is gone): no fresh pages to fault in
+ * for every batch. */
 static PyObject *new_buffer(Ring *self)
 {
-    PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)self->buf_cap);
-    if (!b)
-        return NULL;
+    PyObject *b = NULL;
+    int slot = -1;
+    for (int i = 0; i < POOL_SIZE; i++) {
+        PyObject *c = self->pool[i];
+        if (!c) {
+            if (slot < 0)
+                slot = i;
+            continue;
+        }
+        if (Py_REFCNT(c) == 1 && (size_t)PyByteArray_GET_SIZE(c) >= self->buf_cap) {
+            b = c;
+            break;
+        }
+    }
+    if (!b) {
+        b = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)self->buf_cap);
+        if (!b)
+            return NULL;
+        if (slot < 0) { /* every pooled buffer is still in use: let the oldest go */
+            Py_DECREF(self->pool[0]);
+            memmove(self->pool, self->pool + 1, (POOL_SIZE - 1) * sizeof(PyObject *));
+            slot = POOL_SIZE - 1;
+        }
+        self->pool[slot] = b;
+    }
     self->buf = b;
+    self->buf_size = (size_t)PyByteArray_GET_SIZE(b);
     self->buf_len = 0;
     self->batch_packets = 0;
     self->first_ns = self->last_ns = 0;
     self->batch_full = 0;
+    self->hdr_ifs = 0;
     return b;
+}
+
+static void free_table(IfEntry *tab, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++)
+        Py_XDECREF(tab[i].idb);
+    PyMem_Free(tab);
 }
 
 static PyObject *Ring_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
@@ -116,8 +161,10 @@ static void ring_unmap(Ring *self)
 static void Ring_dealloc(Ring *self)
 {
     ring_unmap(self);
-    PyMem_Free(self->ifs);
-    Py_XDECREF(self->buf);
+    free_table(self->ifs, self->n_ifs);
+    for (int i = 0; i < POOL_SIZE; i++)
+        Py_XDECREF(self->pool[i]);
+    Py_XDECREF(self->shb);
     ag_free(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -149,6 +196,10 @@ static int Ring_init(Ring *self, PyObject *args, PyObject *kwds)
     self->snaplen = snaplen;
     self->buf_cap = batch_bytes < snaplen + 1024u ? snaplen + 1024u : (size_t)batch_bytes;
     self->buf_cap = (self->buf_cap + 3) & ~(size_t)3;
+    self->reserve = ISB_RESERVE(0);
+    self->shb = PyBytes_FromStringAndSize(NULL, 0);
+    if (!self->shb)
+        return -1;
     self->last_ifindex = -1;
 
     /* Protocol 0: the socket receives nothing until start() binds it, so no packet
@@ -189,9 +240,9 @@ static int Ring_init(Ring *self, PyObject *args, PyObject *kwds)
     self->block_size = block_size;
     self->block_nr = nr;
     self->map_len = (size_t)block_size * nr;
-    self->map = mmap(NULL, self->map_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_LOCKED, self->fd, 0);
+    self->map = mmap(NULL, self->map_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_LOCKED | MAP_POPULATE, self->fd, 0);
     if (self->map == MAP_FAILED) /* MAP_LOCKED may exceed RLIMIT_MEMLOCK: fall back to unlocked */
-        self->map = mmap(NULL, self->map_len, PROT_READ | PROT_WRITE, MAP_SHARED, self->fd, 0);
+        self->map = mmap(NULL, self->map_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, self->fd, 0);
     if (self->map == MAP_FAILED) {
         self->map = NULL;
         goto fail;
@@ -286,14 +337,42 @@ static PyObject *Ring_start(Ring *self, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
-/* set_interfaces([(ifindex, linktype), ...]): position in the list = pcapng interface id.
- * While a batch is being filled the existing positions must not change (ids are stable
- * within a section); new interfaces may be appended. */
-static PyObject *Ring_set_interfaces(Ring *self, PyObject *arg)
+/* Bytes the current batch needs before any packet: the SHB and one IDB per interface. */
+static size_t header_size(Ring *self)
 {
+    size_t n = (size_t)PyBytes_GET_SIZE(self->shb);
+    for (unsigned i = 0; i < self->n_ifs; i++)
+        n += (size_t)PyBytes_GET_SIZE(self->ifs[i].idb);
+    return n;
+}
+
+/* Write the SHB and the IDBs into an empty batch. */
+static void write_header(Ring *self, uint8_t *out)
+{
+    size_t n = (size_t)PyBytes_GET_SIZE(self->shb);
+    memcpy(out, PyBytes_AS_STRING(self->shb), n);
+    for (unsigned i = 0; i < self->n_ifs; i++) {
+        size_t k = (size_t)PyBytes_GET_SIZE(self->ifs[i].idb);
+        memcpy(out + n, PyBytes_AS_STRING(self->ifs[i].idb), k);
+        n += k;
+    }
+    self->buf_len = n;
+    self->hdr_ifs = self->n_ifs;
+}
+
+/* set_interfaces([(ifindex, linktype, idb), ...], shb=None): position in the list = pcapng
+ * interface id; idb is that interface's Interface Description Block. While a batch is being
+ * filled the existing positions must not change (ids are stable within a section); new
+ * interfaces may be appended, and their IDBs are written into the batch at once (pcapng
+ * allows an IDB anywhere before the first packet that refers to it). */
+static PyObject *Ring_set_interfaces(Ring *self, PyObject *args)
+{
+    PyObject *arg, *shb = NULL;
+    if (!PyArg_ParseTuple(args, "O|O!", &arg, &PyBytes_Type, &shb))
+        return NULL;
     if (check_open(self) < 0)
         return NULL;
-    PyObject *seq = PySequence_Fast(arg, "interfaces must be a sequence of (ifindex, linktype)");
+    PyObject *seq = PySequence_Fast(arg, "interfaces must be a sequence of (ifindex, linktype, idb)");
     if (!seq)
         return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
@@ -303,32 +382,65 @@ static PyObject *Ring_set_interfaces(Ring *self, PyObject *arg)
         return PyErr_NoMemory();
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "ii", &tab[i].ifindex, &tab[i].linktype)) {
-            PyMem_Free(tab);
+        PyObject *idb;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "iiO!", &tab[i].ifindex, &tab[i].linktype,
+                              &PyBytes_Type, &idb)) {
+            free_table(tab, (unsigned)i);
             Py_DECREF(seq);
             return NULL;
         }
+        Py_INCREF(idb);
+        tab[i].idb = idb;
     }
     Py_DECREF(seq);
+    unsigned old_n = self->n_ifs;
     if (self->buf_len) {
-        int ok = (size_t)n >= self->n_ifs;
-        for (unsigned i = 0; ok && i < self->n_ifs; i++)
+        int ok = (size_t)n >= old_n && !shb;
+        for (unsigned i = 0; ok && i < old_n; i++)
             ok = tab[i].ifindex == self->ifs[i].ifindex && tab[i].linktype == self->ifs[i].linktype;
         if (!ok) {
-            PyMem_Free(tab);
+            free_table(tab, (unsigned)n);
             PyErr_SetString(PyExc_ValueError,
                             "interface ids must stay stable within a batch: only append, or take() first");
             return NULL;
         }
-        for (unsigned i = 0; i < self->n_ifs; i++) {
+        for (unsigned i = 0; i < old_n; i++) {
             tab[i].packets = self->ifs[i].packets;
             tab[i].bytes = self->ifs[i].bytes;
         }
     }
-    PyMem_Free(self->ifs);
+    if (shb) {
+        Py_INCREF(shb);
+        Py_SETREF(self->shb, shb);
+    }
+    free_table(self->ifs, old_n);
     self->ifs = tab;
     self->n_ifs = (unsigned)n;
     self->last_ifindex = -1;
+    self->reserve = ISB_RESERVE(self->n_ifs);
+    /* every batch must hold its header, the trailer and one full-size packet */
+    size_t need = header_size(self) + self->reserve + self->snaplen + 64;
+    if (need > self->buf_cap)
+        self->buf_cap = (need + 3) & ~(size_t)3;
+    if (!self->buf_len) {
+        if ((size_t)PyByteArray_GET_SIZE(self->buf) < self->buf_cap && !new_buffer(self))
+            return NULL;
+    } else if (self->hdr_ifs < self->n_ifs) {
+        size_t extra = 0;
+        for (unsigned i = self->hdr_ifs; i < self->n_ifs; i++)
+            extra += (size_t)PyBytes_GET_SIZE(self->ifs[i].idb);
+        if (self->buf_len + extra + self->reserve <= (size_t)PyByteArray_GET_SIZE(self->buf)) {
+            uint8_t *out = (uint8_t *)PyByteArray_AS_STRING(self->buf);
+            for (unsigned i = self->hdr_ifs; i < self->n_ifs; i++) {
+                size_t k = (size_t)PyBytes_GET_SIZE(self->ifs[i].idb);
+                memcpy(out + self->buf_len, PyBytes_AS_STRING(self->ifs[i].idb), k);
+                self->buf_len += k;
+            }
+            self->hdr_ifs = self->n_ifs;
+        } else {
+            self->batch_full = 1; /* no room for the new IDBs: they open the next batch */
+        }
+    }
     Py_RETURN_NONE;
 }
 
@@ -347,6 +459,44 @@ static inline int lookup_if(Ring *self, int ifindex, unsigned *id)
         }
     }
     return 0;
+}
+
+/* Copy a packet into the batch. Large packets go with non-temporal stores: the batch
+ * buffer is written once and read much later (by the signer), so pulling its lines into
+ * the cache first (read-for-ownership) only costs memory bandwidth and evicts the ring. */
+static inline void copy_packet(uint8_t *dst, const uint8_t *src, uint32_t len)
+{
+#if defined(__SSE2__)
+    if (len >= 512) {
+        uint32_t head = (uint32_t)((16 - ((uintptr_t)dst & 15)) & 15);
+        memcpy(dst, src, head);
+        dst += head;
+        src += head;
+        len -= head;
+        while (len >= 64) {
+            __m128i a = _mm_loadu_si128((const __m128i *)src);
+            __m128i b = _mm_loadu_si128((const __m128i *)(src + 16));
+            __m128i c = _mm_loadu_si128((const __m128i *)(src + 32));
+            __m128i d = _mm_loadu_si128((const __m128i *)(src + 48));
+            _mm_stream_si128((__m128i *)dst, a);
+            _mm_stream_si128((__m128i *)(dst + 16), b);
+            _mm_stream_si128((__m128i *)(dst + 32), c);
+            _mm_stream_si128((__m128i *)(dst + 48), d);
+            src += 64;
+            dst += 64;
+            len -= 64;
+        }
+    }
+#endif
+    memcpy(dst, src, len);
+}
+
+/* Non-temporal stores are weakly ordered: fence before another thread reads the batch. */
+static inline void drain_fence(void)
+{
+#if defined(__SSE2__)
+    _mm_sfence();
+#endif
 }
 
 struct epb_head {
@@ -368,7 +518,9 @@ static inline int write_epb(Ring *self, uint8_t *out, struct tpacket3_hdr *h)
                caplen >= 12;
     uint32_t outlen = caplen + (vlan ? 4u : 0u);
     uint32_t total = EPB_OVERHEAD + ((outlen + 3u) & ~3u);
-    if (self->buf_len + total > self->buf_cap)
+    if (!self->buf_len)
+        write_header(self, out);
+    if (id >= self->hdr_ifs || self->buf_len + total + self->reserve > self->buf_size)
         return 0;
     uint8_t *p = out + self->buf_len;
     uint64_t ns = (uint64_t)h->tp_sec * 1000000000ull + h->tp_nsec;
@@ -386,7 +538,7 @@ static inline int write_epb(Ring *self, uint8_t *out, struct tpacket3_hdr *h)
         memcpy(p + 16, data + 12, caplen - 12);
         self->vlan_restored++;
     } else {
-        memcpy(p, data, caplen);
+        copy_packet(p, data, caplen);
     }
     p += outlen;
     memset(p, 0, ((outlen + 3u) & ~3u) - outlen);
@@ -430,9 +582,12 @@ static uint64_t drain(Ring *self, uint8_t *out)
         }
         while (left) {
             if (!write_epb(self, out, h)) {
+                if (!self->batch_packets)
+                    self->buf_len = 0; /* a header alone is no batch */
                 self->pend_pkt = h;
                 self->pend_left = left;
                 self->batch_full = 1;
+                drain_fence();
                 return self->batch_packets - before;
             }
             left--;
@@ -443,6 +598,7 @@ static uint64_t drain(Ring *self, uint8_t *out)
         __atomic_store_n(&bd->hdr.bh1.block_status, TP_STATUS_KERNEL, __ATOMIC_RELEASE);
         self->block_cur = (self->block_cur + 1) % self->block_nr;
     }
+    drain_fence();
     return self->batch_packets - before;
 }
 
@@ -456,7 +612,7 @@ static PyObject *Ring_read(Ring *self, PyObject *args)
         return NULL;
     if (self->batch_full)
         return PyLong_FromLong(0);
-    uint8_t *out = (uint8_t *)PyBytes_AS_STRING(self->buf);
+    uint8_t *out = (uint8_t *)PyByteArray_AS_STRING(self->buf);
     uint64_t n;
     int err = 0;
     self->busy = 1;
@@ -478,12 +634,8 @@ static PyObject *Ring_read(Ring *self, PyObject *args)
     return PyLong_FromUnsignedLongLong(n);
 }
 
-/* take() -> (epbs: bytes, packets, first_ns, last_ns, [(packets, bytes) per interface id])
- * Hands the filled buffer to Python (shrunk in place, not copied) and starts a new one. */
-static PyObject *Ring_take(Ring *self, PyObject *Py_UNUSED(ignored))
+static PyObject *per_if_counts(Ring *self)
 {
-    if (check_open(self) < 0)
-        return NULL;
     PyObject *per_if = PyList_New(self->n_ifs);
     if (!per_if)
         return NULL;
@@ -496,22 +648,58 @@ static PyObject *Ring_take(Ring *self, PyObject *Py_UNUSED(ignored))
         }
         PyList_SET_ITEM(per_if, i, t);
     }
-    PyObject *data = self->buf;
-    self->buf = NULL;
-    if (_PyBytes_Resize(&data, (Py_ssize_t)self->buf_len) < 0) {
+    return per_if;
+}
+
+/* batch_counts() -> (interfaces with an IDB in this batch, [(packets, bytes) per interface id]) */
+static PyObject *Ring_batch_counts(Ring *self, PyObject *Py_UNUSED(ignored))
+{
+    if (check_open(self) < 0)
+        return NULL;
+    return Py_BuildValue("(IN)", self->hdr_ifs, per_if_counts(self));
+}
+
+/* take(trailer=b"") -> (section: memoryview, packets, first_ns, last_ns, [(packets, bytes) per id])
+ * Appends the trailer (the ISBs) and hands the whole pcapng section to Python as a memoryview
+ * of the batch buffer — no copy. The buffer is reused once that view is gone. */
+static PyObject *Ring_take(Ring *self, PyObject *args)
+{
+    Py_buffer trailer = {0};
+    if (!PyArg_ParseTuple(args, "|y*", &trailer))
+        return NULL;
+    if (check_open(self) < 0) {
+        PyBuffer_Release(&trailer);
+        return NULL;
+    }
+    if (self->buf_len + (size_t)trailer.len > self->buf_size) {
+        if (PyByteArray_Resize(self->buf, (Py_ssize_t)(self->buf_len + (size_t)trailer.len)) < 0) {
+            PyBuffer_Release(&trailer);
+            return NULL;
+        }
+        self->buf_size = (size_t)PyByteArray_GET_SIZE(self->buf);
+    }
+    memcpy(PyByteArray_AS_STRING(self->buf) + self->buf_len, trailer.buf, (size_t)trailer.len);
+    size_t len = self->buf_len + (size_t)trailer.len;
+    PyBuffer_Release(&trailer);
+    PyObject *per_if = per_if_counts(self);
+    if (!per_if)
+        return NULL;
+    PyObject *whole = PyMemoryView_FromObject(self->buf);
+    PyObject *view = whole ? PySequence_GetSlice(whole, 0, (Py_ssize_t)len) : NULL;
+    Py_XDECREF(whole);
+    if (!view) {
         Py_DECREF(per_if);
-        new_buffer(self);
         return NULL;
     }
     unsigned long long pk = self->batch_packets, f = self->first_ns, l = self->last_ns;
-    if (!new_buffer(self)) {
-        Py_DECREF(per_if);
-        Py_DECREF(data);
-        return NULL;
-    }
     for (unsigned i = 0; i < self->n_ifs; i++)
         self->ifs[i].packets = self->ifs[i].bytes = 0;
-    return Py_BuildValue("(NKKKN)", data, pk, f, l, per_if);
+    if (!new_buffer(self)) {
+        Py_DECREF(per_if);
+        Py_DECREF(view);
+        return NULL;
+    }
+    return Py_BuildValue("(NKKKN)", view, pk, f, l, per_if);
 }
 
 /* kernel_stats() -> (packets, drops, freezes), cumulative since the socket opened.
@@ -587,9 +775,12 @@ static PyGetSetDef Ring_getset[] = {
 static PyMethodDef Ring_methods[] = {
     {"attach_filter", (PyCFunction)Ring_attach_filter, METH_O, "attach a classic BPF program [(code, jt, jf, k)]"},
     {"start", (PyCFunction)Ring_start, METH_NOARGS, "bind to all interfaces: capture starts"},
-    {"set_interfaces", (PyCFunction)Ring_set_interfaces, METH_O, "set [(ifindex, linktype)]; position = id"},
+    {"set_interfaces", (PyCFunction)Ring_set_interfaces, METH_VARARGS,
+     "set_interfaces([(ifindex, linktype, idb)], shb=None); position = pcapng interface id"},
     {"read", (PyCFunction)Ring_read, METH_VARARGS, "read(timeout_ms) -> packets appended to the batch"},
-    {"take", (PyCFunction)Ring_take, METH_NOARGS, "take() -> (epbs, packets, first_ns, last_ns, per_if)"},
+    {"take", (PyCFunction)Ring_take, METH_VARARGS,
+     "take(trailer) -> (section memoryview, packets, first_ns, last_ns, per_if)"},
+    {"batch_counts", (PyCFunction)Ring_batch_counts, METH_NOARGS, "(interfaces in batch, [(packets, bytes)])"},
     {"kernel_stats", (PyCFunction)Ring_kernel_stats, METH_NOARGS, "(packets, drops, freezes) cumulative"},
     {"fileno", (PyCFunction)Ring_fileno, METH_NOARGS, "socket file descriptor"},
     {"close", (PyCFunction)Ring_close, METH_NOARGS, "unmap the ring and close the socket"},

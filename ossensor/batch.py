@@ -39,14 +39,23 @@ class Batch:
 def section(interfaces: list[tuple[str, int]], snaplen: int, epbs: bytes, *, ts_ns: int,
             delivered: list[int], kernel_seen: int, kernel_drops: int,
             drops: tuple[dict[str, int], dict[str, int]] | None = None) -> bytes:
-    """interfaces: [(name, linktype)] in id order; delivered: cumulative packets per interface;
-    drops: Accounting.isb_drops() -- per interface, packets dropped at ossensor's own stages
-    (isb_ifdrop), and ring-wide totals per stage (named in the first ISB's comment)."""
+    """A whole section around `epbs` (file replay; live capture has the C reader write the
+    header and its EPBs in place, and only appends the trailer)."""
     head = [pcapng.shb()] + [pcapng.idb(name, lt, snaplen) for name, lt in interfaces]
+    return b"".join(head) + epbs + trailer([n for n, _ in interfaces], ts_ns=ts_ns, delivered=delivered,
+                                           kernel_seen=kernel_seen, kernel_drops=kernel_drops, drops=drops)
+
+
+def trailer(names: list[str], *, ts_ns: int, delivered: list[int], kernel_seen: int, kernel_drops: int,
+            drops: tuple[dict[str, int], dict[str, int]] | None = None) -> bytes:
+    """The ISBs that close a section, one per interface id (names in id order).
+    delivered: cumulative packets per interface; drops: Accounting.isb_drops() -- per interface,
+    packets dropped at ossensor's own stages (isb_ifdrop), and ring-wide totals per stage
+    (named in the first ISB's comment)."""
     tail = []
     by_if, by_stage = drops if drops is not None else (None, None)
-    for i in range(len(interfaces)):
-        ifdrop = by_if.get(interfaces[i][0], 0) if by_if is not None else None
+    for i, name in enumerate(names):
+        ifdrop = by_if.get(name, 0) if by_if is not None else None
         if i == 0:
             # One ring serves every interface: its counters are ring-wide, carried once.
             comment = "isb_filteraccept and isb_osdrop are ring-wide (all interfaces)"
@@ -57,7 +66,7 @@ def section(interfaces: list[tuple[str, int]], snaplen: int, epbs: bytes, *, ts_
                                    osdrop=kernel_drops, ifdrop=ifdrop, comment=comment))
         else:
             tail.append(pcapng.isb(i, ts_ns, usrdeliv=delivered[i], ifdrop=ifdrop))
-    return b"".join(head) + epbs + b"".join(tail)
+    return b"".join(tail)
 
 
 def packet_hex(epbs: bytes | memoryview, names: list[str]) -> list[str]:

@@ -46,7 +46,8 @@ MAX_BODY = 64 * 1024 * 1024  # the vSensor refuses larger bodies (413)
 
 _SENSOR_RE = re.compile(r"^[A-Za-z0-9._:-]{1,253}$")
 _BOOT_RE = re.compile(r"^[0-9a-f]{16}$")
-_DIGEST_RE = re.compile(r"^sha256=([0-9a-f]{64})$")
+_DIGEST_RE = re.compile(r"^(sha256|blake3)=([0-9a-f]{64})$")
+DIGESTS = ("sha256", "blake3")  # the sensor sends blake3 (about 3x faster); sha256 stays valid
 _SIG_RE = re.compile(r"^v1=([0-9a-f]{64})$")
 
 
@@ -59,7 +60,16 @@ class ProtocolError(Exception):
         self.reason = reason
 
 
-def body_digest(body: bytes | memoryview) -> str:
+def body_digest(body: bytes | memoryview, algorithm: str = "sha256") -> str:
+    """`algorithm=hex`. The algorithm's name is part of the signed text, so it cannot be
+    swapped. BLAKE3 (256-bit output) is a cryptographic hash like SHA-256 and runs at
+    about 3x its speed here: it lowers the per-byte cost of signing large batches."""
+    if algorithm == "blake3":
+        import blake3
+
+        return "blake3=" + blake3.blake3(body).hexdigest()
+    if algorithm != "sha256":
+        raise ValueError(f"unknown digest {algorithm!r}")
     return "sha256=" + hashlib.sha256(body).hexdigest()
 
 
@@ -77,9 +87,10 @@ def signature(key: bytes, canon: bytes) -> str:
 
 
 def sign(key: bytes, *, sensor: str, boot: str, seq: int, timestamp: int, body: bytes | memoryview,
-         method: str = "POST", path: str = PATH_BATCHES, content_encoding: str = "identity") -> dict[str, str]:
+         method: str = "POST", path: str = PATH_BATCHES, content_encoding: str = "identity",
+         digest_algorithm: str = "sha256") -> dict[str, str]:
     """Headers that authenticate `body` as batch `seq` of this sensor's boot `boot`."""
-    digest = body_digest(body)
+    digest = body_digest(body, digest_algorithm)
     ctype = content_type_for(path)
     canon = canonical(method, path, sensor, boot, seq, timestamp, ctype, content_encoding, digest)
     return {
@@ -141,7 +152,7 @@ def verify(key: bytes, *, method: str, path: str, headers, body: bytes, now: flo
     canon = canonical(method, path, sensor, boot, seq, timestamp, ctype, encoding, digest)
     if not hmac.compare_digest(signature(key, canon), sig):
         raise ProtocolError(401, "signature does not verify (wrong key, or the request was altered)")
-    if not hmac.compare_digest(body_digest(body), digest):
+    if not hmac.compare_digest(body_digest(body, digest.split("=", 1)[0]), digest):
         raise ProtocolError(401, "body does not match its signed digest (tampered)")
     if abs(now - timestamp) > max_skew:
         raise ProtocolError(401, f"stale timestamp: {int(now - timestamp)} s from the vSensor's clock "

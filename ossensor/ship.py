@@ -64,7 +64,8 @@ class Shipper:
               encoding: str = "identity") -> Outcome:
         # signed now, at each attempt: a retry carries a fresh time, its boot and seq stay
         headers = protocol.sign(self._key, sensor=sensor or self.sensor, boot=boot or self.boot, seq=seq,
-                                timestamp=int(time.time()), body=body, path=path, content_encoding=encoding)
+                                timestamp=int(time.time()), body=body, path=path, content_encoding=encoding,
+                                digest_algorithm="blake3")
         t0 = time.monotonic()
         try:
             resp = self.session.post(self.base + path, data=body, headers=headers,

@@ -207,3 +207,26 @@ def test_replay_guard_memory_bound():
         g.accept(f"sensor{i}", boot, 0)
     assert len(g._streams) <= 10
     assert ("sensor49", boot) in g._streams and ("s", boot) not in g._streams
+
+
+def test_blake3_digest_is_signed_and_checked():
+    import time as _t
+
+    from ossensor import protocol as P
+
+    body = b"\x0a\x0d\x0d\x0a" + b"x" * 1000
+    now = int(_t.time())
+    h = P.sign(b"k" * 16, sensor="s1", boot="0123456789abcdef", seq=7, timestamp=now, body=body,
+               digest_algorithm="blake3")
+    assert h[P.H_DIGEST].startswith("blake3=")
+    v = P.verify(b"k" * 16, method="POST", path=P.PATH_BATCHES, headers=h, body=body, now=now)
+    assert v.seq == 7
+    with pytest.raises(P.ProtocolError) as err:
+        P.verify(b"k" * 16, method="POST", path=P.PATH_BATCHES, headers=h, body=body[:-1] + b"y", now=now)
+    assert err.value.status == 401
+    # the algorithm is signed: relabelling the digest breaks the signature
+    forged = dict(h)
+    forged[P.H_DIGEST] = "sha256=" + h[P.H_DIGEST].split("=", 1)[1]
+    with pytest.raises(P.ProtocolError) as err:
+        P.verify(b"k" * 16, method="POST", path=P.PATH_BATCHES, headers=forged, body=body, now=now)
+    assert err.value.status == 401

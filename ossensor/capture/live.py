@@ -14,7 +14,8 @@ from typing import Callable
 
 from ossensor import log as L
 from ossensor.accounting import Accounting
-from ossensor.batch import Batch, packet_hex, section
+from ossensor import pcapng
+from ossensor.batch import Batch, packet_hex, trailer
 from ossensor.capture import bpf
 from ossensor.interfaces import Interface
 
@@ -44,6 +45,8 @@ class LiveCapture:
         self._lock = threading.Lock()
         self._seq = 0
         self._batch_started = 0.0
+        self._idbs: dict[tuple[str, int], bytes] = {}
+        self.ring.set_interfaces([], pcapng.shb())
 
     @property
     def ring_bytes(self) -> int:
@@ -92,7 +95,7 @@ class LiveCapture:
         for i, iface in enumerate(table):
             if iface.index in wanted and wanted[iface.index].linktype == iface.linktype:
                 table[i] = wanted[iface.index]  # a rename keeps the id, takes the new name
-        self.ring.set_interfaces([(i.index, i.linktype) for i in table])
+        self.ring.set_interfaces([(i.index, i.linktype, self._idb(i)) for i in table])
         self._table = table
         if self._pending is None:  # compacted: forget the counters of interfaces gone (bounded memory)
             names = {i.name for i in table}
@@ -102,18 +105,28 @@ class LiveCapture:
             self.ring.attach_filter(self._pending_prog)
             self._pending_prog = None
 
+    def _idb(self, iface: Interface) -> bytes:
+        key = (iface.name, iface.linktype)
+        blk = self._idbs.get(key)
+        if blk is None:
+            if len(self._idbs) > 4096:  # interfaces come and go: keep the cache bounded
+                self._idbs.clear()
+            blk = self._idbs[key] = pcapng.idb(iface.name, iface.linktype, self.snaplen)
+        return blk
+
     def start(self) -> None:
         with self._lock:
             self._started = True
         self.ring.start()
 
     def _cut(self, ts_ns: int) -> Batch | None:
-        epbs, packets, first_ns, last_ns, per_if = self.ring.take()
-        if not packets:
+        """Close the batch: the C reader wrote its SHB, IDBs and EPBs in place; add the ISBs."""
+        if not self.ring.batch_packets:
             return None
+        n_hdr, counts = self.ring.batch_counts()
         names = [i.name for i in self._table]
         per_name: dict[str, tuple[int, int]] = {}
-        for i, (p, b) in enumerate(per_if):
+        for i, (p, b) in enumerate(counts):
             self._delivered[i] += p
             self._delivered_by_name[names[i]] = self._delivered[i]
             if p:
@@ -121,11 +134,11 @@ class LiveCapture:
         k_seen, k_drops, _ = self.ring.kernel_stats()
         with self.acct.lock:
             self.acct.kernel_seen, self.acct.kernel_drops, self.acct.stale = k_seen, k_drops, self.ring.stale
-        body = section([(i.name, i.linktype) for i in self._table], self.snaplen, epbs, ts_ns=ts_ns,
-                       delivered=self._delivered, kernel_seen=k_seen, kernel_drops=k_drops,
-                       drops=self.acct.isb_drops())
+        isbs = trailer(names[:n_hdr], ts_ns=ts_ns, delivered=self._delivered[:n_hdr], kernel_seen=k_seen,
+                       kernel_drops=k_drops, drops=self.acct.isb_drops())
+        body, packets, first_ns, last_ns, _ = self.ring.take(isbs)
         self._seq += 1
-        captured = sum(b for _, b in per_if)
+        captured = sum(b for _, b in counts)
         self.acct.add_batch(packets, captured, per_name)
         if self.log.enabled(L.BATCHES):
             span = (last_ns - first_ns) / 1e6
@@ -133,7 +146,7 @@ class LiveCapture:
                                 f"body={len(body)} first={first_ns / 1e9:.6f} last={last_ns / 1e9:.6f} "
                                 f"span_ms={span:.1f}")
         if self.log.enabled(L.PACKETS):
-            for line in packet_hex(epbs, names):
+            for line in packet_hex(body, names):
                 self.log(L.PACKETS, line)
         return Batch(self._seq, body, packets, captured, first_ns, last_ns, time.monotonic(), per_if=per_name)
 

@@ -1,0 +1,337 @@
+#!/usr/bin/env python3
+"""Capture benchmark: ossensor against tcpdump (and pcapy-ng, scapy) on the same traffic, same run.
+
+    sudo python3 bench/capture.py [--seconds 3] [--sizes 64,1500] [--only NAME,...] [--json F] [--plot F]
+
+Builds two namespaces joined by a veth pair, drives the generator side with trafgen
+pinned to CPU 0, and runs each capturer in turn, pinned to CPU 1, on the other side:
+
+  tcpdump        tcpdump -w /dev/null, 64 MiB ring (-B)
+  ossensor-null  ossensor's capture only (native ring -> pcapng batches -> null sink)
+  ossensor-full  `ossensor run`: capture -> pcapng -> HMAC -> TLS -> reference vSensor (on loopback)
+  tcpdump-socat  tcpdump -w - | socat - OPENSSL:vSensor  (the do-it-yourself full path)
+  pcapy          pcapy-ng next_batch loop
+  scapy          scapy L2listen + recv (what sniff() does)
+
+Per capturer and frame size, at a fixed moderate rate (CPU per packet) and at the
+generator's maximum (drops): packets sent (veth tx counter), captured, dropped
+(kernel ring and, for ossensor, every stage), CPU seconds of the capturer's process
+tree (from /proc) per packet sent, and peak RSS. Ratios are to tcpdump in the same
+run: they survive a noisy machine, absolute numbers do not. Also measured: the
+"crypto floor", the CPU to SHA-256/HMAC and AES-GCM-encrypt the same bytes alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+GEN, CAP = "obench-gen", "obench-cap"
+GEN_IF, CAP_IF = "obg0", "obc0"
+MODERATE = {64: 200_000, 1500: 100_000}
+KEY = "bench-key-0123456789"
+
+
+def sh(cmd: str, check: bool = True) -> str:
+    return subprocess.run(cmd, shell=True, check=check, capture_output=True, text=True).stdout
+
+
+def setup() -> None:
+    teardown()
+    sh(f"ip netns add {GEN}; ip netns add {CAP}")
+    sh(f"ip -n {GEN} link add {GEN_IF} type veth peer name {CAP_IF} netns {CAP}")
+    for ns, dev in ((GEN, GEN_IF), (CAP, CAP_IF)):
+        sh(f"ip -n {ns} link set lo up; ip -n {ns} link set {dev} up")
+        sh(f"ip netns exec {ns} sysctl -qw net.ipv6.conf.{dev}.disable_ipv6=1")  # no ND chatter
+
+
+def teardown() -> None:
+    for ns in (GEN, CAP):
+        sh(f"ip netns pids {ns} 2>/dev/null | xargs -r kill -9", check=False)
+        sh(f"ip netns del {ns} 2>/dev/null", check=False)
+
+
+def trafgen_cfg(size: int) -> str:
+    """One UDP frame of `size` bytes (without FCS) to a MAC that is not the receiver's:
+    the capture sees it, the receiving IP stack drops it without answering."""
+    ip_len, udp_len = size - 14, size - 34
+    hdr = [0x45, 0, ip_len >> 8, ip_len & 255, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 78, 0, 1, 10, 78, 0, 2]
+    s = sum((hdr[i] << 8) + hdr[i + 1] for i in range(0, 20, 2))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    s = ~s & 0xFFFF
+    hdr[10], hdr[11] = s >> 8, s & 255
+    eth = [2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 8, 0]
+    udp = [0x04, 0xD2, 0x16, 0x2E, udp_len >> 8, udp_len & 255, 0, 0]
+    body = ", ".join(f"0x{b:02x}" for b in eth + hdr + udp)
+    return f"{{ {body}, fill(0x41, {size - 42}) }}\n"
+
+
+def tx_packets() -> int:
+    return int(sh(f"ip netns exec {GEN} cat /sys/class/net/{GEN_IF}/statistics/tx_packets"))
+
+
+def tree(pid: int) -> list[int]:
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                continue
+            kids.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out
+
+
+def cpu_and_rss(pid: int) -> tuple[float, int]:
+    """CPU seconds (nanosecond run time from schedstat, summed over every thread of the
+    tree: clock ticks are too coarse for tcpdump's few milliseconds) and peak RSS."""
+    cpu, rss = 0.0, 0
+    for p in tree(pid):
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                cpu += int(Path(f"/proc/{p}/task/{task}/schedstat").read_text().split()[0]) / 1e9
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    rss += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return cpu, rss
+
+
+class Run:
+    def __init__(self, name: str, argv: list[str], ready: str, env: dict | None = None, shell: bool = False):
+        self.name, self.argv, self.ready, self.env, self.shell = name, argv, ready, env, shell
+
+
+def start(run: Run, tmp: Path) -> tuple[subprocess.Popen, Path]:
+    log = tmp / f"{run.name}.log"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", **(run.env or {}))
+    argv = ["ip", "netns", "exec", CAP, "taskset", "-c", "1"] + run.argv
+    p = subprocess.Popen(argv, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    deadline = time.monotonic() + 20
+    while run.ready not in log.read_text():
+        if p.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{run.name} did not start:\n{log.read_text()}")
+        time.sleep(0.05)
+    return p, log
+
+
+def parse_counts(name: str, text: str) -> tuple[int, int, dict]:
+    if name.startswith("tcpdump"):
+        cap = int(re.search(r"(\d+) packets? captured", text).group(1))
+        drop = int(re.search(r"(\d+) packets? dropped by kernel", text).group(1))
+        return cap, drop, {}
+    if name == "ossensor-full":
+        line = [l for l in text.splitlines() if "final stats" in l][-1]
+        f = dict(re.findall(r"(\w+)=(\d+)", line))
+        stages = {k: int(f[k]) for k in ("queue_drops", "refused", "shutdown_drops", "acked") if k in f}
+        return int(f["captured"]), int(f["kernel_drops"]), stages
+    m = re.search(r"RESULT captured=(\d+) dropped=(-?\d+)", text)
+    return int(m.group(1)), int(m.group(2)), {}
+
+
+def measure(run: Run, size: int, rate: int | None, count: int, tmp: Path) -> dict:
+    cfg = tmp / f"frame{size}.cfg"
+    cfg.write_text(trafgen_cfg(size))
+    p, log = start(run, tmp)
+    try:
+        time.sleep(0.5)
+        cpu0, _ = cpu_and_rss(p.pid)
+        tx0 = tx_packets()
+        gen = ["ip", "netns", "exec", GEN, "taskset", "-c", "0", "trafgen", "-o", GEN_IF, "-i", str(cfg),
+               "-P", "1", "-n", str(count), "-q", "-C"]
+        if rate:
+            gen += ["-b", f"{rate}pps"]
+        t0 = time.monotonic()
+        subprocess.run(gen, check=True, capture_output=True, timeout=300)
+        elapsed = time.monotonic() - t0
+        sent = tx_packets() - tx0
+        time.sleep(1.6)  # let batches age out and ship
+        cpu1, rss = cpu_and_rss(p.pid)
+    finally:
+        os.killpg(p.pid, signal.SIGTERM)
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    text = log.read_text()
+    if run.name == "tcpdump-socat":
+        time.sleep(0.2)
+        text += (tmp / "td.err").read_text()
+    captured, dropped, stages = parse_counts(run.name, text)
+    cpu = cpu1 - cpu0
+    return {"capturer": run.name, "size": size, "rate": rate or "max", "sent": sent,
+            "pps": round(sent / elapsed), "captured": captured, "dropped": dropped, "stages": stages,
+            "cpu_s": round(cpu, 3), "us_per_pkt": round(cpu / max(sent, 1) * 1e6, 3),
+            "peak_rss_mib": round(rss / 2**20, 1)}
+
+
+def crypto_floor(size: int) -> float:
+    """µs of CPU to sign (SHA-256 digest, as the protocol does) and AES-GCM-encrypt one packet's
+    pcapng record, measured alone over 4 MiB buffers."""
+    import hashlib
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    buf = os.urandom(4 << 20)
+    aes = AESGCM(AESGCM.generate_key(bit_length=128))
+    nonce = os.urandom(12)
+    rounds = 16
+    t0 = time.process_time()
+    for _ in range(rounds):
+        hashlib.sha256(buf).digest()
+        aes.encrypt(nonce, buf, None)
+    per_byte = (time.process_time() - t0) / (rounds * len(buf))
+    return per_byte * (size + 32) * 1e6
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=3.0, help="seconds of traffic at the moderate rate")
+    ap.add_argument("--max-packets", type=int, default=1_500_000, help="packets sent at the maximum rate")
+    ap.add_argument("--sizes", default="64,1500")
+    ap.add_argument("--only", default="", help="comma list of capturers (default: all)")
+    ap.add_argument("--no-max", action="store_true", help="skip the maximum-rate runs")
+    ap.add_argument("--json", default="", help="write the results here")
+    ap.add_argument("--plot", default="", help="write a PNG plot here")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench: needs root (namespaces, trafgen, capture)", file=sys.stderr)
+        return 2
+    sizes = [int(s) for s in args.sizes.split(",")]
+    tmp = Path(tempfile.mkdtemp(prefix="ossensor-bench-"))
+    setup()
+    vs = None
+    try:
+        port = 18443
+        vs_out = tmp / "vs"
+        vs = subprocess.Popen(["ip", "netns", "exec", CAP, "taskset", "-c", "0", sys.executable, "-m", "ossensor",
+                               "vsensor", "--listen", f"127.0.0.1:{port}", "--out", str(vs_out)],
+                              env=dict(os.environ, PYTHONPATH=str(ROOT), VSENSOR_HMAC_KEY=KEY),
+                              stdout=(tmp / "vsensor.log").open("w"), stderr=subprocess.STDOUT,
+                              start_new_session=True)
+        socat_l = None
+        for _ in range(100):
+            if (vs_out / "server.pem").exists() and "listening" in (tmp / "vsensor.log").read_text():
+                break
+            time.sleep(0.1)
+        # a plain TLS sink for the do-it-yourself pipe
+        socat_l = subprocess.Popen(["ip", "netns", "exec", CAP, "taskset", "-c", "0", "socat", "-u",
+                                    f"OPENSSL-LISTEN:{port + 1},reuseaddr,fork,cert={vs_out}/server.pem,"
+                                    f"key={vs_out}/server.key,verify=0", "OPEN:/dev/null"],
+                                   start_new_session=True)
+        sensor_env = {"VSENSOR_HOSTNAME": "127.0.0.1", "VSENSOR_PORT": str(port), "VSENSOR_HMAC_KEY": KEY,
+                      "OSSENSOR_TLS_CA_FILE": str(vs_out / "ca.pem"),
+                      "OSSENSOR_CONFIG_PATH": str(tmp / "ossensor.cfg"), "OSSENSOR_DEBUG": "1",
+                      "OSSENSOR_STATS_INTERVAL": "3600", "OSSENSOR_NETWORK_DEVICE": CAP_IF,
+                      "ANTIGENA_ENABLED": "false"}
+        runs = [
+            Run("tcpdump", ["tcpdump", "-i", CAP_IF, "-n", "-s", "262144", "-B", "65536", "-w", "/dev/null"],
+                "listening on"),
+            Run("ossensor-null", [sys.executable, str(ROOT / "bench/_capturers.py"), "ossensor-null", CAP_IF],
+                "READY"),
+            Run("ossensor-full", [sys.executable, "-m", "ossensor", "run"], "capturing on", env=sensor_env),
+            Run("tcpdump-socat", ["sh", "-c", f"tcpdump -i {CAP_IF} -n -s 262144 -B 65536 -w - 2>{tmp}/td.err | "
+                                              f"socat -u -b 262144 - OPENSSL:127.0.0.1:{port + 1},verify=0 & "
+                                              f"tail -F {tmp}/td.err 2>/dev/null; wait"], "listening on"),
+            Run("pcapy", [sys.executable, str(ROOT / "bench/_capturers.py"), "pcapy", CAP_IF], "READY"),
+            Run("scapy", [sys.executable, str(ROOT / "bench/_capturers.py"), "scapy", CAP_IF], "READY"),
+        ]
+        if args.only:
+            keep = set(args.only.split(",")) | {"tcpdump"}
+            runs = [r for r in runs if r.name in keep]
+        results = []
+        for size in sizes:
+            plans = [(MODERATE.get(size, 100_000), int(MODERATE.get(size, 100_000) * args.seconds))]
+            if not args.no_max:
+                plans.append((None, args.max_packets))
+            for rate, count in plans:
+                for run in runs:
+                    if run.name == "scapy" and rate is None:
+                        continue  # it cannot keep up at a moderate rate already; max adds nothing
+                    r = measure(run, size, rate, count if run.name != "scapy" else count // 10, tmp)
+                    results.append(r)
+                    print(f"  {r['capturer']:14} {size:5} B rate={r['rate']!s:7} sent={r['sent']:9} "
+                          f"captured={r['captured']:9} dropped={r['dropped']:8} cpu={r['cpu_s']:7.3f}s "
+                          f"{r['us_per_pkt']:7.3f} us/pkt rss={r['peak_rss_mib']} MiB", flush=True)
+        floors = {size: round(crypto_floor(size), 3) for size in sizes}
+        report(results, floors)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"results": results, "crypto_floor_us": floors}, indent=1))
+        if args.plot:
+            plot(results, Path(args.plot))
+    finally:
+        for p in (vs, locals().get("socat_l")):
+            if p and p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+                p.wait(10)
+        teardown()
+    return 0
+
+
+def report(results: list[dict], floors: dict[int, float]) -> None:
+    print("\nratios to tcpdump (same run; CPU = CPU seconds of the capturer's process tree per packet sent)")
+    print(f"{'capturer':14} {'size':>5} {'rate':>8} {'us/pkt':>8} {'CPU ratio':>9} {'loss %':>7} {'RSS MiB':>8}")
+    base = {(r["size"], r["rate"]): r for r in results if r["capturer"] == "tcpdump"}
+    for r in results:
+        b = base.get((r["size"], r["rate"]))
+        ratio = r["us_per_pkt"] / b["us_per_pkt"] if b and b["us_per_pkt"] else float("nan")
+        loss = 100.0 * (r["sent"] - r["captured"]) / max(r["sent"], 1)
+        print(f"{r['capturer']:14} {r['size']:5} {r['rate']!s:>8} {r['us_per_pkt']:8.3f} {ratio:9.2f} "
+              f"{loss:7.2f} {r['peak_rss_mib']:8.1f}")
+    for size, floor in floors.items():
+        b = base.get((size, MODERATE.get(size, 100_000)))
+        if b:
+            print(f"crypto floor {size} B: {floor:.3f} us/pkt; bar for ossensor-full = tcpdump + 1.2 x floor = "
+                  f"{b['us_per_pkt'] + 1.2 * floor:.3f} us/pkt")
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, rate_kind in zip(axes, ("moderate", "max")):
+        rows = [r for r in results if (r["rate"] == "max") == (rate_kind == "max")]
+        names = list(dict.fromkeys(r["capturer"] for r in rows))
+        sizes = sorted({r["size"] for r in rows})
+        width = 0.8 / max(len(sizes), 1)
+        for k, size in enumerate(sizes):
+            vals = []
+            for n in names:
+                m = [r for r in rows if r["capturer"] == n and r["size"] == size]
+                if rate_kind == "max":
+                    vals.append(100.0 * (m[0]["sent"] - m[0]["captured"]) / max(m[0]["sent"], 1) if m else 0)
+                else:
+                    vals.append(m[0]["us_per_pkt"] if m else 0)
+            ax.bar([i + k * width for i in range(len(names))], vals, width, label=f"{size} B")
+        ax.set_xticks([i + width * (len(sizes) - 1) / 2 for i in range(len(names))])
+        ax.set_xticklabels(names, rotation=30, ha="right")
+        ax.set_ylabel("CPU µs per packet" if rate_kind == "moderate" else "packets lost %")
+        ax.set_title("moderate rate: CPU per packet" if rate_kind == "moderate" else "generator max: loss")
+        ax.set_yscale("log" if rate_kind == "moderate" else "linear")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
