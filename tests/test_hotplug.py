@@ -8,10 +8,12 @@ prefix `hp` + a per-test tag, live inside the test's namespaces and vanish with 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -243,3 +245,90 @@ def test_churn_200_cycles_no_leak(topo, tmp_path):
     assert wait_count(tmp_path / "vs", link.name, 10) == 10, sensor.output[-3000:]
     assert sensor.stop() == 0
     assert "Traceback" not in sensor.output
+
+
+SECTIONS = r"""
+import json, os, socket, struct, subprocess, sys, threading, time
+from ossensor import log as L, pcapng
+from ossensor.accounting import Accounting
+from ossensor.capture.live import LiveCapture
+from ossensor.egrep import ERE
+from ossensor.hotplug import Watcher
+from ossensor.interfaces import Selector, enumerate_interfaces
+
+a, b = sys.argv[1], sys.argv[2]
+log = L.Log(0, stream=open(os.devnull, "w"))
+cap = LiveCapture(ring_bytes=4 << 20, block_timeout_ms=5, snaplen=2048, batch_bytes=1 << 20, batch_age_s=0.5,
+                  filter_expr="udp port 9999", log=log, accounting=Accounting())
+selector = Selector(None, [ERE("^" + a[:-1])], [])
+initial = selector.select(enumerate_interfaces()).selected
+cap.set_interfaces(initial)
+w = Watcher(cap, selector, initial, hotplug=True, log=log).open()
+batches, stop = [], threading.Event()
+cap.start()
+reader = threading.Thread(target=cap.run, args=(stop, batches.append))
+reader.start()
+w.start()
+
+def frame(tag):
+    payload = tag.encode()
+    udp = struct.pack("!HHHH", 1111, 9999, 8 + len(payload), 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, bytes([10, 0, 0, 1]),
+                     bytes([10, 0, 0, 2])) + udp
+    return b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + b"\x08\x00" + ip
+
+tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+def send(dev, tag, n):
+    for i in range(n):
+        tx.sendto(frame(f"{tag}-{i}"), (dev, 0))
+
+send(a, "A1", 3)
+subprocess.run(f"ip link add {b} type veth peer name {b}p; ip link set {b} up; ip link set {b}p up",
+               shell=True, check=True)
+time.sleep(0.15)
+send(b, "B1", 3)           # same batch as A1 (the batch is 0.5 s long): B's IDBs are appended
+send(a, "A2", 2)
+time.sleep(0.8)            # batch boundary
+send(b, "B2", 2)
+subprocess.run(f"ip link del {b}", shell=True, check=True)
+time.sleep(0.1)
+send(a, "A3", 2)
+time.sleep(0.8)
+send(a, "A4", 1)
+time.sleep(0.3)
+w.stop()
+stop.set()
+reader.join()
+out = []
+for batch in batches:
+    (sec,) = pcapng.read_sections(batch.body)
+    out.append({"idbs": [i.name for i in sec.interfaces],
+                "packets": [[sec.interfaces[p.if_id].name, p.data[42:].decode()] for p in sec.packets]})
+print(json.dumps(out))
+"""
+
+
+def test_batches_carry_an_idb_per_interface_as_they_come_and_go(topo):
+    tag = f"{os.getpid() % 10000}"
+    a, b = f"hpi{tag}a", f"hpi{tag}b"
+    sh(f"ip -n {topo.cap} link add {a} type veth peer name {a}p")
+    sh(f"ip -n {topo.cap} link set {a} up; ip -n {topo.cap} link set {a}p up")
+    r = subprocess.run(["ip", "netns", "exec", topo.cap, sys.executable, "-c", SECTIONS, a, b],
+                       capture_output=True, text=True, timeout=30,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert r.returncode == 0, r.stderr
+    batches = json.loads(r.stdout)
+    for bt in batches:
+        assert len(set(bt["idbs"])) == len(bt["idbs"]), bt  # one IDB per interface, ids unique
+        for name, tag_ in bt["packets"]:  # each packet's id names the interface it crossed
+            assert name.startswith(a if tag_.startswith("A") else b), (name, tag_, bt)
+    tags = [t for bt in batches for _, t in bt["packets"]]
+    for t in ["A1-0", "A1-2", "B1-0", "B1-2", "A2-1", "B2-1", "A3-0", "A3-1", "A4-0"]:
+        assert tags.count(t) == 2, (t, batches)  # out of one end, into its peer: both captured
+    # the batch that saw B appear declares A's interfaces first (ids stable) and B's after them
+    first = next(bt for bt in batches if any(t.startswith("B1") for _, t in bt["packets"]))
+    assert first["idbs"][:2] == sorted([a, a + "p"], key=first["idbs"].index) and set(first["idbs"][2:]) == {b, b + "p"}
+    assert any(t.startswith("A1") for _, t in first["packets"])
+    # after B was deleted and a batch boundary passed, B is no longer declared
+    last = next(bt for bt in batches if any(t.startswith("A4") for _, t in bt["packets"]))
+    assert set(last["idbs"]) == {a, a + "p"}, last
