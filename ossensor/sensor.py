@@ -23,6 +23,7 @@ from requests.utils import should_bypass_proxies
 from ossensor import __version__, config, interfaces, privileges
 from ossensor import log as L
 from ossensor.accounting import Accounting
+from ossensor.antigena import Antigena  # block actions: exchange with the vSensor, TCP resets
 from ossensor.batch import Batch, BatchQueue
 from ossensor.capture import bpf
 from ossensor.ship import Shipper, url_host
@@ -202,8 +203,6 @@ class Sensor:
         from ossensor.hotplug import Watcher  # netlink link events: interfaces coming and going
 
         self.watcher = Watcher(self.capture, self.selector, chosen, hotplug=s.device_any, log=log).open()
-        from ossensor.antigena import Antigena  # block actions: exchange with the vSensor, TCP resets
-
         self.antigena = Antigena(s, log, self.boot).open(self.capture)  # no socket when disabled
         # Every socket that needs a capability is open by now (open new ones above this line):
         # give up all capabilities before any thread starts (capabilities are per thread).
