@@ -5,12 +5,15 @@ reference vSensor serve every run; each run is one real sensor process on the ve
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 
 import pytest
 
-from support import KEY, Topology, free_port, sensor_env, start_sensor, start_vsensor
+from support import KEY, ROOT, Topology, free_port, sensor_env, start_sensor, start_vsensor
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -30,6 +33,11 @@ def site(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("levels")
     with Topology() as topo:
         vs, port = start_vsensor(topo, tmp / "vs", port=free_port())
+        # an Antigena action for an address nobody uses: every sensor run receives it (level 3 content)
+        r = subprocess.run([sys.executable, "-m", "ossensor", "vsensor", "block", "--out", str(tmp / "vs"),
+                            "--host", "10.254.254.254", "--id", "lvl", "--expires", "600"],
+                           capture_output=True, text=True, timeout=20, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert r.returncode == 0, r.stderr
         yield topo, tmp, port
 
 
@@ -37,13 +45,23 @@ def run_sensor(site, level: int, **extra: str) -> list[str]:
     """Start at `level`, send N known packets, let a statistics interval pass, stop; the output lines."""
     topo, tmp, port = site
     env = sensor_env(topo, tmp, port, OSSENSOR_DEBUG=str(level), BPF="udp port 9999",
-                     OSSENSOR_STATS_INTERVAL="0.5", **extra)
-    sensor = start_sensor(topo, env) if extra.get("OSSENSOR_LOG_FORMAT") != "json" else _start_json(topo, env)
+                     OSSENSOR_STATS_INTERVAL="0.5", ANTIGENA_TIME_PERIOD="0.3",
+                     OSSENSOR_METRICS_PORT=str(free_port()), OSSENSOR_METRICS_ADDR="127.0.0.1", **extra)
+    if extra.get("OSSENSOR_LOG_FORMAT") == "json":
+        sensor = _start_json(topo, env)
+        sensor.wait_for(r'"event":"metrics"')
+    else:
+        sensor = start_sensor(topo, env)
+        # logged after the ring is bound ("capturing on" comes just before it): no packet can slip past
+        sensor.wait_for(r" L0 metrics and probes on ")
     topo.run_in(topo.peer, SENDER % (N, PAYLOAD, topo.cap_ip))
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not _acked(sensor.lines, N):
         time.sleep(0.1)
     time.sleep(0.6)  # at least one statistics interval after the acknowledgment
+    while level >= 3 and time.monotonic() < deadline and not any("antigena received id=lvl" in l
+                                                                  for l in sensor.lines):
+        time.sleep(0.1)
     assert sensor.stop() == 0, sensor.output
     return list(sensor.lines)
 
@@ -72,8 +90,9 @@ def known_hex() -> str:
 
 # what each level adds (a regex that must match some line at that level and no line below it)
 MARKS = {
-    1: [r" L1 stats captured=\d+ ", r" L1 rate interface=\S+ packets_per_s="],
+    1: [r" L1 stats captured=\d+ ", r" L1 rate interface=\S+ packets_per_s=", r" L1 antigena active=\d+ "],
     2: [r" L2 send seq=\d+ packets=\d+ bytes=\d+ -> 200 acked: "],
+    3: [r" L3 antigena received id=lvl target=host"],
     4: [r" L4 batch seq=\d+ packets=\d+ bytes=\d+ .*span_ms="],
     5: [r" L5 packet if=\S+ ts=\d+\.\d+ caplen=\d+ len=\d+ hex=[0-9a-f]+$"],
 }
@@ -117,9 +136,8 @@ def test_level_2_each_send_and_the_answer(site):
     assert all("rtt_ms=" in l for l in sends)
 
 
-def test_level_3_includes_level_2_not_batches(site):
-    # Antigena's own level-3 lines (issue 6) need an action from the vSensor; here: the level boundary.
-    check_common(run_sensor(site, 3), 3)
+def test_level_3_antigena_details(site):
+    check_common(run_sensor(site, 3), 3)  # the action the vSensor holds, received (and nothing of level 4)
 
 
 def test_level_4_one_line_per_batch(site):
