@@ -143,3 +143,53 @@ def test_invalid_configuration_exits_2_naming_each_problem(site):
     assert v["capabilities"].startswith("ok")  # still checked: it needs no configuration
     assert all(v[c].startswith("skip") for c in CHECKS[2:])
     assert KEY not in out
+
+
+def test_dns_failure(site):
+    topo, tmp, port = site
+    code, out, v = diagnose(topo, sensor_env(topo, tmp, port, VSENSOR_HOSTNAME="vsensor.invalid"))
+    assert code == 1, out
+    assert "own-traffic exclusion left out" in v["bpf"] and v["bpf"].startswith("ok")
+    assert v["dns"].startswith("FAIL cannot resolve the vSensor 'vsensor.invalid': "), out
+    assert "resolver: " in v["dns"]
+    assert all(v[c].startswith("skip") for c in ("tcp", "tls", "key"))
+
+
+def test_missing_net_raw(site):
+    topo, tmp, port = site
+    full = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(ROOT), **sensor_env(topo, tmp, port)}
+    r = subprocess.run(["ip", "netns", "exec", topo.cap, "setpriv", "--bounding-set=-net_raw", "--inh-caps=-net_raw",
+                        sys.executable, "-m", "ossensor", "diagnose"], env=full, capture_output=True, text=True,
+                       timeout=45)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and "Traceback" not in out, out
+    assert re.search(r"^FAIL  capabilities: CAP_NET_RAW MISSING, .*add: \[\"NET_RAW\"\]", out, re.M), out
+    assert re.search(r"^FAIL  capture ring: cannot open an AF_PACKET socket: permission denied "
+                     r"\(needs CAP_NET_RAW\)", out, re.M), out
+    assert re.search(r"^ok    key: ", out, re.M)  # the network path does not need it
+
+
+def test_through_a_working_proxy(site, tmp_path):
+    topo, tmp, port = site
+    pport = free_port()
+    conf = tmp_path / "tinyproxy.conf"
+    conf.write_text(f"Port {pport}\nListen 127.0.0.1\nTimeout 30\nAllow 127.0.0.1\nConnectPort {port}\n"
+                    f"MaxClients 8\nLogLevel Critical\nPidFile \"{tmp_path / 'tp.pid'}\"\n")
+    proxy = topo.spawn(["tinyproxy", "-d", "-c", str(conf)], netns=topo.cap)
+    try:
+        topo.run_in(topo.cap, f"""
+import socket, time
+for _ in range(100):
+    try:
+        socket.create_connection(("127.0.0.1", {pport}), 1).close()
+        break
+    except OSError:
+        time.sleep(0.05)
+""")
+        code, out, v = diagnose(topo, sensor_env(topo, tmp, port, HTTPS_PROXY=f"http://127.0.0.1:{pport}"))
+    finally:
+        proxy.kill()
+    assert code == 0, out
+    assert f"through proxy http://127.0.0.1:{pport}" in v["tcp"] and f"CONNECT 127.0.0.1:{port} -> HTTP/1." in v["tcp"]
+    assert " 200 " in v["tcp"], v["tcp"]
+    assert v["key"].startswith("ok the vSensor accepts the key")
