@@ -227,6 +227,8 @@ def test_block_connection_resets_both_ends_and_spares_others(net, tmp_path):
     sensor.wait_for(r"L1 antigena .*resets_sent=[1-9]")
     vs.wait_for(r"antigena-report sensor=\S+ boot=\S+ id=c1 state=enforced")
     assert sensor.stop() == 0, sensor.output
+    last = [r for r in reports(tmp_path / "vs") if r.get("id") == "c1"][-1]
+    assert last["state"] == "stopped" and last["final"]  # the last exchange at shutdown says so
 
 
 def test_quarantine_resets_new_connections_until_expiry(net, tmp_path):

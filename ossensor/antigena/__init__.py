@@ -95,6 +95,8 @@ class Antigena:
         self._stop.set()
         for t in self._threads:
             t.join(3)
+        if not any(t.is_alive() for t in self._threads):
+            self.exchange.final()  # report the final states (2 s at most)
         if self.enforcer:
             self.enforcer.close()
         self.exchange.close()

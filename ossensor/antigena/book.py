@@ -6,6 +6,7 @@ States reported to the vSensor (docs/antigena.md):
   failed    could not be enforced: the reason says why (final when it could not even be installed)
   expired   its time is over; the rule is gone
   refused   malformed, or ANTIGENA_ENABLED=false: never installed
+  stopped   the sensor stopped while the action was active (reported by the last, short exchange)
 A final state is reported until one exchange delivering it succeeds; then the action is forgotten
 (its id is remembered, in bounded memory, so a re-delivery is not installed again).
 """
@@ -135,6 +136,16 @@ class Book:
                     lines.append(f"antigena expired id={e.id} target={e.target} hits={e.hits} "
                                  f"resets_sent={e.resets_sent}")
         return lines
+
+    def stopping(self) -> None:
+        """The sensor stops: active actions are no longer enforced (a restarted sensor, a new boot,
+        receives them again from the vSensor)."""
+        with self.lock:
+            for rule_id, e in list(self._by_rule.items()):
+                del self._by_rule[rule_id]
+                e.state, e.final = "stopped", True
+                e.reason = "the sensor stopped: no longer enforced by this sensor process"
+            self.version += 1
 
     def next_expiry(self) -> float | None:
         with self.lock:

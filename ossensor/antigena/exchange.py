@@ -57,7 +57,14 @@ class Exchange:
                 next_at = max(next_at + self.period, time.monotonic() + min(self.period, 0.5))
             stop.wait(max(0.0, min(0.2, next_at - time.monotonic())))
 
-    def exchange_once(self) -> bool:
+    def final(self, timeout: float = 2.0) -> None:
+        """At shutdown: one last, short exchange so the vSensor learns the final states."""
+        for line in self.book.expire():
+            self.log(L.ANTIGENA, line)
+        self.book.stopping()
+        self.exchange_once(timeout=timeout, take_actions=False)
+
+    def exchange_once(self, timeout: float | None = None, take_actions: bool = True) -> bool:
         reports = self.book.reports()
         self.seq += 1
         doc = {"sensor": self.sensor, "boot": self.boot, "antigena_enabled": self.book.enabled,
@@ -67,7 +74,8 @@ class Exchange:
                                 timestamp=int(time.time()), body=body, path=protocol.PATH_ANTIGENA)
         try:
             resp = self.session.post(self.base + protocol.PATH_ANTIGENA, data=body, headers=headers,
-                                     timeout=(5.0, max(5.0, self.period)), verify=self.verify)
+                                     timeout=(timeout or 5.0, timeout or max(5.0, self.period)),
+                                     verify=self.verify)
         except requests.exceptions.RequestException as err:
             return self._fail(f"cannot reach the vSensor: {_root_cause(err)}")
         try:
@@ -89,8 +97,9 @@ class Exchange:
             states = " ".join(f"{r['id'] or '-'}={r['state']}/{r['resets_sent']}" for r in reports[:20])
             more = f" (+{len(reports) - 20} more)" if len(reports) > 20 else ""
             self.log(L.ANTIGENA, f"antigena reported {len(reports)} actions (id=state/resets): {states}{more}")
-        for line in self.book.receive(answer.get("actions", [])):
-            self.log(L.ANTIGENA, line)
+        if take_actions:
+            for line in self.book.receive(answer.get("actions", [])):
+                self.log(L.ANTIGENA, line)
         return True
 
     def _fail(self, reason: str) -> bool:
