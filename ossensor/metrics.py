@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import http.server
 import socket
+import sys
 import threading
 import time
 from typing import Any
@@ -309,6 +310,12 @@ class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
+    def handle_error(self, request, client_address):  # a scraper hanging up: one line, no traceback
+        err = sys.exc_info()[1]
+        obs = getattr(self, "observer", None)
+        if obs is not None:
+            obs.log(L.SENDS, f"metrics: request from {client_address[0]} failed: {type(err).__name__}: {err}")
+
 
 class Observer:
     """Owns the registry, the probe facts, the HTTP endpoint and the keep-alive thread."""
@@ -402,6 +409,8 @@ class Observer:
         snap = self.sensor.acct.snapshot()
         per_if = {k: (v if isinstance(v, (tuple, list)) else (v.packets, v.bytes))
                   for k, v in (snap.get("per_if") or {}).items()}
+        drops_if = {name: {s[5:]: pb[0] for s, pb in st.items() if s.startswith("drop_") and pb[0]}
+                    for name, st in (snap.get("per_if_stages") or {}).items()}
         cur = {"per_if": per_if, "kernel_drops": snap.get("kernel_drops", 0),
                "dropped": sum((snap.get("dropped") or {}).values())}
         if self._prev is not None:
@@ -409,8 +418,11 @@ class Observer:
             dt = max(1e-3, now - t0)
             for name, (p, b) in sorted(per_if.items()):
                 p0, b0 = prev["per_if"].get(name, (0, 0))
+                dropped = drops_if.get(name) or {}
                 self.log(L.STATS, f"rate interface={name} packets_per_s={(p - p0) / dt:.1f} "
-                                  f"bytes_per_s={(b - b0) / dt:.0f} packets={p} bytes={b}")
+                                  f"bytes_per_s={(b - b0) / dt:.0f} packets={p} bytes={b} "
+                                  f"dropped={sum(dropped.values())}"
+                                  + "".join(f" drop_{s}={n}" for s, n in sorted(dropped.items())))
             self.log(L.STATS, f"rate drops kernel_ring_per_s={(cur['kernel_drops'] - prev['kernel_drops']) / dt:.1f} "
                               f"after_capture_per_s={(cur['dropped'] - prev['dropped']) / dt:.1f}")
         self._prev = (now, cur)
