@@ -157,3 +157,26 @@ def test_antigena_exchange_is_signed_as_json():
     assert err.value.status == 415
     assert protocol.sign(b"k", sensor="s", boot="0123456789abcdef", seq=1, timestamp=100, body=b"")[
         "Content-Type"] == protocol.CONTENT_TYPE
+
+
+def test_ring_rule_table_validates_and_starts_empty():
+    """The C side: rules are checked, hits start empty, an empty table turns matching off."""
+    from ossensor._native import Ring
+
+    ring = Ring(ring_bytes=1 << 21, block_size=1 << 20, snaplen=2048, batch_bytes=1 << 16)  # not bound: sees nothing
+    try:
+        assert ring.antigena_stats() == (0, 0, 0, 0, 0) and ring.take_hits() == []
+        ok = actions.parse(act({"type": "pair", "a": "fd00::1", "b": "fd00::2"})).target.rule(7)
+        ring.set_rules([ok, actions.parse(act({"type": "host", "address": "10.0.0.1"})).target.rule(8)])
+        assert ring.antigena_stats()[0] == 2
+        for bad in [(1, 9, 4, b"\0" * 4, b"", 0, 0),        # unknown kind
+                    (1, 3, 4, b"\0" * 16, b"", 0, 0),       # IPv4 with 16 bytes
+                    (1, 1, 6, b"\0" * 16, b"\0" * 4, 1, 2),  # connection with a short peer
+                    (1, 1, 4, b"\0" * 4, b"\0" * 4, 1, 70000)]:
+            with pytest.raises(ValueError):
+                ring.set_rules([bad])
+        assert ring.antigena_stats()[0] == 2  # a refused table leaves the old one
+        ring.set_rules([])
+        assert ring.antigena_stats()[0] == 0
+    finally:
+        ring.close()
