@@ -102,6 +102,9 @@ def test_any1_new_veth_captured_deleted_dropped(topo, tmp_path):
     link.send(20)
     sensor.wait_for(rf"L0 interface {link.name} index=\d+ appeared: selected \(no include list.*\): capturing")
     assert wait_count(tmp_path / "vs", link.name, 20) == 20, sensor.output
+    # down: stays captured, says so
+    sh(f"ip -n {topo.cap} link set {link.name} down")
+    sensor.wait_for(rf"L0 interface {link.name} index=\d+ is down \(still captured: nothing arrives until it is up\)")
     # deleted: one level-0 line, the sensor keeps running and keeps capturing the others
     link.delete()
     sensor.wait_for(rf"L0 interface {link.name} index=\d+ deleted: no longer captured")
@@ -332,3 +335,21 @@ def test_batches_carry_an_idb_per_interface_as_they_come_and_go(topo):
     # after B was deleted and a batch boundary passed, B is no longer declared
     last = next(bt for bt in batches if any(t.startswith("A4") for _, t in bt["packets"]))
     assert set(last["idbs"]) == {a, a + "p"}, last
+
+
+def test_device_default_captures_the_default_route_device(topo, tmp_path):
+    vs, port = start_vsensor(topo, tmp_path / "vs")
+    sh(f"ip -n {topo.cap} route add default via {topo.peer_ip} dev {topo.cap_if}")
+    other = Link(topo, "hpo")
+    other.create()
+    sensor = start_sensor(topo, sensor_env(topo, tmp_path, port, OSSENSOR_NETWORK_DEVICE="default",
+                                           OSSENSOR_DEBUG="0", NETWORK_DEVICE_ANY="1", BPF="udp port 9999"))
+    sensor.wait_for(rf"L0 OSSENSOR_NETWORK_DEVICE=default: {topo.cap_if} \(device of the IPv4 default route\)")
+    sensor.wait_for(rf"capturing on {topo.cap_if}:")
+    sensor.wait_for(r"interface watcher: following")
+    assert f"interface {other.name} index=" in sensor.output and "not OSSENSOR_NETWORK_DEVICE" in sensor.output
+    # with ANY=1 a new interface is judged by the same rule: not the device, not captured
+    late = Link(topo, "hpn")
+    late.create()
+    sensor.wait_for(rf"interface {late.name} index=\d+ appeared: not selected \(not OSSENSOR_NETWORK_DEVICE")
+    assert sensor.stop() == 0, sensor.output
