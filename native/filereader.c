@@ -758,6 +758,8 @@ static PyObject *Reader_read(Reader *r, PyObject *args)
     return PyLong_FromUnsignedLongLong(r->batch_packets - before);
 }
 
+static PyObject *batch_counts(Reader *r);
+
 static PyObject *Reader_take(Reader *r, PyObject *Py_UNUSED(ignored))
 {
     if (!r->buf) {
@@ -768,18 +770,9 @@ static PyObject *Reader_take(Reader *r, PyObject *Py_UNUSED(ignored))
         PyErr_SetString(PyExc_RuntimeError, "Reader is being read by another thread");
         return NULL;
     }
-    PyObject *per_if = PyList_New(r->n_ifs);
+    PyObject *per_if = batch_counts(r);
     if (!per_if)
         return NULL;
-    for (unsigned i = 0; i < r->n_ifs; i++) {
-        PyObject *t = Py_BuildValue("(KK)", (unsigned long long)r->ifs[i].packets,
-                                    (unsigned long long)r->ifs[i].bytes);
-        if (!t) {
-            Py_DECREF(per_if);
-            return NULL;
-        }
-        PyList_SET_ITEM(per_if, i, t);
-    }
     PyObject *data = r->buf;
     r->buf = NULL;
     if (_PyBytes_Resize(&data, (Py_ssize_t)r->buf_len) < 0) {
@@ -798,6 +791,80 @@ static PyObject *Reader_take(Reader *r, PyObject *Py_UNUSED(ignored))
     if (r->state == ST_FULL)
         r->state = ST_MORE;
     return Py_BuildValue("(NKKKN)", data, pk, f, l, per_if);
+}
+
+/* Per-interface (packets, bytes) of the batch being filled, and a reset for the next batch. */
+static PyObject *batch_counts(Reader *r)
+{
+    PyObject *per_if = PyList_New(r->n_ifs);
+    if (!per_if)
+        return NULL;
+    for (unsigned i = 0; i < r->n_ifs; i++) {
+        PyObject *t = Py_BuildValue("(KK)", (unsigned long long)r->ifs[i].packets,
+                                    (unsigned long long)r->ifs[i].bytes);
+        if (!t) {
+            Py_DECREF(per_if);
+            return NULL;
+        }
+        PyList_SET_ITEM(per_if, i, t);
+    }
+    return per_if;
+}
+
+/* write_to(fd) -> (bytes_written, packets, first_ns, last_ns, per_if): like take(), but the EPBs go
+ * straight from the batch buffer to a file descriptor and the buffer is reused (no new memory to
+ * fault in, no copy through Python): the --out path. */
+static PyObject *Reader_write_to(Reader *r, PyObject *arg)
+{
+    int fd = PyObject_AsFileDescriptor(arg);
+    if (fd < 0)
+        return NULL;
+    if (!r->buf) {
+        PyErr_SetString(PyExc_ValueError, "Reader is not initialised");
+        return NULL;
+    }
+    if (r->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "Reader is being read by another thread");
+        return NULL;
+    }
+    PyObject *per_if = batch_counts(r);
+    if (!per_if)
+        return NULL;
+    const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(r->buf);
+    size_t left = r->buf_len;
+    int err = 0;
+    r->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    while (left) {
+        ssize_t n = write(fd, p, left);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            err = errno;
+            break;
+        }
+        p += n;
+        left -= (size_t)n;
+    }
+    Py_END_ALLOW_THREADS
+    r->busy = 0;
+    if (err) {
+        Py_DECREF(per_if);
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    PyObject *res = Py_BuildValue("(nKKKN)", (Py_ssize_t)r->buf_len, (unsigned long long)r->batch_packets,
+                                  (unsigned long long)r->first_ns, (unsigned long long)r->last_ns, per_if);
+    if (!res)
+        return NULL;
+    r->buf_len = 0;
+    r->batch_packets = 0;
+    r->first_ns = r->last_ns = 0;
+    for (unsigned i = 0; i < r->n_ifs; i++)
+        r->ifs[i].packets = r->ifs[i].bytes = 0;
+    if (r->state == ST_FULL)
+        r->state = ST_MORE;
+    return res;
 }
 
 static PyObject *Reader_get_interfaces(Reader *r, void *Py_UNUSED(c))
@@ -877,6 +944,8 @@ static PyGetSetDef Reader_getset[] = {
 static PyMethodDef Reader_methods[] = {
     {"read", (PyCFunction)Reader_read, METH_VARARGS, "read(until_ns=-1) -> packets appended to the batch"},
     {"take", (PyCFunction)Reader_take, METH_NOARGS, "take() -> (epbs, packets, first_ns, last_ns, per_if)"},
+    {"write_to", (PyCFunction)Reader_write_to, METH_O,
+     "write_to(fd) -> (bytes, packets, first_ns, last_ns, per_if): the batch's EPBs written to fd, buffer reused"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -118,7 +118,8 @@ class Totals:
 
 class FileSink:
     """One pcapng section: SHB, then an IDB as each interface appears, then the EPBs as written
-    by the C reader (their interface ids are offset per input file so all share the section)."""
+    by the C reader (their interface ids are offset per input file so all share the section).
+    The EPBs go from the reader's buffer to the file descriptor in C (Reader.write_to)."""
 
     def __init__(self, path: str, snaplen: int, totals: Totals):
         self.path = path
@@ -126,28 +127,46 @@ class FileSink:
         self.totals = totals
         self.n_ifs = 0
         if path == "-":
-            self.fh = sys.stdout.buffer
+            sys.stdout.flush()
+            self.fd = sys.stdout.fileno()
             self._own = False
         else:
             try:
-                self.fh = open(path, "wb")
+                self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             except OSError as err:
                 raise UsageError(f"--out: cannot write {path}: {err.strerror or err}") from None
             self._own = True
-        self.fh.write(pcapng.shb())
+        self._write(pcapng.shb())
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError as err:
+            raise UsageError(f"--out: cannot write {self.path}: {err.strerror or err}") from None
 
     def id_base(self) -> int:
         return self.n_ifs
 
-    def put(self, batch: Batch, interfaces: list[tuple[str, int]], base: int) -> None:
-        new = interfaces[self.n_ifs - base:] if self.n_ifs - base < len(interfaces) else []
+    def add_interfaces(self, interfaces: list[tuple[str, int]], base: int) -> None:
+        """IDBs for the interfaces of this file (ids from `base`) not written yet."""
+        new = interfaces[self.n_ifs - base:]
+        if new:
+            self._write(b"".join(pcapng.idb(name, lt, self.snaplen) for name, lt in new))
+            self.n_ifs += len(new)
+
+    def write_from(self, reader) -> tuple:
         try:
-            if new:
-                self.fh.write(b"".join(pcapng.idb(name, lt, self.snaplen) for name, lt in new))
-                self.n_ifs += len(new)
-            self.fh.write(batch.body)
+            return reader.write_to(self.fd)
         except OSError as err:
             raise UsageError(f"--out: cannot write {self.path}: {err.strerror or err}") from None
+
+    def put(self, batch: Batch, interfaces: list[tuple[str, int]], base: int) -> None:
+        """Count a batch; its EPBs are written already (write_from), or are in batch.body."""
+        if batch.body:
+            self.add_interfaces(interfaces, base)
+            self._write(batch.body)
         with self.totals.lock:
             self.totals.sent += batch.packets
             self.totals.sent_batches += 1
@@ -160,12 +179,11 @@ class FileSink:
         return self.totals.sent, self.totals.acked, {}
 
     def close(self, deadline: float | None = None) -> None:
-        try:
-            self.fh.flush()
-            if self._own:
-                self.fh.close()
-        except OSError as err:
-            raise UsageError(f"--out: cannot write {self.path}: {err.strerror or err}") from None
+        if self._own:
+            try:
+                os.close(self.fd)
+            except OSError as err:
+                raise UsageError(f"--out: cannot write {self.path}: {err.strerror or err}") from None
 
 
 class VSensorSink:
@@ -407,10 +425,18 @@ class Replay:
                                  self.totals.passed + reader.packets_passed)
 
     def _cut(self, reader, sink, delivered: dict[int, int], base: int) -> None:
-        epbs, packets, first_ns, last_ns, per_if = reader.take()
-        if not packets:
+        if not reader.batch_packets:
             return
+        log = self.log
         interfaces = reader.interfaces
+        if self.args.out and not log.enabled(L.PACKETS):
+            # the fast path: EPBs from the reader's buffer straight to the file, no Python copy
+            sink.add_interfaces(interfaces, base)
+            size, packets, first_ns, last_ns, per_if = sink.write_from(reader)
+            epbs = b""
+        else:
+            epbs, packets, first_ns, last_ns, per_if = reader.take()
+            size = len(epbs)
         for i, (p, _) in enumerate(per_if):
             delivered[i] = delivered.get(i, 0) + p
         self.seq += 1
@@ -422,9 +448,9 @@ class Replay:
             body = section(interfaces, self.s.snaplen, epbs, ts_ns=time.time_ns(),
                            delivered=[delivered.get(i, 0) for i in range(len(interfaces))],
                            kernel_seen=reader.packets_passed, kernel_drops=0)
-        log = self.log
+            size = len(body)
         if log.enabled(L.BATCHES):
-            log(L.BATCHES, f"batch seq={self.seq} packets={packets} bytes={captured} body={len(body)} "
+            log(L.BATCHES, f"batch seq={self.seq} packets={packets} bytes={captured} body={size} "
                            f"first={first_ns / 1e9:.6f} last={last_ns / 1e9:.6f} "
                            f"span_ms={(last_ns - first_ns) / 1e6:.1f}")
         if log.enabled(L.PACKETS):

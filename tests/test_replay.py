@@ -118,6 +118,18 @@ def test_several_files_to_one_out_file_keep_their_interfaces(tmp_path):
     r = replay(str(tmp_path / "a.pcapng"), str(tmp_path / "b.pcap"), "-o", str(dst))
     assert r.returncode == 0, r.stderr
     assert epbs_of(dst) == expected + [capfiles.Expected("file1", ts, d, w) for ts, d, w in pk]
+    # level 5 (every packet as hex) takes the batches through Python: the same file comes out
+    r = replay(str(tmp_path / "a.pcapng"), str(tmp_path / "b.pcap"), "-o", str(tmp_path / "5.pcapng"),
+               env={"OSSENSOR_DEBUG": "5"})
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "5.pcapng").read_bytes() == dst.read_bytes()
+    assert r.stdout.count(" L5 packet if=") == len(expected) + len(pk)
+    # to standard output: the pcapng there, the log lines on standard error
+    r = subprocess.run([sys.executable, "-m", "ossensor", "replay", str(tmp_path / "a.pcapng"),
+                        str(tmp_path / "b.pcap"), "-o", "-"], capture_output=True, timeout=30,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0 and r.stdout == dst.read_bytes(), r.stderr
+    assert b"replay summary:" in r.stderr
 
 
 def test_scapy_written_files_replay(tmp_path):

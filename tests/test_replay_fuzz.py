@@ -109,7 +109,7 @@ def run_reader(path: str, data: bytes, expr: str, snaplen: int, until: int | Non
         assert r.offset == len(data)
 
 
-@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.sampled_from(range(len(SEEDS))), ops=st.lists(mutation, min_size=1, max_size=6),
        expr=st.sampled_from(["", "udp", "ip and len > 50", "port 53 or arp"]),
        snaplen=st.sampled_from([64, 262144]), paced=st.booleans())
