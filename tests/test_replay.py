@@ -10,6 +10,7 @@ import os
 import pty
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -388,3 +389,40 @@ def test_works_without_capture_privileges(tmp_path):
                        capture_output=True, text=True, timeout=30, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert len(epbs_of(tmp_path / "o.pcapng")) == 10
+
+
+def test_unreachable_vsensor_is_counted_not_hung(tmp_path):
+    from support import free_port
+
+    f = tmp_path / "g.pcap"
+    f.write_bytes(capfiles.pcap(pcap_packets(7)))
+    env = {"VSENSOR_HOSTNAME": "127.0.0.1", "VSENSOR_PORT": str(free_port()), "VSENSOR_HMAC_KEY": KEY,
+           "OSSENSOR_SHUTDOWN_TIMEOUT": "1"}
+    t0 = time.monotonic()
+    r = replay(str(f), "--send-timeout", "2", env=env)
+    assert time.monotonic() - t0 < 20
+    assert r.returncode == 1, r.stdout + r.stderr
+    s = summary(r.stdout)
+    assert (s["read"], s["acknowledged"], s["dropped"]) == ("7", "0", "7")
+    assert "cannot connect" in r.stdout and "--send-timeout" in r.stdout
+
+
+def test_interrupt_stops_cleanly_and_keeps_what_was_read(tmp_path):
+    base = 1_700_000_000 * 10**9
+    f = tmp_path / "long.pcap"  # 100 s of traffic at real time
+    f.write_bytes(capfiles.pcap([(base + i * 10**9, capfiles.eth_udp(i), 102) for i in range(100)], nano=True))
+    dst = tmp_path / "o.pcapng"
+    p = Proc([sys.executable, "-m", "ossensor", "replay", "--realtime", str(f), "-o", str(dst)],
+             env={"OSSENSOR_BATCH_MAX_AGE_MS": "100"})
+    try:
+        p.wait_for(r"replaying ")
+        time.sleep(1.5)
+        p.signal(signal.SIGINT)
+        assert p.p.wait(15) == 130
+        p._t.join(2)
+    finally:
+        p.kill()
+    s = summary(p.output)
+    assert "INTERRUPTED" in p.output and "Traceback" not in p.output
+    assert 1 <= int(s["read"]) <= 4
+    assert len(epbs_of(dst)) == int(s["read"]) == int(s["written"])
