@@ -82,6 +82,11 @@ class Shipper:
             if _looks_tls(cause):  # TLS 1.3: a refused client certificate shows after the handshake
                 return Outcome("retry", None, tls_explain(cause, self.session.cert is not None),
                                time.monotonic() - t0)
+            if "reset" in cause.lower() or "eof" in cause.lower():
+                cause += (" (if the vSensor requires client certificates, it may have refused this sensor's)"
+                          if self.session.cert else
+                          " (if the vSensor requires client certificates: set OSSENSOR_TLS_CERT_FILE and "
+                          "OSSENSOR_TLS_KEY_FILE)")
             return Outcome("retry", None, f"cannot connect: {cause}", time.monotonic() - t0)
         except requests.exceptions.RequestException as err:  # anything else requests raises
             return Outcome("retry", None, f"request failed: {_root_cause(err)}", time.monotonic() - t0)

@@ -68,6 +68,7 @@ class Pipeline:
         self._failing_since: float | None = None
         self._last_refusal = ("", 0.0)
         self._last_full_log = 0.0
+        self._bugs = 0  # unexpected exceptions in the shipper (logged, batch kept, retried)
         self.kept_in_spool = (0, 0)  # (batches, packets) left in the spool at finish()
 
     # -- start ----------------------------------------------------------------------------
@@ -150,9 +151,17 @@ class Pipeline:
             self._current = batch
             try:
                 done = self.ship_one(batch)
-            except Exception as err:  # never let the shipper die silently
-                self.log.error(f"shipper: unexpected {type(err).__name__}: {err}")
-                done = False
+            except Exception as err:  # a bug: keep the batch, say so, try again later (never die silently)
+                self._bugs += 1
+                if self._bugs == 1 or self._bugs % 100 == 0:
+                    self.log.error(f"shipper: unexpected {type(err).__name__}: {err} (batch seq={batch.seq} "
+                                   f"kept; occurrence {self._bugs})")
+                self._current = None
+                self._requeue_front(batch)
+                if self.deadline is not None:
+                    return
+                self.stop.wait(backoff(min(self._bugs, 6)))
+                continue
             self._current = None
             if not done:
                 self._requeue_front(batch)

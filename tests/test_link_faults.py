@@ -32,6 +32,19 @@ def _final(sensor) -> dict[str, str]:
     return st
 
 
+def _send_until(topo, sensor, pattern: str, timeout: float = 25):
+    """A few packets each second until `pattern` shows in the sensor's log (the ring may start a
+    moment after "capturing on" is logged on a loaded machine)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        send_udp(topo, 5)
+        try:
+            return sensor.wait_for(pattern, timeout=1)
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+
+
 def _restart_vsensor(topo, out, port, extra=None):
     return start_vsensor(topo, out, port=port, extra=extra)[0]
 
@@ -167,16 +180,14 @@ def test_mtls_accepted_with_client_cert_refused_without_and_wrong_ca(topo, tmp_p
     # no client certificate: refused at the TLS layer, said so at level 0
     env_none = sensor_env(topo, tmp_path, port, BPF="udp port 9999", OSSENSOR_SHUTDOWN_TIMEOUT="1")
     none = start_sensor(topo, env_none)
-    send_udp(topo, 5)
-    none.wait_for(r"L0 ERROR cannot send to vSensor .*TLS failure: .*client certificate", timeout=20)
+    _send_until(topo, none, r"L0 ERROR cannot send to vSensor .*TLS failure: .*client certificate")
     assert none.stop() == 0
 
     # a client certificate from a CA the vSensor does not trust: refused
     env_rogue = dict(env, OSSENSOR_TLS_CERT_FILE=str(rcert), OSSENSOR_TLS_KEY_FILE=str(rkey),
                      OSSENSOR_SHUTDOWN_TIMEOUT="1")
     rogue = start_sensor(topo, env_rogue)
-    send_udp(topo, 5)
-    rogue.wait_for(r"L0 ERROR cannot send to vSensor .*TLS failure: .*(client certificate|CA)", timeout=20)
+    _send_until(topo, rogue, r"L0 ERROR cannot send to vSensor .*TLS failure: .*(client certificate|CA)")
     assert rogue.stop() == 0
     st = _final(rogue)
     assert st["acked"] == "0" and int(st["shutdown_drops"]) == int(st["captured"]) > 0, st
@@ -184,8 +195,7 @@ def test_mtls_accepted_with_client_cert_refused_without_and_wrong_ca(topo, tmp_p
     # the sensor trusts the wrong CA for the vSensor: unknown CA, said so
     env_wrongca = dict(env, OSSENSOR_TLS_CA_FILE=str(other_ca_path), OSSENSOR_SHUTDOWN_TIMEOUT="1")
     wrong = start_sensor(topo, env_wrongca)
-    send_udp(topo, 5)
-    wrong.wait_for(r"L0 ERROR cannot send to vSensor .*TLS failure: .*unknown CA.*OSSENSOR_TLS_CA_FILE", timeout=20)
+    _send_until(topo, wrong, r"L0 ERROR cannot send to vSensor .*TLS failure: .*unknown CA.*OSSENSOR_TLS_CA_FILE")
     assert wrong.stop() == 0
     assert len(stored_indices(tmp_path / "vs")) == 30
 
