@@ -5,6 +5,7 @@ What needs a capability, and nothing else does:
 
 * ``CAP_NET_RAW`` — creating the AF_PACKET capture socket (``native/ring.c``) and, when
   ``ANTIGENA_ENABLED``, the AF_PACKET socket Antigena sends from. Both are opened at start.
+* ``CAP_NET_BIND_SERVICE`` — only if ``OSSENSOR_METRICS_PORT`` is below 1024 (the manifests use 9464).
   Everything done later on those sockets (swapping the BPF program when interfaces come
   and go, binding, reading the ring, sending) needs no capability.
 
@@ -85,11 +86,13 @@ class MissingCapability(Exception):
             f"or --cap-add {short(need.cap)})")
 
 
-def needs(antigena: bool) -> list[Need]:
+def needs(antigena: bool, metrics_port: int | None = None) -> list[Need]:
     """What the sensor's start needs, in the order it opens its sockets."""
     out = [Need(CAP_NET_RAW, "open the AF_PACKET capture socket")]
     if antigena:
         out.append(Need(CAP_NET_RAW, "open the AF_PACKET socket Antigena sends from (ANTIGENA_ENABLED)"))
+    if metrics_port is not None and 0 < metrics_port < 1024:
+        out.append(Need(CAP_NET_BIND_SERVICE, f"listen on OSSENSOR_METRICS_PORT {metrics_port} (below 1024)"))
     return out
 
 
@@ -109,10 +112,10 @@ def effective() -> set[int]:
     return set(caps(_status_mask("CapEff")))
 
 
-def require(antigena: bool) -> None:
+def require(antigena: bool, metrics_port: int | None = None) -> None:
     """Raise MissingCapability for the first capability the sensor needs and lacks."""
     have = effective()
-    for need in needs(antigena):
+    for need in needs(antigena, metrics_port):
         if need.cap not in have:
             raise MissingCapability(need)
 

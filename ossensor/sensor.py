@@ -153,7 +153,7 @@ class Sensor:
         for w in s.warnings:
             log.warning(w)
         try:  # before waiting for interfaces: a missing capability is a deployment error, say it now
-            privileges.require(antigena=s.antigena_enabled)
+            privileges.require(antigena=s.antigena_enabled, metrics_port=getattr(s, "metrics_port", None))
         except privileges.MissingCapability as err:
             raise Fatal(str(err), EXIT_USAGE) from None
         self.selector = interfaces.Selector.from_settings(s)
