@@ -180,3 +180,16 @@ def test_ring_rule_table_validates_and_starts_empty():
         assert ring.antigena_stats()[0] == 0
     finally:
         ring.close()
+
+
+def test_book_is_bounded():
+    from ossensor.antigena import book as B
+
+    book = Book(enabled=True)
+    docs = [{"id": f"h{i}", "target": {"type": "host", "address": f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"},
+             "expires_in": 60} for i in range(B.MAX_PER_EXCHANGE + 10)]
+    lines = book.receive(docs)
+    assert "looking at the first" in lines[0]
+    assert len(book.rules()[1]) == B.MAX_ACTIVE
+    book.receive([{"id": "one-more", "target": {"type": "host", "address": "192.0.2.1"}, "expires_in": 5}])
+    assert {r["id"]: r for r in book.reports()}["one-more"]["state"] == "failed"

@@ -67,15 +67,20 @@ class Antigena:
             t.start()
 
     def capture_hook(self, ring) -> None:
-        """Reader thread, after each ring.read(): new rules in, hits out."""
-        if self.book.version != self._applied:
-            version, rules = self.book.rules()
-            ring.set_rules(rules)
-            self._applied = version
-        hits = ring.take_hits()
-        if hits:
-            self.enforcer.offer(hits)
-        self._c_stats = ring.antigena_stats()
+        """Reader thread, after each ring.read(): new rules in, hits out. Never raises: a fault here
+        must not stop capture."""
+        try:
+            if self.book.version != self._applied:
+                version, rules = self.book.rules()
+                ring.set_rules(rules)
+                self._applied = version
+            hits = ring.take_hits()
+            if hits:
+                self.enforcer.offer(hits)
+            self._c_stats = ring.antigena_stats()
+        except Exception as err:  # noqa: BLE001
+            self._applied = self.book.version  # do not retry the same table at every read
+            self.log.error(f"antigena: cannot update the capture's rule table: {type(err).__name__}: {err}")
 
     def stats(self) -> dict:
         b = self.book.summary()

@@ -24,6 +24,8 @@ from ossensor.antigena.actions import ActionError, Target, action_id, parse
 MAX_ACTIVE = 4096          # the C table's limit (native/antigena.h AG_MAX_RULES)
 MAX_PENDING_REFUSALS = 1024
 MAX_FINISHED_IDS = 16384
+MAX_PER_EXCHANGE = 4096    # actions looked at per answer; the rest wait for the next exchange
+MAX_ENTRIES = 2 * MAX_ACTIVE
 
 
 @dataclass
@@ -77,8 +79,14 @@ class Book:
         """Install new actions; return level-3 log lines. Known ids are left as they are."""
         now = time.time() if now is None else now
         lines = []
+        if len(docs) > MAX_PER_EXCHANGE:
+            lines.append(f"antigena: the vSensor sent {len(docs)} actions; looking at the first "
+                         f"{MAX_PER_EXCHANGE} (the rest at the next exchanges)")
+            docs = docs[:MAX_PER_EXCHANGE]
         with self.lock:
             for doc in docs:
+                if len(self._entries) >= MAX_ENTRIES:  # bounded: unreported states must be delivered first
+                    break
                 aid = action_id(doc)
                 key = aid if aid is not None else "#" + hashlib.sha256(_short(doc).encode()).hexdigest()[:32]
                 if key in self._entries or key in self._finished or any(a.key == key for a in self._anonymous):

@@ -133,7 +133,8 @@ class Enforcer:
             except OSError as err:
                 errors += 1
                 error = f"cannot send a reset to the {reset.to} ({seen.flow()}): {err.strerror or err}"
-        if errors and not sent:
+        if errors and not sent and now - self._last_log.get("!" + str(entry.id), -1e9) >= 10.0:
+            self._last_log["!" + str(entry.id)] = now  # at most every 10 s per action
             self.log.error(f"antigena id={entry.id}: {error}")
         self.book.record(entry, 1, sent, errors, error)
         if len(self._last_log) > 4096:
