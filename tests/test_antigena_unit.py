@@ -193,3 +193,39 @@ def test_book_is_bounded():
     assert len(book.rules()[1]) == B.MAX_ACTIVE
     book.receive([{"id": "one-more", "target": {"type": "host", "address": "192.0.2.1"}, "expires_in": 5}])
     assert {r["id"]: r for r in book.reports()}["one-more"]["state"] == "failed"
+
+
+def _cli(*args):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run([sys.executable, "-m", "ossensor", "vsensor", *args], capture_output=True, text=True,
+                          timeout=30, env={**os.environ, "PYTHONPATH": str(root)})
+
+
+@pytest.mark.parametrize("args, why", [
+    (["--host", "10.0.0.300"], "--host: '10.0.0.300' is not an IPv4 or IPv6 address"),
+    (["--connection", "10.0.0.1:80", "[fd00::1]:22"], "must be IPv4, or both IPv6"),
+    (["--connection", "10.0.0.1", "10.0.0.2:22"], "is not ADDR:PORT"),
+    (["--host", "10.0.0.1", "--expires", "-1"], "--expires: -1 is not between 0 and 30 days"),
+    (["--raw", "{not json"], "--raw: not JSON"),
+    (["--raw", "[1]"], "--raw: must be a JSON object"),
+])
+def test_block_command_user_errors(tmp_path, args, why):
+    r = _cli("block", "--out", str(tmp_path), *args)
+    assert r.returncode == 2 and why in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "antigena-actions.jsonl").exists()
+
+
+def test_block_then_actions_lists_it(tmp_path):
+    r = _cli("block", "--out", str(tmp_path), "--pair", "fd00::1", "fd00::2", "--id", "p1", "--expires", "60",
+             "--sensor", "node-1")
+    assert r.returncode == 0 and r.stdout.startswith("issued p1 "), r.stderr
+    r = _cli("actions", "--out", str(tmp_path))
+    assert r.returncode == 0 and r.stdout.startswith("p1 ") and "state=not-reported" in r.stdout
+    rec = __import__("json").loads((tmp_path / "antigena-actions.jsonl").read_text())
+    assert rec["sensor"] == "node-1" and rec["action"]["target"] == {"type": "pair", "a": "fd00::1", "b": "fd00::2"}
+    assert (tmp_path / "antigena-actions.jsonl").stat().st_mode & 0o777 == 0o600
