@@ -165,6 +165,13 @@ def test_moved_to_another_namespace_is_dropped(topo, tmp_path):
     sensor.wait_for(rf"interface {a.name} index=\d+ appeared: selected")
     sh(f"ip -n {topo.cap} link set {a.name} netns {topo.peer}")
     sensor.wait_for(rf"interface {a.name} index=\d+ moved to another network namespace: no longer captured")
+    # and back: it appears again (as a new interface of this namespace) and is captured
+    sh(f"ip -n {topo.peer} link set {a.name} netns {topo.cap}")
+    sh(f"ip -n {topo.cap} addr add {a.ip}/24 dev {a.name}; ip -n {topo.cap} link set {a.name} up")
+    sensor.wait_for(rf"interface {a.name} index=\d+ appeared: selected .*: capturing")
+    time.sleep(0.2)
+    a.send(4)
+    assert wait_count(tmp_path / "vs", a.name, 4) == 4, sensor.output[-3000:]
     assert sensor.stop() == 0, sensor.output
 
 
