@@ -180,8 +180,6 @@ class Sensor:
             log.warning(f"capture ring reduced to {self.capture.ring_bytes >> 20} MiB "
                         f"(asked {s.ring_mb} MiB: not enough memory)")
         self.capture.set_interfaces(chosen)
-        log(L.BASIC, f"capturing on {', '.join(i.name for i in chosen)}: ring {self.capture.ring_bytes >> 20} MiB, "
-                     f"batches up to {s.batch_max_bytes >> 10} KiB or {s.batch_max_age_ms} ms")
         via = _proxy_choice(s)
         self.shipper = Shipper(host=s.vsensor_hostname, port=s.vsensor_port, key=s.key_bytes,
                                sensor=s.sensor_name, boot=self.boot,
@@ -212,9 +210,12 @@ class Sensor:
         reader_stop = threading.Event()
         reader = threading.Thread(target=self.capture.run, args=(reader_stop, self.enqueue), name="reader")
         self.capture.start()
+        # said once the ring is bound: from this line on, every packet is captured or counted
+        log(L.BASIC, f"capturing on {', '.join(i.name for i in chosen)}: ring {self.capture.ring_bytes >> 20} MiB, "
+                     f"batches up to {s.batch_max_bytes >> 10} KiB or {s.batch_max_age_ms} ms")
         reader.start()
-        self.watcher.start()
         self.pipeline.start()
+        self.watcher.start()
         self.obs.start(self.shipper)
         self.antigena.start()
 

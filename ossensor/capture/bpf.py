@@ -31,8 +31,20 @@ class FilterError(ValueError):
     pass
 
 
-def compile_expr(expr: str, linktype: int, snaplen: int) -> list[Insn]:
-    """libpcap's program for `expr` on a link type; the accept return value is the snaplen."""
+def compile_expr(expr: str, linktype: int, snaplen: int, live: bool = False) -> list[Insn]:
+    """libpcap's program for `expr` on a link type; the accept return value is the snaplen.
+
+    live=True: for a Linux packet socket, where 802.1Q tags arrive out of band (see
+    livecompile.py); files (replay) keep tags inline and use live=False, as `tcpdump -r` does."""
+    if live and linktype == 1:
+        from ossensor.capture.livecompile import compile_ethernet_live
+
+        try:
+            prog = compile_ethernet_live(expr, snaplen)
+        except ValueError as err:
+            raise FilterError(str(err)) from None
+        if prog is not None:
+            return prog
     try:
         prog = pcapy.compile(linktype, snaplen, expr, 1, NETMASK_UNKNOWN)
     except Exception as err:  # pcapy raises PcapError / BPFError with libpcap's message

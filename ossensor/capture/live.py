@@ -58,7 +58,7 @@ class LiveCapture:
             groups.setdefault(iface.linktype, []).append(iface.index)
         for lt in groups:
             if lt not in self._bodies:
-                self._bodies[lt] = bpf.compile_expr(self.filter_expr, lt, self.snaplen)
+                self._bodies[lt] = bpf.compile_expr(self.filter_expr, lt, self.snaplen, live=True)
         return bpf.build_program([(ixs, self._bodies[lt]) for lt, ixs in groups.items()])
 
     @property
