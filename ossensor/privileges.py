@@ -5,9 +5,9 @@ What needs a capability, and nothing else does:
 
 * ``CAP_NET_RAW`` — creating the AF_PACKET capture socket (``native/ring.c``) and, when
   ``ANTIGENA_ENABLED``, the AF_PACKET socket Antigena sends from. Both are opened at start.
-* ``CAP_NET_BIND_SERVICE`` — only if ``OSSENSOR_METRICS_PORT`` is below 1024 (the manifests use 9464).
   Everything done later on those sockets (swapping the BPF program when interfaces come
   and go, binding, reading the ring, sending) needs no capability.
+* ``CAP_NET_BIND_SERVICE`` — only if ``OSSENSOR_METRICS_PORT`` is below 1024 (the manifests use 9464).
 
 Nothing else the sensor does needs one: netlink link notifications, the HTTPS client,
 a metrics port above 1023, writing the generated configuration file into a volume that
