@@ -127,6 +127,8 @@ static inline uint64_t cur_off(const Reader *r)
     return r->in_base + r->in_pos;
 }
 
+static PyObject *FileFormatError; /* ValueError subclass: offset, reason, kind attributes */
+
 static int fail(Reader *r, uint64_t off, const char *kind, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 static int fail(Reader *r, uint64_t off, const char *kind, const char *fmt, ...)
@@ -718,7 +720,9 @@ static int detect(Reader *r)
 }
 
 /* read(until_ns=-1) -> packets appended to the batch. Stops when the batch is full, the file
- * ends, an error occurs, or (pacing) the next packet is later than until_ns. */
+ * ends, an error occurs (state 'error', `error` = (offset, reason, kind); the packets before it
+ * are in the batch; the next read() raises FileFormatError), or (pacing) the next packet is
+ * later than until_ns. */
 static PyObject *Reader_read(Reader *r, PyObject *args)
 {
     unsigned long long until = ~0ull;
@@ -735,7 +739,29 @@ static PyObject *Reader_read(Reader *r, PyObject *args)
         PyErr_SetString(PyExc_RuntimeError, "Reader is being read by another thread");
         return NULL;
     }
-    if (r->state == ST_EOF || r->state == ST_ERROR || (r->state == ST_FULL && r->batch_packets))
+    if (r->state == ST_ERROR) {
+        /* The read that met the damage returned what came before it; asking again raises. */
+        PyObject *exc = PyObject_CallFunction(FileFormatError, "s", "");
+        if (!exc)
+            return NULL;
+        PyObject *msg = PyUnicode_FromFormat("at byte %llu: %s", (unsigned long long)r->err_offset, r->err_reason);
+        PyObject *off = PyLong_FromUnsignedLongLong(r->err_offset);
+        PyObject *rsn = PyUnicode_FromString(r->err_reason);
+        PyObject *knd = PyUnicode_FromString(r->err_kind);
+        PyObject *args = msg ? PyTuple_Pack(1, msg) : NULL;
+        if (args && off && rsn && knd && PyObject_SetAttrString(exc, "args", args) == 0 &&
+            PyObject_SetAttrString(exc, "offset", off) == 0 && PyObject_SetAttrString(exc, "reason", rsn) == 0 &&
+            PyObject_SetAttrString(exc, "kind", knd) == 0)
+            PyErr_SetObject(FileFormatError, exc);
+        Py_XDECREF(args);
+        Py_XDECREF(msg);
+        Py_XDECREF(off);
+        Py_XDECREF(rsn);
+        Py_XDECREF(knd);
+        Py_DECREF(exc);
+        return NULL;
+    }
+    if (r->state == ST_EOF || (r->state == ST_FULL && r->batch_packets))
         return PyLong_FromLong(0);
     uint64_t before = r->batch_packets;
     r->busy = 1;
@@ -975,6 +1001,15 @@ PyMODINIT_FUNC PyInit__filereader(void)
     PyObject *m = PyModule_Create(&filereader_module);
     if (!m)
         return NULL;
+    FileFormatError = PyErr_NewExceptionWithDoc(
+        "ossensor._filereader.FileFormatError",
+        "A damaged or unsupported capture file: attributes offset (byte), reason, kind ('format', 'filter', "
+        "'io', 'memory').",
+        PyExc_ValueError, NULL);
+    if (!FileFormatError || PyModule_AddObjectRef(m, "FileFormatError", FileFormatError) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     Py_INCREF(&ReaderType);
     if (PyModule_AddObject(m, "Reader", (PyObject *)&ReaderType) < 0) {
         Py_DECREF(&ReaderType);

@@ -84,27 +84,42 @@ def check_epbs(epbs: bytes, n_ifs: int, snaplen: int) -> int:
     return n
 
 
-def run_reader(path: str, data: bytes, expr: str, snaplen: int, until: int | None = None) -> None:
-    from ossensor._filereader import Reader
+def run_reader(path: str, data: bytes, expr: str, snaplen: int, until: int | None = None,
+               direct: bool = False) -> None:
+    """Read the whole file; direct: the batches go through write_to(fd) (the --out path) into a
+    file that is checked afterwards, else through take()."""
+    from ossensor._filereader import FileFormatError, Reader
 
     r = Reader(path, expr, snaplen, 64 << 10)
     total = 0
-    for _ in range(100000):
-        r.read(-1 if until is None else until)
-        if r.state == "wait":  # pacing: let time pass
-            until = None
-        epbs, packets, _, _, _ = r.take()
-        assert check_epbs(epbs, len(r.interfaces), snaplen) == packets
-        total += packets
-        if r.state in ("eof", "error"):
-            break
-    else:
-        raise AssertionError("reader did not finish")
+    out_path = path + ".epbs"
+    with open(out_path, "wb") as out:
+        for _ in range(100000):
+            r.read(-1 if until is None else until)
+            if r.state == "wait":  # pacing: let time pass
+                until = None
+            if direct:
+                size, packets, _, _, _ = r.write_to(out.fileno())
+            else:
+                epbs, packets, _, _, _ = r.take()
+                assert check_epbs(epbs, len(r.interfaces), snaplen) == packets
+            total += packets
+            if r.state in ("eof", "error"):
+                break
+        else:
+            raise AssertionError("reader did not finish")
+    if direct:
+        with open(out_path, "rb") as f:
+            assert check_epbs(f.read(), len(r.interfaces), snaplen) == total
     assert total == r.packets_passed <= r.packets_read
     if r.state == "error":
         offset, reason, kind = r.error
         assert kind in ("format", "filter") and reason
         assert 0 <= offset <= len(data)
+        with pytest.raises(FileFormatError) as exc:
+            r.read()
+        assert (exc.value.offset, exc.value.reason, exc.value.kind) == (offset, reason, kind)
+        assert str(exc.value) == f"at byte {offset}: {reason}"
     else:
         assert r.offset == len(data)
 
@@ -112,12 +127,12 @@ def run_reader(path: str, data: bytes, expr: str, snaplen: int, until: int | Non
 @settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.sampled_from(range(len(SEEDS))), ops=st.lists(mutation, min_size=1, max_size=6),
        expr=st.sampled_from(["", "udp", "ip and len > 50", "port 53 or arp"]),
-       snaplen=st.sampled_from([64, 262144]), paced=st.booleans())
-def test_mutated_files_never_crash_the_reader(tmp_path_factory, seed, ops, expr, snaplen, paced):
+       snaplen=st.sampled_from([64, 262144]), paced=st.booleans(), direct=st.booleans())
+def test_mutated_files_never_crash_the_reader(tmp_path_factory, seed, ops, expr, snaplen, paced, direct):
     data = mutate(SEEDS[seed], ops)
     path = tmp_path_factory.getbasetemp() / "fuzz.bin"
     path.write_bytes(data)
-    run_reader(str(path), data, expr, snaplen, until=0 if paced else None)
+    run_reader(str(path), data, expr, snaplen, until=0 if paced else None, direct=direct)
 
 
 @settings(max_examples=150, deadline=None)
