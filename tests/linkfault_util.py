@@ -182,6 +182,11 @@ def handle(c):
             k, _, v = h.decode().partition(":")
             headers[k.strip().lower()] = v.strip()
         body = f.read(int(headers.get("content-length", 0)))
+        if not line.startswith(b"POST /v1/batches "):  # hello, antigena: not part of the plan
+            data = b'{"status":"refused","reason":"not served by this test peer"}'
+            c.sendall(b"HTTP/1.1 404 X\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                      b"Content-Length: %d\r\n\r\n" % len(data) + data)
+            return
         with lock:
             n = count[0]; count[0] += 1
         mode = plan[n] if n < len(plan) else plan[-1]
