@@ -702,6 +702,26 @@ static PyObject *Ring_take(Ring *self, PyObject *args)
     return Py_BuildValue("(NKKKN)", view, pk, f, l, per_if);
 }
 
+/* join_fanout(group_id, mode): share the traffic with the other sockets of this fanout group
+ * (PACKET_FANOUT_HASH keeps each flow on one socket; the kernel defragments first so
+ * fragments follow their flow). Only after start(): the kernel requires a bound socket. */
+static PyObject *Ring_join_fanout(Ring *self, PyObject *args)
+{
+    unsigned group, mode;
+    if (!PyArg_ParseTuple(args, "II", &group, &mode))
+        return NULL;
+    if (check_open(self) < 0)
+        return NULL;
+    if (!self->started) {
+        PyErr_SetString(PyExc_RuntimeError, "join_fanout() needs a started ring");
+        return NULL;
+    }
+    int val = (int)((group & 0xffffu) | ((mode | PACKET_FANOUT_FLAG_DEFRAG) << 16));
+    if (setsockopt(self->fd, SOL_PACKET, PACKET_FANOUT, &val, sizeof val) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
 /* kernel_stats() -> (packets, drops, freezes), cumulative since the socket opened.
  * The kernel resets its counters on every read, so we accumulate. packets includes drops. */
 static PyObject *Ring_kernel_stats(Ring *self, PyObject *Py_UNUSED(ignored))
@@ -782,6 +802,7 @@ static PyMethodDef Ring_methods[] = {
      "take(trailer) -> (section memoryview, packets, first_ns, last_ns, per_if)"},
     {"batch_counts", (PyCFunction)Ring_batch_counts, METH_NOARGS, "(interfaces in batch, [(packets, bytes)])"},
     {"kernel_stats", (PyCFunction)Ring_kernel_stats, METH_NOARGS, "(packets, drops, freezes) cumulative"},
+    {"join_fanout", (PyCFunction)Ring_join_fanout, METH_VARARGS, "join_fanout(group, mode): PACKET_FANOUT"},
     {"fileno", (PyCFunction)Ring_fileno, METH_NOARGS, "socket file descriptor"},
     {"close", (PyCFunction)Ring_close, METH_NOARGS, "unmap the ring and close the socket"},
     {"set_rules", (PyCFunction)Ring_set_rules, METH_O, "Antigena: set [(id, kind, family, a, b, pa, pb)]"},

@@ -61,7 +61,7 @@ VARIABLES = [
     "NETWORK_DEVICE_ANY", "BPF", "OSSENSOR_LOGFILE_PATH",
     "INTERFACE_WAIT_SECS", "INTERFACE_WAIT_ATTEMPTS",
     "OSSENSOR_TLS_CA_FILE", "OSSENSOR_TLS_CERT_FILE", "OSSENSOR_TLS_KEY_FILE",
-    "OSSENSOR_SNAPLEN", "OSSENSOR_RING_MB", "OSSENSOR_BLOCK_TIMEOUT_MS",
+    "OSSENSOR_SNAPLEN", "OSSENSOR_RING_MB", "OSSENSOR_BLOCK_TIMEOUT_MS", "OSSENSOR_CAPTURE_THREADS",
     "OSSENSOR_BATCH_MAX_KB", "OSSENSOR_BATCH_MAX_AGE_MS", "OSSENSOR_QUEUE_MB",
     # the vSensor link under faults (issue 5): spool, compression, shutdown
     "OSSENSOR_SPOOL_DIR", "OSSENSOR_SPOOL_MB", "OSSENSOR_COMPRESSION", "OSSENSOR_SHUTDOWN_TIMEOUT",
@@ -262,6 +262,7 @@ class Settings(BaseSettings):
     tls_cert_file: Optional[Path] = Field(None, validation_alias="OSSENSOR_TLS_CERT_FILE")
     tls_key_file: Optional[Path] = Field(None, validation_alias="OSSENSOR_TLS_KEY_FILE")
     ring_mb: int = Field(64, validation_alias="OSSENSOR_RING_MB")
+    capture_threads: int = Field(1, validation_alias="OSSENSOR_CAPTURE_THREADS")  # PACKET_FANOUT readers
     block_timeout_ms: int = Field(10, validation_alias="OSSENSOR_BLOCK_TIMEOUT_MS")
     batch_max_bytes: int = Field(4096 * 1024, validation_alias="OSSENSOR_BATCH_MAX_KB")
     batch_max_age_ms: int = Field(1000, validation_alias="OSSENSOR_BATCH_MAX_AGE_MS")
@@ -377,6 +378,11 @@ class Settings(BaseSettings):
     @classmethod
     def _v_ring(cls, v):
         return _parse_int(v, 1, 4096)
+
+    @field_validator("capture_threads", mode="before")
+    @classmethod
+    def _v_capture_threads(cls, v):
+        return _parse_int(v, 1, 16)
 
     @field_validator("block_timeout_ms", mode="before")
     @classmethod
@@ -517,6 +523,7 @@ class Settings(BaseSettings):
             ("OSSENSOR_TLS_KEY_FILE", opt(self.tls_key_file)),
             ("OSSENSOR_SNAPLEN", str(self.snaplen)),
             ("OSSENSOR_RING_MB", str(self.ring_mb)),
+            ("OSSENSOR_CAPTURE_THREADS", str(self.capture_threads)),
             ("OSSENSOR_BLOCK_TIMEOUT_MS", str(self.block_timeout_ms)),
             ("OSSENSOR_BATCH_MAX_KB", str(self.batch_max_bytes // 1024)),
             ("OSSENSOR_BATCH_MAX_AGE_MS", str(self.batch_max_age_ms)),

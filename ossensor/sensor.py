@@ -168,10 +168,15 @@ class Sensor:
         try:
             from ossensor.capture.live import LiveCapture
 
-            self.capture = LiveCapture(ring_bytes=s.ring_mb << 20, block_timeout_ms=s.block_timeout_ms,
-                                       snaplen=s.snaplen, batch_bytes=s.batch_max_bytes,
-                                       batch_age_s=s.batch_max_age_ms / 1000, filter_expr=expr,
-                                       log=log, accounting=self.acct)
+            params = dict(ring_bytes=s.ring_mb << 20, block_timeout_ms=s.block_timeout_ms, snaplen=s.snaplen,
+                          batch_bytes=s.batch_max_bytes, batch_age_s=s.batch_max_age_ms / 1000,
+                          filter_expr=expr, log=log, accounting=self.acct)
+            if s.capture_threads > 1:  # several rings in a PACKET_FANOUT group, a reader each
+                from ossensor.capture.fanout import FanoutCapture
+
+                self.capture = FanoutCapture(s.capture_threads, **params)
+            else:
+                self.capture = LiveCapture(**params)
         except PermissionError:
             raise Fatal("cannot open a capture socket: permission denied (needs CAP_NET_RAW)") from None
         except OSError as err:

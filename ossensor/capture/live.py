@@ -8,9 +8,10 @@ batch (ids stay stable), compacted only at a batch boundary.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 from ossensor import log as L
 from ossensor.accounting import Accounting
@@ -24,7 +25,11 @@ BLOCK_SIZE = 1 << 20  # ring block: a power of two, a multiple of any page size 
 
 class LiveCapture:
     def __init__(self, *, ring_bytes: int, block_timeout_ms: int, snaplen: int, batch_bytes: int,
-                 batch_age_s: float, filter_expr: str, log: L.Log, accounting: Accounting):
+                 batch_age_s: float, filter_expr: str, log: L.Log, accounting: Accounting,
+                 seq_source: Iterator[int] | None = None,
+                 totals: Callable[[], tuple[int, int, int]] | None = None):
+        """seq_source and totals are shared by the readers of a fanout group (capture/fanout.py):
+        one sequence of batch numbers, ring-wide counters summed over the group's rings."""
         from ossensor._native import Ring
 
         self.snaplen = snaplen
@@ -44,6 +49,9 @@ class LiveCapture:
         self._started = False
         self._lock = threading.Lock()
         self._seq = 0
+        self._seq_source = seq_source if seq_source is not None else itertools.count(1)
+        self._totals = totals if totals is not None else self.totals
+        self.program: list[bpf.Insn] | None = None  # what the kernel runs now
         self._batch_started = 0.0
         self._idbs: dict[tuple[str, int], bytes] = {}
         self.ring.set_interfaces([], pcapng.shb())
@@ -103,7 +111,7 @@ class LiveCapture:
         self._delivered = [self._delivered_by_name.get(i.name, 0) for i in table]
         if self._pending_prog is not None:
             self.ring.attach_filter(self._pending_prog)
-            self._pending_prog = None
+            self.program, self._pending_prog = self._pending_prog, None
 
     def _idb(self, iface: Interface) -> bytes:
         key = (iface.name, iface.linktype)
@@ -131,13 +139,13 @@ class LiveCapture:
             self._delivered_by_name[names[i]] = self._delivered[i]
             if p:
                 per_name[names[i]] = (p, b)
-        k_seen, k_drops, _ = self.ring.kernel_stats()
+        k_seen, k_drops, stale = self._totals()
         with self.acct.lock:
-            self.acct.kernel_seen, self.acct.kernel_drops, self.acct.stale = k_seen, k_drops, self.ring.stale
+            self.acct.kernel_seen, self.acct.kernel_drops, self.acct.stale = k_seen, k_drops, stale
         isbs = trailer(names[:n_hdr], ts_ns=ts_ns, delivered=self._delivered[:n_hdr], kernel_seen=k_seen,
                        kernel_drops=k_drops, drops=self.acct.isb_drops())
         body, packets, first_ns, last_ns, _ = self.ring.take(isbs)
-        self._seq += 1
+        self._seq = next(self._seq_source)
         captured = sum(b for _, b in counts)
         self.acct.add_batch(packets, captured, per_name)
         if self.log.enabled(L.BATCHES):
@@ -181,6 +189,11 @@ class LiveCapture:
         batch = self._cut(time.time_ns())
         if batch:
             emit(batch)
+
+    def totals(self) -> tuple[int, int, int]:
+        """(packets past the filter, ring drops, stale) of this ring, cumulative."""
+        k_seen, k_drops, _ = self.ring.kernel_stats()
+        return k_seen, k_drops, self.ring.stale
 
     def kernel_stats(self) -> tuple[int, int]:
         k_seen, k_drops, _ = self.ring.kernel_stats()
