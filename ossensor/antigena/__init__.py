@@ -34,8 +34,9 @@ class Antigena:
                                  ca_file=str(s.tls_ca_file) if s.tls_ca_file else None,
                                  client_cert=(str(s.tls_cert_file), str(s.tls_key_file))
                                  if s.tls_cert_file else None, stats=self.stats)
-        self._applied = 0
-        self._c_stats = (0, 0, 0, 0, 0)
+        # per ring (several readers in a fanout group each call the hook with their own ring)
+        self._applied: dict[int, int] = {}
+        self._c_stats: dict[int, tuple] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -69,22 +70,24 @@ class Antigena:
     def capture_hook(self, ring) -> None:
         """Reader thread, after each ring.read(): new rules in, hits out. Never raises: a fault here
         must not stop capture."""
+        key = id(ring)
         try:
-            if self.book.version != self._applied:
+            if self.book.version != self._applied.get(key):
                 version, rules = self.book.rules()
                 ring.set_rules(rules)
-                self._applied = version
+                self._applied[key] = version
             hits = ring.take_hits()
             if hits:
                 self.enforcer.offer(hits)
-            self._c_stats = ring.antigena_stats()
+            self._c_stats[key] = ring.antigena_stats()
         except Exception as err:  # noqa: BLE001
-            self._applied = self.book.version  # do not retry the same table at every read
+            self._applied[key] = self.book.version  # do not retry the same table at every read
             self.log.error(f"antigena: cannot update the capture's rule table: {type(err).__name__}: {err}")
 
     def stats(self) -> dict:
         b = self.book.summary()
-        _, matched, hits, overflow, skipped = self._c_stats
+        per_ring = list(self._c_stats.values())
+        matched, hits, overflow, skipped = (sum(s[i] for s in per_ring) for i in range(1, 5))
         e = self.enforcer
         return {"active": b["active"], "received": b["received"], "refused": b["refused"], "failed": b["failed"],
                 "expired": b["expired"], "resets_sent": b["resets_sent"], "send_errors": b["send_errors"],
