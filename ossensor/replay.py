@@ -89,8 +89,8 @@ def load_settings(to_file: bool, environ=None):
     from ossensor import config
 
     env = dict(os.environ if environ is None else environ)
-    if to_file:
-        env = {k: v for k, v in env.items() if not k.startswith("VSENSOR_")}
+    if to_file:  # nor the TLS files: nothing is sent
+        env = {k: v for k, v in env.items() if not k.startswith(("VSENSOR_", "OSSENSOR_TLS_"))}
         env["VSENSOR_HOSTNAME"] = "localhost"            # placeholders, never used
         env["VSENSOR_HMAC_KEY"] = "unused-for-replay-to-a-file"
     return config.load(env)

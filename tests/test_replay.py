@@ -102,7 +102,8 @@ def test_out_file_is_one_pcapng_section_identical_to_the_input_and_tcpdump_reads
     dst = tmp_path / "out.pcapng"
     # small batches: the output spans many of them
     r = replay(str(src), "--out", str(dst), env={"OSSENSOR_BATCH_MAX_KB": "64", "OSSENSOR_SNAPLEN": "1500",
-                                                     "VSENSOR_PORT": "not-a-port"})
+                                                     "VSENSOR_PORT": "not-a-port",
+                                                     "OSSENSOR_TLS_CA_FILE": "/nonexistent/ca.pem"})
     assert r.returncode == 0, r.stdout + r.stderr  # vSensor variables are neither needed nor checked
     assert int(summary(r.stdout)["batches"]) > 1
     assert epbs_of(dst) == [capfiles.Expected("file0", ts, d, w) for ts, d, w in pk]
