@@ -27,7 +27,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 PY=${PYTHON:-python3}
-if ! $PY -c 'import ossensor._native, pcapy, pyroute2, scapy, hypothesis, pytest' 2>/dev/null \
+if ! $PY -c 'import ossensor._native, ossensor._filereader, rich, pcapy, pyroute2, scapy, hypothesis, pytest' 2>/dev/null \
    || [ -n "$(find native setup.py pyproject.toml -newer "$(ls ossensor/_native*.so 2>/dev/null | head -n1 || echo .)" -type f 2>/dev/null | head -n1)" ]; then
   echo "setup: installing the ossensor package and its test dependencies"
   $PY -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test]'
