@@ -32,8 +32,13 @@ class Batch:
 
     @property
     def size(self) -> int:
-        """Bytes it holds in memory (0 when only its spool file holds it)."""
-        return len(self.body) if self.body is not None else 0
+        """Bytes it holds in memory (0 when only its spool file holds it). A memoryview of a
+        pooled capture buffer holds the whole buffer, so that is what it counts."""
+        if self.body is None:
+            return 0
+        if isinstance(self.body, memoryview) and self.body.obj is not None:
+            return max(len(self.body), len(self.body.obj))
+        return len(self.body)
 
 
 def section(interfaces: list[tuple[str, int]], snaplen: int, epbs: bytes, *, ts_ns: int,

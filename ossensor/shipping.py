@@ -101,6 +101,13 @@ class Pipeline:
     # -- producer side ---------------------------------------------------------------------
     def enqueue(self, batch: Batch, block: bool = False) -> bool:
         """Hand over a batch. False: it was dropped (and counted)."""
+        body = batch.body
+        if (self._zstd is None and isinstance(body, memoryview) and body.obj is not None
+                and len(body) * 2 < len(body.obj)):
+            # a small batch must not pin a large pooled capture buffer while it waits: copy it out,
+            # the buffer goes back to the ring's pool (full batches stay zero-copy)
+            batch.body = bytes(body)
+        del body
         if self._zstd is not None and batch.encoding == "identity":
             batch.body = self._zstd.compress(batch.body)
             batch.encoding = "zstd"
