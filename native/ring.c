@@ -27,18 +27,12 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
 
 #define EPB_TYPE 6u
 #define EPB_OVERHEAD 32u /* block header 8 + fixed fields 20 + trailer 4 */
 #define LINKTYPE_ETHERNET 1
 #define MIN_BLOCKS 2u
 #define POOL_SIZE 4
-#ifndef NT_COPY_MIN
-#define NT_COPY_MIN 0xffffffffu /* non-temporal copies measured slower here (bench/capture.py): off */
-#endif
 #define ISB_RESERVE(n) (256u + 256u * (n))
 
 typedef struct {
@@ -464,44 +458,6 @@ static inline int lookup_if(Ring *self, int ifindex, unsigned *id)
     return 0;
 }
 
-/* Copy a packet into the batch. Large packets go with non-temporal stores: the batch
- * buffer is written once and read much later (by the signer), so pulling its lines into
- * the cache first (read-for-ownership) only costs memory bandwidth and evicts the ring. */
-static inline void copy_packet(uint8_t *dst, const uint8_t *src, uint32_t len)
-{
-#if defined(__SSE2__)
-    if (len >= NT_COPY_MIN) {
-        uint32_t head = (uint32_t)((16 - ((uintptr_t)dst & 15)) & 15);
-        memcpy(dst, src, head);
-        dst += head;
-        src += head;
-        len -= head;
-        while (len >= 64) {
-            __m128i a = _mm_loadu_si128((const __m128i *)src);
-            __m128i b = _mm_loadu_si128((const __m128i *)(src + 16));
-            __m128i c = _mm_loadu_si128((const __m128i *)(src + 32));
-            __m128i d = _mm_loadu_si128((const __m128i *)(src + 48));
-            _mm_stream_si128((__m128i *)dst, a);
-            _mm_stream_si128((__m128i *)(dst + 16), b);
-            _mm_stream_si128((__m128i *)(dst + 32), c);
-            _mm_stream_si128((__m128i *)(dst + 48), d);
-            src += 64;
-            dst += 64;
-            len -= 64;
-        }
-    }
-#endif
-    memcpy(dst, src, len);
-}
-
-/* Non-temporal stores are weakly ordered: fence before another thread reads the batch. */
-static inline void drain_fence(void)
-{
-#if defined(__SSE2__)
-    _mm_sfence();
-#endif
-}
-
 struct epb_head {
     uint32_t type, total, if_id, ts_hi, ts_lo, caplen, wirelen;
 };
@@ -541,7 +497,7 @@ static inline int write_epb(Ring *self, uint8_t *out, struct tpacket3_hdr *h)
         memcpy(p + 16, data + 12, caplen - 12);
         self->vlan_restored++;
     } else {
-        copy_packet(p, data, caplen);
+        memcpy(p, data, caplen);
     }
     p += outlen;
     memset(p, 0, ((outlen + 3u) & ~3u) - outlen);
@@ -590,7 +546,6 @@ static uint64_t drain(Ring *self, uint8_t *out)
                 self->pend_pkt = h;
                 self->pend_left = left;
                 self->batch_full = 1;
-                drain_fence();
                 return self->batch_packets - before;
             }
             left--;
@@ -601,7 +556,6 @@ static uint64_t drain(Ring *self, uint8_t *out)
         __atomic_store_n(&bd->hdr.bh1.block_status, TP_STATUS_KERNEL, __ATOMIC_RELEASE);
         self->block_cur = (self->block_cur + 1) % self->block_nr;
     }
-    drain_fence();
     return self->batch_packets - before;
 }
 
