@@ -323,6 +323,9 @@ def test_vsensor_down_without_spool_memory_bounded_drops_exact(topo, tmp_path):
     time.sleep(1)
     st = stats(sensor)
     wait_stat(sensor, "acked", int(st["captured"]) - int(st["queue_drops"]), timeout=30)
+    # a later batch tells the vSensor what was dropped, in its ISBs
+    start_sender(topo, n, 50, rate=1000, size=size).p.wait(20)
+    wait_stat(sensor, "acked", int(st["captured"]) - int(st["queue_drops"]) + 50, timeout=20)
     assert sensor.stop() == 0
     fin = _final(sensor)
     captured, acked, qd, kd = (int(fin[k]) for k in ("captured", "acked", "queue_drops", "kernel_drops"))
@@ -330,7 +333,10 @@ def test_vsensor_down_without_spool_memory_bounded_drops_exact(topo, tmp_path):
     stored = len(stored_indices(out))
     assert stored == acked
     assert captured == acked + qd, fin                       # exact: nothing else lost
-    assert captured + kd == n, fin                           # every packet sent was seen by the kernel
+    assert captured + kd == n + 50, fin                      # every packet sent was seen by the kernel
+    last = [json.loads(l) for l in (out / "batches.jsonl").read_text().splitlines()][-1]
+    isb = last["stats"][0]
+    assert isb["ifdrop"] == qd and isb["usrdeliv"] == captured, isb
     # memory: start + ring (touched as it fills) + queue + two batches + slack; ~240 MB would be unbounded
     grown_mb = (hwm_kib - base_kib) / 1024
     assert grown_mb < 32 + queue_mb + 2 * 4 + 40, f"RSS grew {grown_mb:.0f} MiB"
