@@ -19,11 +19,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from support import KEY, ROOT, Proc, vsensor_packets
+from support import KEY, ROOT, Proc, free_port, vsensor_packets
 
 BASE = "localhost/ossensor-test-base:bookworm"
 TAG = f"localhost/ossensor-test:{os.getpid()}"
@@ -160,7 +161,8 @@ def vsensor(tmp_path):
         p.kill()
 
 
-def run_args(podman: Podman, image: str, tmp: Path, vs: dict, device: str, caps: list[str], name: str) -> list[str]:
+def run_args(podman: Podman, image: str, tmp: Path, vs: dict, device: str, caps: list[str], name: str,
+             **env: str) -> list[str]:
     """`podman run` as the DaemonSet runs the container."""
     etc, spool, secrets = tmp / "etc-darktrace", tmp / "spool", tmp / "secrets"
     for d in (etc, spool, secrets):
@@ -178,8 +180,9 @@ def run_args(podman: Podman, image: str, tmp: Path, vs: dict, device: str, caps:
             "-e", "VSENSOR_HMAC_KEY_FILE=/var/run/secrets/ossensor/hmac-key",
             "-e", "OSSENSOR_TLS_CA_FILE=/etc/ossensor-tls/ca.pem",
             "-e", f"OSSENSOR_NETWORK_DEVICE={device}", "-e", "BPF=udp port 9999",
-            "-e", "ANTIGENA_ENABLED=false", "-e", "OSSENSOR_DEBUG=2", "-e", "OSSENSOR_RING_MB=8",
+            "-e", "OSSENSOR_DEBUG=2", "-e", "OSSENSOR_RING_MB=8",
             "-e", "OSSENSOR_BATCH_MAX_AGE_MS=100", "-e", "OSSENSOR_STATS_INTERVAL=1",
+            *[a for k, v in env.items() for a in ("-e", f"{k}={v}")],
             image]
     return args
 
@@ -210,11 +213,16 @@ def test_least_privilege_container_captures_a_veth_into_the_vsensor(podman, imag
     caps = manifest_caps()
     assert caps == ["NET_RAW"], caps
     name = f"osdk-run-{os.getpid()}"
-    p = Proc(run_args(podman, image, tmp_path, vsensor, veth["host_if"], caps, name), env=podman.env)
+    mport = free_port()
+    # as the DaemonSet: metrics/probes listening; Antigena on too, so its send socket is opened before the drop
+    p = Proc(run_args(podman, image, tmp_path, vsensor, veth["host_if"], caps, name, ANTIGENA_ENABLED="true",
+                      OSSENSOR_METRICS_PORT=str(mport), OSSENSOR_METRICS_ADDR="127.0.0.1"), env=podman.env)
     try:
         p.wait_for(r"capturing on " + veth["host_if"], timeout=60)
         p.wait_for(r"capabilities dropped after opening the sockets: had \[NET_RAW\], now none", timeout=10)
         p.wait_for(r" stats captured=", timeout=20)
+        with urllib.request.urlopen(f"http://127.0.0.1:{mport}/healthz", timeout=10) as resp:
+            assert resp.status == 200  # the liveness probe, served under the seccomp profile
         n = 200
         r = subprocess.run(["ip", "netns", "exec", veth["ns"], sys.executable, "-c", SENDER, veth["host_ip"], str(n)],
                            capture_output=True, text=True, timeout=30)
@@ -241,7 +249,7 @@ def test_least_privilege_container_captures_a_veth_into_the_vsensor(podman, imag
 
 def test_one_capability_fewer_is_one_line_naming_it(podman, image, vsensor, veth, tmp_path):
     name = f"osdk-nocap-{os.getpid()}"
-    args = run_args(podman, image, tmp_path, vsensor, veth["host_if"], [], name)
+    args = run_args(podman, image, tmp_path, vsensor, veth["host_if"], [], name, ANTIGENA_ENABLED="false")
     try:
         r = subprocess.run(args, env=podman.env, capture_output=True, text=True, timeout=120)
     finally:
