@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from support import Topology, read_pcap, sensor_env, sh, start_sensor, start_vsensor, vsensor_packets
+from support import Topology, read_pcap, send_udp, sensor_env, sh, start_sensor, start_vsensor, vsensor_packets
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -110,3 +110,46 @@ def test_fanout_readers_share_the_traffic_without_duplicates(topo, tmp_path):
     assert len(got) == c["acked"] == c["captured"]
     seqs = [int(l.split("seq=")[1].split()[0]) for l in vs.lines if l.split()[1:2] == ["accepted"]]
     assert len(seqs) == len(set(seqs)) and len(seqs) >= 2  # one sequence shared by the readers
+
+
+TUN_HOLDER = """
+import fcntl, os, struct, sys, time
+fd = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH", sys.argv[1].encode(), 0x0001 | 0x1000))  # TUNSETIFF IFF_TUN|IFF_NO_PI
+print("READY", flush=True)
+while True:
+    os.read(fd, 65536)  # drain what the kernel routes into the tun
+"""
+
+
+def test_mixed_link_types_raw_ip_tun_beside_ethernet(topo, tmp_path):
+    import sys
+
+    tun = f"ost{topo.net}"
+    holder = topo.spawn([sys.executable, "-c", TUN_HOLDER, tun], netns=topo.cap)
+    holder.wait_for("READY")
+    sh(f"ip -n {topo.cap} addr add 10.80.{topo.net}.1/24 dev {tun}")
+    sh(f"ip -n {topo.cap} link set {tun} up")
+    vs, port = start_vsensor(topo, tmp_path / "vs")
+    sensor = start_sensor(topo, sensor_env(topo, tmp_path, port, BPF="udp port 9999", ANTIGENA_ENABLED="false"))
+    send_udp(topo, 10)  # Ethernet: peer -> veth
+    code = ("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            f"for i in range(7): s.sendto(b'through the tun %d' % i, ('10.80.{topo.net}.9', 9999))\n")
+    r = subprocess.run(["ip", "netns", "exec", topo.cap, sys.executable, "-c", code], capture_output=True,
+                       timeout=30)
+    assert r.returncode == 0, r.stderr
+    sensor.wait_for(r"acked=17 ", timeout=20)
+    assert sensor.stop() == 0
+    got = vsensor_packets(tmp_path / "vs")
+    by_if: dict[str, list] = {}
+    for name, p in got:
+        by_if.setdefault(name, []).append(p)
+    assert len(by_if[topo.cap_if]) == 10 and len(by_if[tun]) == 7
+    for i, p in enumerate(by_if[tun]):  # raw IP: the packet starts with the IPv4 header
+        assert p.data[0] >> 4 == 4 and p.data[28:].startswith(b"through the tun %d" % i)
+    assert all(p.data[12:14] == b"\x08\x00" for p in by_if[topo.cap_if])  # Ethernet frames
+    from ossensor import pcapng
+
+    linktypes = {i.name: i.linktype for f in (tmp_path / "vs").glob("*.pcapng")
+                 for sec in pcapng.read_sections(f.read_bytes()) for i in sec.interfaces}
+    assert linktypes[tun] == pcapng.LINKTYPE_RAW and linktypes[topo.cap_if] == pcapng.LINKTYPE_ETHERNET

@@ -25,6 +25,7 @@ SKF_AD_OFF = -0x1000
 SKF_AD_IFINDEX = 8
 MAX_INSNS = 4096
 NETMASK_UNKNOWN = 0xFFFFFFFF
+LINKTYPE_TO_DLT = {101: 12}  # LINKTYPE_RAW -> DLT_RAW
 
 
 class FilterError(ValueError):
@@ -46,7 +47,8 @@ def compile_expr(expr: str, linktype: int, snaplen: int, live: bool = False) -> 
         if prog is not None:
             return prog
     try:
-        prog = pcapy.compile(linktype, snaplen, expr, 1, NETMASK_UNKNOWN)
+        # libpcap wants a DLT_ value: they equal the LINKTYPE_ values except raw IP (101 -> DLT_RAW 12)
+        prog = pcapy.compile(LINKTYPE_TO_DLT.get(linktype, linktype), snaplen, expr, 1, NETMASK_UNKNOWN)
     except Exception as err:  # pcapy raises PcapError / BPFError with libpcap's message
         raise FilterError(str(err).strip() or "does not compile") from None
     return [tuple(i) for i in prog.get_bpf()]
