@@ -9,16 +9,12 @@ within the shutdown timeout; what cannot be sent is counted and reported.
 from __future__ import annotations
 
 import os
-import random
 import secrets
 import signal
 import socket
 import sys
 import threading
 import time
-import urllib.parse
-
-from requests.utils import should_bypass_proxies
 
 from ossensor import __version__, config, interfaces, privileges
 from ossensor import log as L
@@ -124,7 +120,12 @@ class Sensor:
                 self.acct.kernel_seen, self.acct.kernel_drops = self.capture.kernel_stats()
         snap = self.acct.snapshot()
         d = snap["dropped"]
-        per_if = " ".join(f"{n}={p}/{b}B" for n, (p, b) in sorted(snap["per_if"].items()))
+        def one(name: str, st: dict) -> str:  # captured/bytes, then acked and dropped per stage (packets)
+            drops = ",".join(f"{k[5:]}:{v[0]}" for k, v in st.items() if k.startswith("drop_") and v[0])
+            return (f"{name}={st['captured'][0]}/{st['captured'][1]}B/acked:{st['acked'][0]}"
+                    f"{'/dropped:' + drops if drops else ''}")
+
+        per_if = " ".join(one(n, st) for n, st in sorted(snap["per_if_stages"].items()))
         return (f"stats captured={snap['captured']} bytes={snap['captured_bytes']} "
                 f"kernel_drops={snap['kernel_drops']} queue_drops={d['queue']} spool_drops={d['spool']} "
                 f"refused={d['refused']} shutdown_drops={d['shutdown']} acked={snap['acked']} "
