@@ -289,10 +289,14 @@ def test_vsensor_down_30s_with_spool_every_packet_arrives(topo, tmp_path):
     vs.stop()
     time.sleep(30)
     vs = _restart_vsensor(topo, out, port)
+    t_back = time.monotonic()
     sender.p.wait(40)
     assert "sent" in sender.output, sender.output
     wait_stat(sensor, "captured", n, timeout=20)
+    peak_spool = max(float(l.split("spool_mb=")[1].split()[0]) for l in sensor.lines if "spool_mb=" in l)
     wait_stat(sensor, "acked", n, timeout=60)
+    print(f"\n[figures] spool: {n} packets at {rate}/s, vSensor down 30 s: peak spool {peak_spool:.0f} MiB, "
+          f"all acknowledged {time.monotonic() - t_back:.1f} s after the vSensor returned")
     assert sensor.stop() == 0
     fin = _final(sensor)
     assert fin["kernel_drops"] == "0" and fin["queue_drops"] == "0" and fin["spool_drops"] == "0", fin
@@ -339,5 +343,7 @@ def test_vsensor_down_without_spool_memory_bounded_drops_exact(topo, tmp_path):
     assert isb["ifdrop"] == qd and isb["usrdeliv"] == captured, isb
     # memory: start + ring (touched as it fills) + queue + two batches + slack; ~240 MB would be unbounded
     grown_mb = (hwm_kib - base_kib) / 1024
+    print(f"\n[figures] no spool: {n} packets of {size} B at {rate}/s into a stopped vSensor: RSS grew "
+          f"{grown_mb:.1f} MiB (queue bound {queue_mb} MiB); queue_drops={qd} acked={acked} kernel_drops={kd}")
     assert grown_mb < 32 + queue_mb + 2 * 4 + 40, f"RSS grew {grown_mb:.0f} MiB"
     assert "queue full" in sensor.output
