@@ -23,6 +23,7 @@ import threading
 from dataclasses import dataclass, field
 
 STAGES = ("queue", "spool", "refused", "shutdown")  # where a captured packet can be dropped
+MAX_INTERFACES = 4096  # per-interface counters kept (oldest idle ones are let go beyond it)
 FLOW = ("captured", "recovered", "queued", "spooled", "sent", "acked")  # stages it passes
 
 
@@ -74,9 +75,23 @@ class Accounting:
 
     def _per_if(self, stage: str, per_if: dict[str, tuple[int, int]] | None) -> None:
         for name, (p, b) in (per_if or {}).items():
-            c = self.per_if.setdefault(name, IfCounters()).stages[stage]
+            counters = self.per_if.get(name)
+            if counters is None:
+                if len(self.per_if) >= MAX_INTERFACES:
+                    self._forget_one()
+                counters = self.per_if[name] = IfCounters()
+            c = counters.stages[stage]
             c[0] += p
             c[1] += b
+
+    def _forget_one(self) -> None:
+        """Pods come and go with new veth names: keep per-interface counters bounded by letting
+        go of the oldest interface that has nothing in flight (its totals stay in the sums)."""
+        for name, c in self.per_if.items():
+            st = c.stages
+            if st["captured"][0] + st["recovered"][0] == st["acked"][0] + c.dropped_packets():
+                del self.per_if[name]
+                return
 
     def add_batch(self, packets: int, nbytes: int, per_if: dict[str, tuple[int, int]]) -> None:
         with self.lock:

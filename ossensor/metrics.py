@@ -204,7 +204,9 @@ class Collector:
             yield sp
             yield sb
 
-        in_flight = snap.get("captured", 0) - snap.get("acked", 0) - sum((snap.get("dropped") or {}).values())
+        # the same sum as Accounting.in_flight(): batches recovered from the spool count as captured
+        in_flight = (snap.get("captured", 0) + snap.get("recovered", 0) - snap.get("acked", 0)
+                     - sum((snap.get("dropped") or {}).values()))
         yield GaugeMetricFamily("ossensor_in_flight_packets", "captured, neither acknowledged nor dropped yet",
                                 value=in_flight)
 
