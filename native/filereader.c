@@ -338,7 +338,7 @@ static int pcap_header(Reader *r)
     uint16_t major = rd16(r, h + 4);
     if (major != 2)
         return fail(r, 4, "format", "unsupported pcap version %u (expected 2)", major);
-    r->pcap_linktype = rd32(r, h + 20) & 0x03FFFFFFu; /* upper bits: FCS length flags */
+    r->pcap_linktype = rd32(r, h + 20) & 0xFFFFu; /* as libpcap: upper bits are reserved / FCS length */
     r->in_pos = 24;
     unsigned gid;
     if (global_if(r, "", r->pcap_linktype, 20, &gid) < 0)
