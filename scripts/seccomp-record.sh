@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-daemonset/ossensor-seccomp.json}
 TESTS=("$@")
-[ ${#TESTS[@]} -gt 0 ] || TESTS=(tests/test_skeleton.py tests/test_privileges.py tests/test_metrics.py tests/test_hotplug.py tests/test_antigena.py)
+[ ${#TESTS[@]} -gt 0 ] || TESTS=(tests/test_skeleton.py tests/test_privileges.py tests/test_metrics.py tests/test_hotplug.py tests/test_antigena.py tests/test_link_faults.py)
 command -v strace >/dev/null || { apt-get update -qq && apt-get install -y -qq strace >/dev/null; }
 TRACE=$(mktemp -d)
 trap 'rm -rf "$TRACE"' EXIT

@@ -214,9 +214,11 @@ def test_least_privilege_container_captures_a_veth_into_the_vsensor(podman, imag
     assert caps == ["NET_RAW"], caps
     name = f"osdk-run-{os.getpid()}"
     mport = free_port()
-    # as the DaemonSet: metrics/probes listening; Antigena on too, so its send socket is opened before the drop
+    # as the DaemonSet: metrics/probes listening, the spool on its volume; Antigena on too, so its send
+    # socket is opened before the drop
     p = Proc(run_args(podman, image, tmp_path, vsensor, veth["host_if"], caps, name, ANTIGENA_ENABLED="true",
-                      OSSENSOR_METRICS_PORT=str(mport), OSSENSOR_METRICS_ADDR="127.0.0.1"), env=podman.env)
+                      OSSENSOR_METRICS_PORT=str(mport), OSSENSOR_METRICS_ADDR="127.0.0.1",
+                      OSSENSOR_SPOOL_DIR="/var/lib/ossensor/spool"), env=podman.env)
     try:
         p.wait_for(r"capturing on " + veth["host_if"], timeout=60)
         p.wait_for(r"capabilities dropped after opening the sockets: had \[NET_RAW\], now none", timeout=10)
