@@ -60,8 +60,10 @@ def _load_libc():
     global _libc
     with _libc_lock:
         if _libc is None:
-            name = ctypes.util.find_library("c") or "libc.so.6"
-            lib = ctypes.CDLL(name)
+            try:  # glibc by soname: find_library("c") would run ldconfig in a subprocess
+                lib = ctypes.CDLL("libc.so.6")
+            except OSError:
+                lib = ctypes.CDLL(ctypes.util.find_library("c"))
             lib.regcomp.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
             lib.regcomp.restype = ctypes.c_int
             lib.regexec.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t,

@@ -54,8 +54,16 @@ class Spool:
         self._lock = threading.Lock()
         self._sizes: dict[str, int] = {}  # file name -> size on disk
         self._bytes = 0
-        self.dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.dir, 0o700)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.dir, 0o700)
+            probe = self.dir / ".ossensor-write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:  # a start-up error, one line: the directory is the user's input
+            from ossensor.config import ConfigError
+
+            raise ConfigError([f"OSSENSOR_SPOOL_DIR: cannot use {self.dir}: {err.strerror or err}"]) from None
 
     # -- start ---------------------------------------------------------------------------
     def recover(self) -> tuple[list[Batch], list[Torn]]:

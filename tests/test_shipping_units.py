@@ -214,3 +214,14 @@ def test_link_variables_bad_values_one_line_each(tmp_path):
     assert [l.split(":")[0] for l in lines] == ["OSSENSOR_SPOOL_DIR", "OSSENSOR_SPOOL_MB", "OSSENSOR_COMPRESSION",
                                                "OSSENSOR_SHUTDOWN_TIMEOUT"], lines
     assert "not a directory" in lines[0] and "none or zstd" in lines[2]
+
+
+def test_unusable_spool_dir_is_one_config_line(tmp_path):
+    from ossensor.config import ConfigError
+    from ossensor.spool import Spool
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError) as err:
+        Spool(blocker / "spool", 1 << 20, "s1")
+    assert err.value.problems == [f"OSSENSOR_SPOOL_DIR: cannot use {blocker / 'spool'}: Not a directory"]

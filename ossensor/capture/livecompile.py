@@ -34,8 +34,18 @@ _lock = threading.Lock()  # pcap_compile is not thread-safe in older libpcaps
 def _libpcap():
     global _lib
     if _lib is None:
-        name = ctypes.util.find_library("pcap") or "libpcap.so.0.8"
-        lib = ctypes.CDLL(name)
+        lib = None
+        for name in ("libpcap.so.0.8", "libpcap.so.1"):  # by soname: find_library runs ldconfig
+            try:
+                lib = ctypes.CDLL(name)
+                break
+            except OSError:
+                continue
+        if lib is None:
+            found = ctypes.util.find_library("pcap")
+            if not found:
+                raise OSError("libpcap not found")
+            lib = ctypes.CDLL(found)
         lib.pcap_create.restype = ctypes.c_void_p
         lib.pcap_create.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
         lib.pcap_set_buffer_size.argtypes = [ctypes.c_void_p, ctypes.c_int]
