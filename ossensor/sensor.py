@@ -178,6 +178,8 @@ class Sensor:
                 self.capture = FanoutCapture(s.capture_threads, **params)
             else:
                 self.capture = LiveCapture(**params)
+        except bpf.FilterError as err:
+            raise Fatal(f"BPF: {err}", EXIT_USAGE) from None
         except PermissionError:
             raise Fatal("cannot open a capture socket: permission denied (needs CAP_NET_RAW)") from None
         except OSError as err:
@@ -185,7 +187,10 @@ class Sensor:
         if self.capture.ring_bytes < s.ring_mb << 20:
             log.warning(f"capture ring reduced to {self.capture.ring_bytes >> 20} MiB "
                         f"(asked {s.ring_mb} MiB: not enough memory)")
-        self.capture.set_interfaces(chosen)
+        try:
+            self.capture.set_interfaces(chosen)
+        except bpf.FilterError as err:
+            raise Fatal(f"BPF: {err} (interfaces {', '.join(i.name for i in chosen)})", EXIT_USAGE) from None
         via = _proxy_choice(s)
         self.shipper = Shipper(host=s.vsensor_hostname, port=s.vsensor_port, key=s.key_bytes,
                                sensor=s.sensor_name, boot=self.boot,
@@ -206,7 +211,10 @@ class Sensor:
         self.obs.bind()
         from ossensor.hotplug import Watcher  # netlink link events: interfaces coming and going
 
-        self.watcher = Watcher(self.capture, self.selector, chosen, hotplug=s.device_any, log=log).open()
+        try:
+            self.watcher = Watcher(self.capture, self.selector, chosen, hotplug=s.device_any, log=log).open()
+        except OSError as err:
+            raise Fatal(f"cannot follow interface changes (netlink): {err.strerror or err}") from None
         self.antigena = Antigena(s, log, self.boot).open(self.capture)  # no socket when disabled
         # Every socket that needs a capability is open by now (open new ones above this line):
         # give up all capabilities before any thread starts (capabilities are per thread).
@@ -214,33 +222,45 @@ class Sensor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop.set())
         reader_stop = threading.Event()
-        reader = threading.Thread(target=self.capture.run, args=(reader_stop, self.enqueue), name="reader")
+        reader_failed: list[BaseException] = []
+
+        def read() -> None:
+            try:
+                self.capture.run(reader_stop, self.enqueue)
+            except BaseException as err:  # noqa: BLE001 - reported by the main thread, exit status 1
+                reader_failed.append(err)
+
+        reader = threading.Thread(target=read, name="reader")
         self.capture.start()
         # said once the ring is bound: from this line on, every packet is captured or counted
         log(L.BASIC, f"capturing on {', '.join(i.name for i in chosen)}: ring {self.capture.ring_bytes >> 20} MiB, "
                      f"batches up to {s.batch_max_bytes >> 10} KiB or {s.batch_max_age_ms} ms")
         reader.start()
-        self.pipeline.start()
-        self.watcher.start()
-        self.obs.start(self.shipper)
-        self.antigena.start()
+        try:
+            self.pipeline.start()
+            self.watcher.start()
+            self.obs.start(self.shipper)
+            self.antigena.start()
 
-        next_stats = time.monotonic() + s.stats_interval
-        while not self.stop.wait(min(1.0, max(0.05, next_stats - time.monotonic()))):
-            if not reader.is_alive():
-                log.error("capture loop ended unexpectedly; stopping")
-                break
-            if time.monotonic() >= next_stats:
-                log(L.STATS, self.stats_line())
-                self.obs.periodic()
-                next_stats += s.stats_interval
-        self.stop.set()
-        log(L.BASIC, "stopping: flushing the last batch")
-        self.watcher.stop()
-        timeout = getattr(s, "shutdown_timeout", 5.0)
-        t_stop = time.monotonic()
-        reader_stop.set()
-        reader.join()
+            next_stats = time.monotonic() + s.stats_interval
+            while not self.stop.wait(min(1.0, max(0.05, next_stats - time.monotonic()))):
+                if not reader.is_alive():
+                    break
+                if time.monotonic() >= next_stats:
+                    log(L.STATS, self.stats_line())
+                    self.obs.periodic()
+                    next_stats += s.stats_interval
+        finally:  # whatever happened above, the reader stops and what it holds is flushed
+            self.stop.set()
+            log(L.BASIC, "stopping: flushing the last batch")
+            self.watcher.stop()
+            timeout = getattr(s, "shutdown_timeout", 5.0)
+            t_stop = time.monotonic()
+            reader_stop.set()
+            reader.join()
+        if reader_failed:
+            err = reader_failed[0]
+            log.error(f"capture loop failed: {type(err).__name__}: {err}; stopping")
         self.antigena.stop()
         self.pipeline.finish(max(0.0, timeout - (time.monotonic() - t_stop)))  # flush; spool or count the rest
         log(L.BASIC, "final " + self.stats_line())
@@ -251,7 +271,7 @@ class Sensor:
         self.obs.close()
         self.shipper.close()
         log(L.BASIC, "stopped")
-        return EXIT_OK
+        return EXIT_FAIL if reader_failed else EXIT_OK
 
 
 def run(settings) -> int:
@@ -274,5 +294,12 @@ def run(settings) -> int:
         if settings.logfile:  # the log is in a file: say it where the user looks too
             print(f"ossensor: {err}", file=sys.stderr)
         return err.status
+    except Exception as err:  # a bug: one line always, the traceback from debug level 2 on
+        log.error(f"internal error: {type(err).__name__}: {err} (OSSENSOR_DEBUG=2 shows the traceback)")
+        if settings.debug >= 2:
+            import traceback
+
+            traceback.print_exc()
+        return EXIT_FAIL
     finally:
         log.close()

@@ -153,3 +153,22 @@ def test_mixed_link_types_raw_ip_tun_beside_ethernet(topo, tmp_path):
     linktypes = {i.name: i.linktype for f in (tmp_path / "vs").glob("*.pcapng")
                  for sec in pcapng.read_sections(f.read_bytes()) for i in sec.interfaces}
     assert linktypes[tun] == pcapng.LINKTYPE_RAW and linktypes[topo.cap_if] == pcapng.LINKTYPE_ETHERNET
+
+
+def test_filter_that_cannot_match_raw_ip_still_captures_ethernet(topo, tmp_path):
+    """`BPF=ether ...` compiles for Ethernet but not for a raw-IP tun: the tun selects nothing
+    (one warning), the veth is captured, no traceback."""
+    import sys
+
+    tun = f"ost{topo.net}"
+    holder = topo.spawn([sys.executable, "-c", TUN_HOLDER, tun], netns=topo.cap)
+    holder.wait_for("READY")
+    sh(f"ip -n {topo.cap} link set {tun} up")
+    vs, port = start_vsensor(topo, tmp_path / "vs")
+    sensor = start_sensor(topo, sensor_env(topo, tmp_path, port, BPF="not ether host 02:00:00:00:00:99 and udp port 9999",
+                                           ANTIGENA_ENABLED="false"))
+    assert re.search(r"WARNING BPF selects nothing on link type 101 interfaces", sensor.output)
+    send_udp(topo, 10)
+    sensor.wait_for(r"acked=10 ", timeout=20)
+    assert sensor.stop() == 0
+    assert "Traceback" not in sensor.output

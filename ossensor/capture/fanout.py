@@ -16,7 +16,7 @@ import threading
 from typing import Callable
 
 from ossensor.capture import bpf
-from ossensor.capture.live import LiveCapture
+from ossensor.capture.live import Delivered, LiveCapture
 
 PACKET_FANOUT_HASH = 0
 
@@ -24,9 +24,10 @@ PACKET_FANOUT_HASH = 0
 class FanoutCapture:
     def __init__(self, readers: int, *, ring_bytes: int, **kwargs):
         seq = itertools.count(1)
+        delivered = Delivered()
         share = max(2 << 20, ring_bytes // readers)
-        self.members = [LiveCapture(ring_bytes=share, seq_source=seq, totals=self.totals, **kwargs)
-                        for _ in range(readers)]
+        self.members = [LiveCapture(ring_bytes=share, seq_source=seq, totals=self.totals, delivered=delivered,
+                                    **kwargs) for _ in range(readers)]
         self.group = os.getpid() & 0xFFFF
 
     @property

@@ -23,13 +23,35 @@ from ossensor.interfaces import Interface
 BLOCK_SIZE = 1 << 20  # ring block: a power of two, a multiple of any page size (4 KiB .. 64 KiB)
 
 
+class Delivered:
+    """Packets delivered into batches, cumulative per interface name (the ISBs' isb_usrdeliv);
+    shared, under a lock, by the readers of a fanout group."""
+
+    def __init__(self):
+        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, per_name: dict[str, tuple[int, int]], names: list[str]) -> list[int]:
+        """Count a batch; the totals for `names`, in that order."""
+        with self._lock:
+            for name, (p, _) in per_name.items():
+                self._counts[name] = self._counts.get(name, 0) + p
+            return [self._counts.get(n, 0) for n in names]
+
+    def keep(self, names: set[str]) -> None:
+        with self._lock:
+            self._counts = {n: c for n, c in self._counts.items() if n in names}
+
+
 class LiveCapture:
     def __init__(self, *, ring_bytes: int, block_timeout_ms: int, snaplen: int, batch_bytes: int,
                  batch_age_s: float, filter_expr: str, log: L.Log, accounting: Accounting,
                  seq_source: Iterator[int] | None = None,
-                 totals: Callable[[], tuple[int, int, int]] | None = None):
-        """seq_source and totals are shared by the readers of a fanout group (capture/fanout.py):
-        one sequence of batch numbers, ring-wide counters summed over the group's rings."""
+                 totals: Callable[[], tuple[int, int, int]] | None = None,
+                 delivered: "Delivered | None" = None):
+        """seq_source, totals and delivered are shared by the readers of a fanout group
+        (capture/fanout.py): one sequence of batch numbers, ring-wide counters summed over the
+        group's rings, and one count per interface of the packets delivered into batches."""
         from ossensor._native import Ring
 
         self.snaplen = snaplen
@@ -41,8 +63,7 @@ class LiveCapture:
                          snaplen=snaplen, batch_bytes=batch_bytes)
         self.ring.attach_filter([(bpf.BPF_RET_K, 0, 0, 0)])  # nothing until interfaces are set
         self._table: list[Interface] = []      # id order of the batch being filled
-        self._delivered: list[int] = []         # cumulative per table entry
-        self._delivered_by_name: dict[str, int] = {}
+        self._delivered = delivered if delivered is not None else Delivered()  # per interface name
         self._pending: list[Interface] | None = None
         self._pending_prog: list[bpf.Insn] | None = None  # attached once the table holds its interfaces
         self._bodies: dict[int, list[bpf.Insn]] = {}  # libpcap program per link type (hot-plug: no recompiling)
@@ -55,6 +76,10 @@ class LiveCapture:
         self._batch_started = 0.0
         self._idbs: dict[tuple[str, int], bytes] = {}
         self.ring.set_interfaces([], pcapng.shb())
+        # Ethernet's program is compiled now, while the process may still open the live libpcap
+        # handle it needs (capabilities are dropped later): an Ethernet interface hot-plugged
+        # after start gets the same `vlan` semantics as one present at start.
+        self._body_for(pcapng.LINKTYPE_ETHERNET)
 
     @property
     def ring_bytes(self) -> int:
@@ -64,10 +89,24 @@ class LiveCapture:
         groups: dict[int, list[int]] = {}
         for iface in interfaces:
             groups.setdefault(iface.linktype, []).append(iface.index)
-        for lt in groups:
-            if lt not in self._bodies:
-                self._bodies[lt] = bpf.compile_expr(self.filter_expr, lt, self.snaplen, live=True)
-        return bpf.build_program([(ixs, self._bodies[lt]) for lt, ixs in groups.items()])
+        return bpf.build_program([(ixs, self._body_for(lt)) for lt, ixs in groups.items()])
+
+    def _body_for(self, linktype: int) -> list[bpf.Insn]:
+        """libpcap's program for the filter on one link type, compiled once. An expression that
+        cannot match on this link type (`arp` on a raw-IP tun) selects nothing there; any other
+        failure is an error naming the link type."""
+        body = self._bodies.get(linktype)
+        if body is None:
+            try:
+                body = bpf.compile_expr(self.filter_expr, linktype, self.snaplen, live=True)
+            except bpf.FilterError as err:
+                if linktype == pcapng.LINKTYPE_ETHERNET and "rejects all packets" not in str(err):
+                    raise bpf.FilterError(f"does not compile for link type {linktype}: {err}") from None
+                # e.g. `arp` or `ether host ...` on a raw-IP tun: no packet there can match
+                self.log.warning(f"BPF selects nothing on link type {linktype} interfaces: {err}")
+                body = [(bpf.BPF_RET_K, 0, 0, 0)]
+            self._bodies[linktype] = body
+        return body
 
     @property
     def interfaces(self) -> list[Interface]:
@@ -106,9 +145,7 @@ class LiveCapture:
         self.ring.set_interfaces([(i.index, i.linktype, self._idb(i)) for i in table])
         self._table = table
         if self._pending is None:  # compacted: forget the counters of interfaces gone (bounded memory)
-            names = {i.name for i in table}
-            self._delivered_by_name = {n: c for n, c in self._delivered_by_name.items() if n in names}
-        self._delivered = [self._delivered_by_name.get(i.name, 0) for i in table]
+            self._delivered.keep({i.name for i in table})
         if self._pending_prog is not None:
             self.ring.attach_filter(self._pending_prog)
             self.program, self._pending_prog = self._pending_prog, None
@@ -135,14 +172,14 @@ class LiveCapture:
         names = [i.name for i in self._table]
         per_name: dict[str, tuple[int, int]] = {}
         for i, (p, b) in enumerate(counts):
-            self._delivered[i] += p
-            self._delivered_by_name[names[i]] = self._delivered[i]
-            if p:
-                per_name[names[i]] = (p, b)
+            if p:  # added up: a name can stand twice in the table (deleted and recreated in one batch)
+                p0, b0 = per_name.get(names[i], (0, 0))
+                per_name[names[i]] = (p0 + p, b0 + b)
+        delivered = self._delivered.add(per_name, names[:n_hdr])
         k_seen, k_drops, stale = self._totals()
         with self.acct.lock:
             self.acct.kernel_seen, self.acct.kernel_drops, self.acct.stale = k_seen, k_drops, stale
-        isbs = trailer(names[:n_hdr], ts_ns=ts_ns, delivered=self._delivered[:n_hdr], kernel_seen=k_seen,
+        isbs = trailer(names[:n_hdr], ts_ns=ts_ns, delivered=delivered, kernel_seen=k_seen,
                        kernel_drops=k_drops, drops=self.acct.isb_drops())
         body, packets, first_ns, last_ns, _ = self.ring.take(isbs)
         self._seq = next(self._seq_source)
