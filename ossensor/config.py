@@ -579,7 +579,7 @@ def read_hmac_key(environ: Mapping[str, str]) -> tuple[bytes | None, list[str]]:
         return None, ["VSENSOR_HMAC_KEY: both VSENSOR_HMAC_KEY and VSENSOR_HMAC_KEY_FILE are set; "
                       "set only one of them"]
     if direct is not None:
-        return direct.encode("utf-8", "surrogateescape"), []
+        return _long_enough(direct.encode("utf-8", "surrogateescape"), "VSENSOR_HMAC_KEY")
     if path is None:
         return None, []
     path = path.strip()
@@ -594,6 +594,16 @@ def read_hmac_key(environ: Mapping[str, str]) -> tuple[bytes | None, list[str]]:
     key = raw.rstrip(b" \t\r\n")
     if not key:
         return None, [f"VSENSOR_HMAC_KEY_FILE: {path} is empty"]
+    return _long_enough(key, "VSENSOR_HMAC_KEY_FILE")
+
+
+KEY_MIN_BYTES = 8  # a shorter key is guessable, and too short to be scrubbed reliably from logs
+
+
+def _long_enough(key: bytes, var: str) -> tuple[bytes | None, list[str]]:
+    if len(key) < KEY_MIN_BYTES:
+        return None, [f"{var}: the key is {len(key)} bytes; use at least {KEY_MIN_BYTES} "
+                      "(16 or more random bytes recommended, e.g. `head -c 24 /dev/urandom | base64`)"]
     return key, []
 
 

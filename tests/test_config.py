@@ -211,7 +211,10 @@ def test_key_file_read_and_newline_stripped(env, tmp_path):
 
 def test_read_hmac_key_directly(tmp_path):
     assert read_hmac_key({}) == (None, [])
-    assert read_hmac_key({"VSENSOR_HMAC_KEY": "abc"}) == (b"abc", [])
+    assert read_hmac_key({"VSENSOR_HMAC_KEY": "abcdefgh"}) == (b"abcdefgh", [])
+    key, problems = read_hmac_key({"VSENSOR_HMAC_KEY": "abc"})  # too short: guessable, unscrubbable
+    assert key is None and problems[0].startswith("VSENSOR_HMAC_KEY: the key is 3 bytes; use at least 8")
+    assert "abc" not in problems[0]
     f = tmp_path / "k"
     f.write_bytes(b"\x00\xffbinary\r\n")
     assert read_hmac_key({"VSENSOR_HMAC_KEY_FILE": str(f)}) == (b"\x00\xffbinary", [])

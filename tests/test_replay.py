@@ -297,7 +297,7 @@ def test_user_errors_are_one_line_and_status_2(tmp_path):
     cases = [
         ((str(tmp_path / "missing.pcap"), "-o", str(tmp_path / "o")), {},
          f"ossensor: {tmp_path / 'missing.pcap'}: cannot open: No such file or directory"),
-        ((str(tmp_path),), {"VSENSOR_HOSTNAME": "h", "VSENSOR_HMAC_KEY": "k"}, f"ossensor: {tmp_path}: cannot open: Is a directory"),
+        ((str(tmp_path),), {"VSENSOR_HOSTNAME": "h", "VSENSOR_HMAC_KEY": "k" * 16}, f"ossensor: {tmp_path}: cannot open: Is a directory"),
         ((str(good), "-o", str(tmp_path / "o")), {"BPF": "udp port"}, "ossensor: BPF: does not compile"),
         ((str(good), "-o", str(tmp_path / "no" / "dir" / "o")), {}, "ossensor: --out: cannot write"),
         ((str(good),), {}, "ossensor: VSENSOR_HOSTNAME: required, not set"),
