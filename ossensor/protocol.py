@@ -49,6 +49,7 @@ _BOOT_RE = re.compile(r"^[0-9a-f]{16}$")
 _DIGEST_RE = re.compile(r"^(sha256|blake3)=([0-9a-f]{64})$")
 DIGESTS = ("sha256", "blake3")  # the sensor sends blake3 (about 3x faster); sha256 stays valid
 _SIG_RE = re.compile(r"^v1=([0-9a-f]{64})$")
+_DECIMAL_RE = re.compile(r"[0-9]{1,20}")  # ASCII digits only (fullmatch), bounded
 
 
 class ProtocolError(Exception):
@@ -114,6 +115,13 @@ class Verified:
     content_encoding: str
 
 
+@dataclass(frozen=True)
+class SignedHeaders:
+    """A request whose headers passed verify_headers: its body is not trusted yet (verify_body)."""
+    verified: Verified
+    digest: str
+
+
 def _header(headers, name: str) -> str:
     value = headers.get(name)
     if value is None:
@@ -121,12 +129,13 @@ def _header(headers, name: str) -> str:
     return value.strip()
 
 
-def verify(key: bytes, *, method: str, path: str, headers, body: bytes, now: float,
-           max_skew: int = MAX_SKEW_S) -> Verified:
-    """Check a request's signature, digest and freshness. Raises ProtocolError.
+def verify_headers(key: bytes, *, method: str, path: str, headers, now: float,
+                   max_skew: int = MAX_SKEW_S) -> SignedHeaders:
+    """Everything that can be checked before a byte of the body is read: header syntax (400),
+    Content-Type/Content-Encoding (415), the signature (401, constant time) and the time window
+    (401). Raises ProtocolError. A receiver calls this first and refuses without reading the body.
 
     `headers` is any case-insensitive mapping with .get (http.server's Message is one).
-    The signature is compared in constant time, before anything about the body is trusted.
     """
     sensor = _header(headers, H_SENSOR)
     boot = _header(headers, H_BOOT)
@@ -140,7 +149,7 @@ def verify(key: bytes, *, method: str, path: str, headers, body: bytes, now: flo
         raise ProtocolError(400, f"bad {H_SENSOR}")
     if not _BOOT_RE.match(boot):
         raise ProtocolError(400, f"bad {H_BOOT}")
-    if not (seq_s.isascii() and seq_s.isdigit() and time_s.isascii() and time_s.isdigit()):
+    if not (_DECIMAL_RE.fullmatch(seq_s) and _DECIMAL_RE.fullmatch(time_s)):
         raise ProtocolError(400, f"{H_SEQ} and {H_TIME} must be decimal integers")
     if not _DIGEST_RE.match(digest) or not _SIG_RE.match(sig):
         raise ProtocolError(400, f"bad {H_DIGEST} or {H_SIGNATURE}")
@@ -152,12 +161,77 @@ def verify(key: bytes, *, method: str, path: str, headers, body: bytes, now: flo
     canon = canonical(method, path, sensor, boot, seq, timestamp, ctype, encoding, digest)
     if not hmac.compare_digest(signature(key, canon), sig):
         raise ProtocolError(401, "signature does not verify (wrong key, or the request was altered)")
-    if not hmac.compare_digest(body_digest(body, digest.split("=", 1)[0]), digest):
-        raise ProtocolError(401, "body does not match its signed digest (tampered)")
     if abs(now - timestamp) > max_skew:
         raise ProtocolError(401, f"stale timestamp: {int(now - timestamp)} s from the vSensor's clock "
                                  f"(allowed ±{max_skew} s; check NTP)")
-    return Verified(sensor, boot, seq, timestamp, encoding)
+    return SignedHeaders(Verified(sensor, boot, seq, timestamp, encoding), digest)
+
+
+def verify_body(checked: SignedHeaders, body: bytes | memoryview) -> Verified:
+    """The body against the digest the signature covers (401 when it differs)."""
+    if not hmac.compare_digest(body_digest(body, checked.digest.split("=", 1)[0]), checked.digest):
+        raise ProtocolError(401, "body does not match its signed digest (tampered)")
+    return checked.verified
+
+
+def verify(key: bytes, *, method: str, path: str, headers, body: bytes, now: float,
+           max_skew: int = MAX_SKEW_S) -> Verified:
+    """Check a request's headers, signature, freshness and body digest. Raises ProtocolError.
+
+    verify_headers then verify_body: the signature is compared in constant time before anything
+    about the body is trusted.
+    """
+    return verify_body(verify_headers(key, method=method, path=path, headers=headers, now=now,
+                                      max_skew=max_skew), body)
+
+
+# -- the signed answer -------------------------------------------------------------------------
+# The vSensor signs its answer to /v1/antigena (the only answer whose content a sensor acts on):
+# HMAC-SHA256 over a text binding the answer's status and body (SHA-256 digest) to the request it
+# answers (method, path, sensor, boot, seq, time). A TLS-intercepting proxy can read an answer but
+# can neither forge one, alter one, nor replay one to another request.
+
+RESPONSE_SCHEME = "OSSENSOR-HMAC-SHA256-V1-RESPONSE"
+H_RESPONSE_SIGNATURE = "X-Ossensor-Response-Signature"
+
+
+class ResponseError(Exception):
+    """An answer the sensor refuses: not signed, or not signed for this request with our key."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def response_canonical(status: int, method: str, path: str, sensor: str, boot: str, seq: int, timestamp: int,
+                       digest: str) -> bytes:
+    """The exact bytes the answer's HMAC covers: one field per line, no trailing newline."""
+    return "\n".join([
+        RESPONSE_SCHEME, str(int(status)), method.upper(), path, sensor, boot, str(seq), str(timestamp), digest,
+    ]).encode("utf-8")
+
+
+def sign_response(key: bytes, *, status: int, body: bytes, request: Verified, method: str = "POST",
+                  path: str = PATH_ANTIGENA) -> dict[str, str]:
+    """The header that authenticates `body` (exactly as sent) as the answer to `request`."""
+    canon = response_canonical(status, method, path, request.sensor, request.boot, request.seq,
+                               request.timestamp, body_digest(body))
+    return {H_RESPONSE_SIGNATURE: signature(key, canon)}
+
+
+def verify_response(key: bytes, *, status: int, headers, body: bytes, sensor: str, boot: str, seq: int,
+                    timestamp: int, method: str = "POST", path: str = PATH_ANTIGENA) -> None:
+    """Check the answer to the request (sensor, boot, seq, timestamp) this sensor signed.
+    Raises ResponseError; compares in constant time."""
+    sig = (headers.get(H_RESPONSE_SIGNATURE) or "").strip()
+    if not sig:
+        raise ResponseError(f"the answer is not signed (no {H_RESPONSE_SIGNATURE} header)")
+    if not _SIG_RE.match(sig):
+        raise ResponseError(f"malformed {H_RESPONSE_SIGNATURE}")
+    canon = response_canonical(status, method, path, sensor, boot, seq, timestamp, body_digest(body))
+    if not hmac.compare_digest(signature(key, canon), sig):
+        raise ResponseError("the answer's signature does not verify (altered or forged on the way, "
+                            "or the vSensor has another key)")
 
 
 class ReplayGuard:

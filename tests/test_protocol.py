@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -15,7 +16,8 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 def _examples() -> dict[str, str]:
     text = DOC.read_text(encoding="utf-8")
     blocks = dict(re.findall(r"^```\w* worked-example:([\w-]+)\n(.*?)^```", text, re.S | re.M))
-    assert {"key", "params", "body-hex", "canonical", "request", "hello"} <= blocks.keys()
+    assert {"key", "params", "body-hex", "canonical", "request", "hello", "answer-body", "answer-canonical",
+            "answer"} <= blocks.keys()
     return blocks
 
 
@@ -43,6 +45,9 @@ def example():
         "canonical": ex["canonical"].rstrip("\n").encode(),
         "request": _headers(ex["request"]),
         "hello": _headers(ex["hello"]),
+        "answer-body": ex["answer-body"].encode(),
+        "answer-canonical": ex["answer-canonical"].rstrip("\n").encode(),
+        "answer": _headers(ex["answer"]),
     }
 
 
@@ -230,3 +235,70 @@ def test_blake3_digest_is_signed_and_checked():
     with pytest.raises(P.ProtocolError) as err:
         P.verify(b"k" * 16, method="POST", path=P.PATH_BATCHES, headers=forged, body=body, now=now)
     assert err.value.status == 401
+
+
+def test_documented_antigena_answer(example):
+    """The signed answer of the worked example: text, header, and what a sensor refuses."""
+    body = example["answer-body"]
+    version, status, documented = example["answer"]  # status line "HTTP/1.1 200 OK", then the headers
+    assert (version, status) == ("HTTP/1.1", "200")
+    headers = dict(documented)
+    assert body.endswith(b"}\n") and headers.pop("Content-Length") == str(len(body))
+    assert headers.pop("Content-Type") == "application/json"
+    assert json.loads(body)["actions"][0]["id"] == "q1"
+    canon = protocol.response_canonical(200, "POST", protocol.PATH_ANTIGENA, example["sensor"], example["boot"],
+                                        example["seq"], example["time"], protocol.body_digest(body))
+    assert canon == example["answer-canonical"] and canon.count(b"\n") == 8
+    request = protocol.Verified(example["sensor"], example["boot"], example["seq"], example["time"], "identity")
+    assert protocol.sign_response(example["key"], status=200, body=body, request=request) == headers
+    ok = dict(sensor=example["sensor"], boot=example["boot"], seq=example["seq"], timestamp=example["time"])
+    protocol.verify_response(example["key"], status=200, headers=headers, body=body, **ok)
+
+    def refused(**over) -> str:
+        args = dict(status=200, headers=headers, body=body, **ok)
+        args.update(over)
+        key = args.pop("key", example["key"])
+        with pytest.raises(protocol.ResponseError) as err:
+            protocol.verify_response(key, **args)
+        return err.value.reason
+
+    assert "not signed" in refused(headers={})
+    assert "malformed" in refused(headers={protocol.H_RESPONSE_SIGNATURE: "deadbeef"})
+    injected = body.replace(b'"actions": [', b'"actions": [{"id": "x", "target": {"type": "host", '
+                                             b'"address": "10.0.0.1"}, "expires_in": 60}, ')
+    assert "does not verify" in refused(body=injected)          # actions injected by a proxy
+    assert "does not verify" in refused(seq=example["seq"] + 1)  # replayed to the next exchange
+    assert "does not verify" in refused(timestamp=example["time"] + 1)
+    assert "does not verify" in refused(boot="f" * 16)
+    assert "does not verify" in refused(sensor="node-2.example")
+    assert "does not verify" in refused(status=409)
+    assert "does not verify" in refused(key=b"another-key")
+    # a request signature can never pass as an answer signature (different first line)
+    req_headers = protocol.sign(example["key"], sensor=example["sensor"], boot=example["boot"], seq=example["seq"],
+                                timestamp=example["time"], body=body, path=protocol.PATH_ANTIGENA)
+    assert "does not verify" in refused(
+        headers={protocol.H_RESPONSE_SIGNATURE: req_headers[protocol.H_SIGNATURE]})
+
+
+def test_verify_headers_needs_no_body(example):
+    """verify = verify_headers (syntax, type, signature, time) + verify_body (digest): a receiver can refuse
+    on the headers before reading a byte of the body."""
+    _, path, headers = example["request"]
+    headers = {k: v for k, v in headers.items() if k != "Content-Length"}
+    checked = protocol.verify_headers(example["key"], method="POST", path=path, headers=headers, now=example["time"])
+    assert protocol.verify_body(checked, example["body"]) == protocol.verify(
+        example["key"], method="POST", path=path, headers=headers, body=example["body"], now=example["time"])
+    with pytest.raises(protocol.ProtocolError) as err:
+        protocol.verify_body(checked, example["body"][:-1] + b"\1")
+    assert err.value.status == 401 and "tampered" in err.value.reason
+    for change, status in [({"Content-Type": "text/plain"}, 415), ({"Content-Encoding": "br"}, 415),
+                           ({protocol.H_SEQ: "\u00b2"}, 400), ({protocol.H_TIME: "1" * 40}, 400),
+                           ({protocol.H_SIGNATURE: "v1=" + "0" * 64}, 401),
+                           ({protocol.H_TIME: str(example["time"] - 301)}, 401)]:
+        with pytest.raises(protocol.ProtocolError) as err:
+            protocol.verify_headers(example["key"], method="POST", path=path, headers={**headers, **change},
+                                    now=example["time"])
+        assert err.value.status == status, change
+    with pytest.raises(protocol.ProtocolError) as err:  # a stale request is refused without its body
+        protocol.verify_headers(example["key"], method="POST", path=path, headers=headers, now=example["time"] + 301)
+    assert "stale" in err.value.reason

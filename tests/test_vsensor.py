@@ -397,6 +397,13 @@ def _run_bad(tmp_path, *args, key: str | None = KEY) -> subprocess.CompletedProc
 
 
 @pytest.mark.parametrize("args,key,expect", [
+    (("--listen", "127.0.0.1:0", "--max-body-mb", "inf"), KEY, "--max-body-mb must be a number from 0.001 to 1024"),
+    (("--listen", "127.0.0.1:0", "--max-body-mb", "1e300"), KEY, "--max-body-mb must be a number from 0.001"),
+    (("--listen", "127.0.0.1:0", "--max-body-mb", "nan"), KEY, "--max-body-mb must be a number from 0.001"),
+    (("--listen", "127.0.0.1:0", "--max-body-mb", "0"), KEY, "--max-body-mb must be a number from 0.001"),
+    (("--listen", "127.0.0.1:0", "--max-body-mb", "-1"), KEY, "--max-body-mb must be a number from 0.001"),
+    (("--listen", "127.0.0.1:0", "--max-body-mb", "1025"), KEY, "--max-body-mb must be a number from 0.001"),
+    (("--listen", "127.0.0.1:0", "--max-connections", "0"), KEY, "--max-connections must be from 1 to 4096"),
     (("--listen", "nonsense"), KEY, "--listen"),
     (("--listen", "::1:8443"), KEY, "brackets"),
     (("--listen", "127.0.0.1:99999"), KEY, "port"),
@@ -419,3 +426,154 @@ def test_port_in_use_exit_2(tmp_path):
         r = _run_bad(tmp_path, "--listen", f"127.0.0.1:{port}")
     assert r.returncode == 2
     assert "cannot listen" in r.stderr and "Traceback" not in r.stderr
+
+
+def _head(headers: dict[str, str], length: int, path: str = protocol.PATH_BATCHES) -> str:
+    fields = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n{fields}\r\n"
+
+
+def test_header_failures_refused_before_the_body_is_read(vsensor):
+    """A request announcing a large (allowed) body whose headers fail is answered from the headers alone:
+    _raw_request sends no body at all and would time out if the vSensor waited for it."""
+    vs = vsensor()
+    big = 32 * 1024 * 1024  # under the 64 MiB limit: only the headers can refuse it
+    now = int(time.time())
+    good = protocol.sign(KEY.encode(), sensor="node-1", boot=BOOT, seq=0, timestamp=now, body=b"x")
+    missing_boot = {k: v for k, v in good.items() if k != protocol.H_BOOT}
+    cases = [
+        ({**good, "Content-Type": "text/plain"}, 415, "Content-Type"),
+        ({**good, "Content-Encoding": "gzip"}, 415, "Content-Encoding"),
+        (missing_boot, 400, "missing header"),
+        ({**good, protocol.H_SEQ: "\u00b2".encode().decode("latin-1")}, 400, "decimal"),
+        (protocol.sign(b"wrong-key-123456", sensor="node-1", boot=BOOT, seq=0, timestamp=now, body=b"x"), 401,
+         "signature does not verify"),
+        (protocol.sign(KEY.encode(), sensor="node-1", boot=BOOT, seq=0, timestamp=now - 3600, body=b"x"), 401,
+         "stale"),
+    ]
+    for headers, status, why in cases:
+        t0 = time.monotonic()
+        got, resp_headers, data = _raw_request(vs, _head(headers, big))
+        assert (got, why in json.loads(data)["reason"]) == (status, True), (headers, data)
+        assert resp_headers.get("Connection") == "close"
+        assert time.monotonic() - t0 < 4
+    # the same for the Antigena desk (JSON, 4 MiB limit)
+    bad = protocol.sign(b"wrong-key-123456", sensor="node-1", boot=BOOT, seq=1, timestamp=now, body=b"{}",
+                        path=protocol.PATH_ANTIGENA)
+    got, _, data = _raw_request(vs, _head(bad, 3 * 1024 * 1024, protocol.PATH_ANTIGENA))
+    assert got == 401 and "signature" in json.loads(data)["reason"]
+    # a small refused body is drained and the connection stays usable (keep-alive)
+    conn = http.client.HTTPSConnection("127.0.0.1", vs.port, timeout=10,
+                                       context=ssl.create_default_context(cafile=vs.ca))
+    try:
+        body = batch(2)
+        for key, expect in ((b"wrong-key-123456", 401), (KEY.encode(), 200)):
+            headers = protocol.sign(key, sensor="ka", boot=BOOT, seq=0, timestamp=int(time.time()), body=body)
+            conn.request("POST", protocol.PATH_BATCHES, body=body, headers=headers)
+            resp = conn.getresponse()
+            assert resp.status == expect, resp.read()
+            resp.read()
+            sock = sock if expect == 200 else conn.sock
+        assert conn.sock is sock
+    finally:
+        conn.close()
+    assert len(jsonl(vs.out)) == 1
+
+
+def test_wrong_key_large_batch_still_gets_its_401(vsensor):
+    """A refused body above the drain size is not read, yet the sender (requests, as the sensor) receives
+    the 401 and its reason rather than a reset."""
+    vs = vsensor()
+    r = post(vs, batch(2) + b"\0" * (2 * 1024 * 1024), 0, key="not-the-key-1234")
+    assert r.status_code == 401 and "signature" in r.json()["reason"]
+
+
+def test_connection_limit_answers_503(vsensor):
+    vs = vsensor(args=("--max-connections", "2"))
+    ctx = ssl.create_default_context(cafile=vs.ca)
+    held = []
+    try:
+        for _ in range(2):  # two idle, handshaken connections take both slots
+            raw = socket.create_connection(("127.0.0.1", vs.port), timeout=5)
+            held.append(ctx.wrap_socket(raw, server_hostname="127.0.0.1"))
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        status, headers, data = _raw_request(vs, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status == 503 and headers.get("Retry-After") == "1" and headers.get("Connection") == "close"
+        assert "busy" in json.loads(data)["reason"] and time.monotonic() - t0 < 3
+        vs.wait_for(r"busy refused=1 limit=2 ")
+        held.pop().close()  # a slot frees when its connection ends
+        deadline = time.monotonic() + 5
+        while True:
+            status, _, _ = _raw_request(vs, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            if status == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert status == 200
+    finally:
+        for s in held:
+            s.close()
+
+
+def test_restart_remembers_old_batches_resent_with_a_fresh_time(vsensor, tmp_path):
+    """A batch accepted long ago (its signed time far outside the window) and re-sent after a vSensor restart
+    - a retry whose answer was lost, a spooled batch - is re-signed with a fresh time: still a duplicate."""
+    out = tmp_path / "out"
+    vs = vsensor(out)
+    for seq in (0, 1):
+        assert post(vs, batch(1, start=seq), seq).status_code == 200
+    assert vs.stop() == 0
+    log = out / "batches.jsonl"
+    entries = jsonl(out)
+    for e in entries:  # as if accepted a day ago
+        e["sent"] -= 86400
+        e["time"] -= 86400
+    log.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    vs2 = vsensor(out)
+    for seq in (0, 1):
+        r = post(vs2, batch(1, start=seq), seq)
+        assert r.status_code == 409, r.text
+    assert post(vs2, batch(1, start=2), 2).status_code == 200
+    assert len(jsonl(out)) == 3
+
+
+def test_replay_seed_is_bounded(tmp_path):
+    from ossensor.vsensor.store import Store
+
+    store = Store(tmp_path)
+    with open(tmp_path / "batches.jsonl", "w") as f:
+        for seq in range(1000):
+            f.write(json.dumps({"sensor": "s", "boot": BOOT, "seq": seq, "sent": 0}) + "\n")
+        f.write("not json\n")
+    try:
+        assert [seq for _, _, seq in store.accepted()] == list(range(1000))  # any age
+        assert [seq for _, _, seq in store.accepted(max_entries=10)] == list(range(991, 1000))
+        tail = store.accepted(tail_bytes=200)  # only whole lines from the last 200 bytes
+        assert 0 < len(tail) < 10 and tail[-1][2] == 999
+    finally:
+        store.close()
+
+
+def test_antigena_answer_is_signed_for_its_request(vsensor):
+    vs = vsensor()
+    r = subprocess.run([sys.executable, "-m", "ossensor", "vsensor", "block", "--out", str(vs.out), "--host",
+                        "10.0.0.9", "--id", "q1", "--expires", "300"], capture_output=True, text=True, timeout=30,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr
+    body = json.dumps({"sensor": "node-1", "boot": BOOT, "reports": []}).encode()
+    now = int(time.time())
+    headers = protocol.sign(KEY.encode(), sensor="node-1", boot=BOOT, seq=1, timestamp=now, body=body,
+                            path=protocol.PATH_ANTIGENA)
+    resp = requests.post(vs.url + protocol.PATH_ANTIGENA, data=body, headers=headers, verify=vs.ca, timeout=10)
+    assert resp.status_code == 200 and [a["id"] for a in resp.json()["actions"]] == ["q1"]
+    assert resp.headers[protocol.H_RESPONSE_SIGNATURE].startswith("v1=")
+    protocol.verify_response(KEY.encode(), status=200, headers=resp.headers, body=resp.content, sensor="node-1",
+                             boot=BOOT, seq=1, timestamp=now)
+    with pytest.raises(protocol.ResponseError):  # it answers this request, no other
+        protocol.verify_response(KEY.encode(), status=200, headers=resp.headers, body=resp.content,
+                                 sensor="node-1", boot=BOOT, seq=2, timestamp=now)
+    # the duplicate answer is signed as well; a refusal of an unverified request is not
+    resp = requests.post(vs.url + protocol.PATH_ANTIGENA, data=body, headers=headers, verify=vs.ca, timeout=10)
+    assert resp.status_code == 409
+    protocol.verify_response(KEY.encode(), status=409, headers=resp.headers, body=resp.content, sensor="node-1",
+                             boot=BOOT, seq=1, timestamp=now)

@@ -7,7 +7,12 @@ Routes (docs/protocol.md is the contract):
   with 400/401/411/413/415 (503 when it cannot be stored: retry).
 * ``POST /v1/hello`` - a signed empty request: "does the vSensor accept my key and clock?"
   Checked for signature and time window only (no replay bookkeeping: it changes nothing).
+* ``POST /v1/antigena`` - reports in, actions out (vsensor/antigena.py); the answer is signed
+  (``X-Ossensor-Response-Signature``).
 * ``GET /healthz`` - 200 ``ok``.
+
+A request whose headers fail (syntax, content type, signature, time window) is refused before any of
+its body is read. At most ``--max-connections`` connections are served at once; more get a fast 503.
 
 One plain line per request on standard output (flushed). Never the key nor a signature.
 """
@@ -15,10 +20,10 @@ One plain line per request on standard output (flushed). Never the key nor a sig
 from __future__ import annotations
 
 import argparse
-import hmac
 import io
 import ipaddress
 import json
+import math
 import os
 import signal
 import socket
@@ -43,6 +48,12 @@ HELLO_MAX_BODY = 64 * 1024
 IDLE_TIMEOUT_S = 120       # a keep-alive connection idle (or a body stalled) this long is closed
 HANDSHAKE_TIMEOUT_S = 15
 DRAIN_CHUNK = 256 * 1024
+REFUSED_DRAIN_MAX = HELLO_MAX_BODY  # a refused request's body up to this is drained (keep-alive) ...
+LINGER_S = 2.0                      # ... a larger one is not read: answer, discard for this long, close
+MAX_CONNECTIONS = 64                # connections served at once (one thread each)
+BUSY_REFUSERS = 16                  # threads answering 503 to connections over that limit
+MAX_BODY_MB_RANGE = (0.001, 1024.0)
+MAX_CONNECTIONS_RANGE = (1, 4096)
 VSENSOR_NAME = "ossensor-reference"
 
 
@@ -65,6 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default {protocol.MAX_BODY // (1024 * 1024)})")
     parser.add_argument("--max-skew", type=int, default=protocol.MAX_SKEW_S, metavar="SECONDS",
                         help=f"refuse batches signed further than this from our clock (default {protocol.MAX_SKEW_S})")
+    parser.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS, metavar="N",
+                        help="connections served at once, one thread each; more are answered 503 at once "
+                             f"(default {MAX_CONNECTIONS}; each sensor keeps up to 2 open: batches, Antigena)")
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -128,36 +142,14 @@ class App:
     def stream_lock(self, sensor: str, boot: str) -> threading.Lock:
         return self._stream_locks[hash((sensor, boot)) % len(self._stream_locks)]
 
-    def verify(self, method: str, path: str, headers, body: bytes) -> protocol.Verified:
-        try:
-            return protocol.verify(self._key, method=method, path=path, headers=headers, body=body,
-                                   now=time.time(), max_skew=self.max_skew)
-        except ValueError as err:  # a header that str.isdigit() accepts but int() does not (e.g. '²')
-            raise protocol.ProtocolError(400, f"{protocol.H_SEQ} and {protocol.H_TIME} must be decimal "
-                                              "integers") from err
+    def check_headers(self, method: str, path: str, headers) -> protocol.SignedHeaders:
+        """Header syntax, content type/encoding, signature and time window, before any of the body is
+        read (protocol.verify_headers). Raises ProtocolError."""
+        return protocol.verify_headers(self._key, method=method, path=path, headers=headers, now=time.time(),
+                                       max_skew=self.max_skew)
 
-    def signature_fails(self, method: str, path: str, headers) -> bool:
-        """True when the headers alone prove the signature wrong, so the body need not be kept.
-
-        Mirrors protocol.verify's header checks; anything unusual returns False and is left to
-        protocol.verify once the body is read (which stays the one authority).
-        """
-        try:
-            get = lambda name: (headers.get(name) or "").strip()  # noqa: E731
-            ctype = (headers.get("Content-Type") or protocol.CONTENT_TYPE).strip()
-            encoding = (headers.get("Content-Encoding") or "identity").strip()
-            seq_s, time_s, sig = get(protocol.H_SEQ), get(protocol.H_TIME), get(protocol.H_SIGNATURE)
-            if ctype != protocol.content_type_for(path) or encoding not in protocol.ENCODINGS:
-                return False
-            if not (seq_s.isascii() and seq_s.isdigit() and time_s.isascii() and time_s.isdigit()):
-                return False
-            if not protocol._SIG_RE.match(sig) or not protocol._DIGEST_RE.match(get(protocol.H_DIGEST)):
-                return False
-            canon = protocol.canonical(method, path, get(protocol.H_SENSOR), get(protocol.H_BOOT), int(seq_s),
-                                       int(time_s), ctype, encoding, get(protocol.H_DIGEST))
-            return not hmac.compare_digest(protocol.signature(self._key, canon), sig)
-        except Exception:  # noqa: BLE001 - a pre-check must never break a request
-            return False
+    def sign_answer(self, status: int, data: bytes, v: protocol.Verified, path: str) -> dict[str, str]:
+        return protocol.sign_response(self._key, status=status, body=data, request=v, path=path)
 
 
 def decode_body(body: bytes, encoding: str, limit: int) -> bytes:
@@ -196,11 +188,14 @@ class Handler(BaseHTTPRequestHandler):
     def _peer(self) -> str:
         return _clean(self.client_address[0] if self.client_address else "-")
 
-    def _send(self, status: int, payload, *, close: bool = False, extra: dict | None = None) -> None:
+    def _send(self, status: int, payload, *, close: bool = False, extra: dict | None = None,
+              signed_for: protocol.Verified | None = None) -> None:
         if isinstance(payload, (dict, list)):
             data, ctype = (json.dumps(payload) + "\n").encode(), "application/json"
         else:
             data, ctype = payload.encode(), "text/plain; charset=utf-8"
+        if signed_for is not None:  # the answer to a verified request, signed for it (protocol.md)
+            extra = {**(extra or {}), **self.server.app.sign_answer(status, data, signed_for, self.path)}
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(data)))
@@ -235,6 +230,33 @@ class Handler(BaseHTTPRequestHandler):
         except OSError:
             return False
 
+    def _linger(self, n: int) -> None:
+        """After answering a refused request whose body is not read: discard what the peer still sends
+        for at most LINGER_S (and n bytes), so that the answer reaches it rather than a reset."""
+        deadline = time.monotonic() + LINGER_S
+        try:
+            while n > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.connection.settimeout(left)
+                chunk = self.rfile.read1(min(DRAIN_CHUNK, n))
+                if not chunk:
+                    break
+                n -= len(chunk)
+        except (OSError, ValueError):
+            pass
+
+    def _refuse_unread(self, err: protocol.ProtocolError, n: int) -> None:
+        """A header-level refusal: answered before any of the body is read. A small body is then
+        drained (the connection stays usable); a larger one is never read: the connection closes."""
+        if n <= REFUSED_DRAIN_MAX:
+            close = not self._drain(n)
+            self._refuse(err.status, err.reason, close=close)
+            return
+        self._refuse(err.status, err.reason, close=True)
+        self._linger(n)
+
     def _content_length(self, limit: int) -> int | None:
         """The announced body length, or None after refusing (411/413/400) without reading the body."""
         if self.headers.get("Transfer-Encoding"):
@@ -258,11 +280,15 @@ class Handler(BaseHTTPRequestHandler):
         """Expect: 100-continue: refuse a too-large or wrongly signed request before the body is sent."""
         path = self.path
         limit = self.server.app.max_body if path == protocol.PATH_BATCHES else HELLO_MAX_BODY
-        if self.command == "POST" and path in (protocol.PATH_BATCHES, protocol.PATH_HELLO):
+        if path == protocol.PATH_ANTIGENA:
+            limit = _antigena.MAX_BODY
+        if self.command == "POST" and path in (protocol.PATH_BATCHES, protocol.PATH_HELLO, protocol.PATH_ANTIGENA):
             if self._content_length(limit) is None:
                 return False
-            if self.server.app.signature_fails(self.command, path, self.headers):
-                self._refuse(401, "signature does not verify (wrong key, or the request was altered)", close=True)
+            try:
+                self.server.app.check_headers(self.command, path, self.headers)
+            except protocol.ProtocolError as err:
+                self._refuse(err.status, err.reason, close=True)
                 return False
         return super().handle_expect_100()
 
@@ -295,10 +321,10 @@ class Handler(BaseHTTPRequestHandler):
         n = self._content_length(limit)
         if n is None:
             return
-        if app.signature_fails("POST", self.path, self.headers):
-            # Do not buffer a body we are going to refuse; drain it to keep the connection usable.
-            close = not self._drain(n)
-            self._refuse(401, "signature does not verify (wrong key, or the request was altered)", close=close)
+        try:  # headers, signature and time window first: an unauthenticated body is never read
+            checked = app.check_headers("POST", self.path, self.headers)
+        except protocol.ProtocolError as err:
+            self._refuse_unread(err, n)
             return
         try:
             body = self.rfile.read(n)
@@ -311,13 +337,13 @@ class Handler(BaseHTTPRequestHandler):
             app.log(f"error peer={self._peer()} reason=body_shorter_than_Content-Length")
             return
         try:
-            v = app.verify("POST", self.path, self.headers, body)
+            v = protocol.verify_body(checked, body)
         except protocol.ProtocolError as err:
             self._refuse(err.status, err.reason)
             return
         if self.path == protocol.PATH_ANTIGENA:
             status, payload = app.antigena.exchange(v, body, self._peer())
-            self._send(status, payload)
+            self._send(status, payload, signed_for=v)
             return
         if not batch:
             app.log(f"hello sensor={v.sensor} boot={v.boot} peer={self._peer()}")
@@ -369,11 +395,74 @@ class VSensorServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 64
 
-    def __init__(self, address: tuple[str, int], family: int, app: App, ctx: ssl.SSLContext):
+    def __init__(self, address: tuple[str, int], family: int, app: App, ctx: ssl.SSLContext,
+                 max_connections: int = MAX_CONNECTIONS):
         self.address_family = family
         self.app = app
         self.ssl_context = ctx
+        self.max_connections = max_connections
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._busy_slots = threading.BoundedSemaphore(BUSY_REFUSERS)
+        self._busy_count = 0
+        self._busy_logged = 0.0
         super().__init__(address, Handler, bind_and_activate=False)
+
+    # -- bounded concurrency: one thread per connection, at most max_connections of them ------------
+    def process_request(self, request, client_address):
+        if self._slots.acquire(blocking=False):
+            try:
+                super().process_request(request, client_address)  # starts process_request_thread
+            except BaseException:
+                self._slots.release()
+                raise
+            return
+        self._note_busy(client_address)
+        if self._busy_slots.acquire(blocking=False):
+            try:
+                threading.Thread(target=self._answer_busy, args=(request,), daemon=True).start()
+            except BaseException:
+                self._busy_slots.release()
+                self.shutdown_request(request)
+            return
+        self.shutdown_request(request)  # even the 503 answerers are busy: just close
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _note_busy(self, client_address) -> None:
+        self._busy_count += 1
+        now = time.monotonic()
+        if now - self._busy_logged >= 5:
+            self._busy_logged = now
+            self.app.log(f"busy refused={self._busy_count} limit={self.max_connections} "
+                         f"peer={_clean(client_address[0])} reason=too_many_connections_(503)")
+
+    def _answer_busy(self, request) -> None:
+        """Over the connection limit: a 503 with Retry-After right after the handshake, then close."""
+        try:
+            request.settimeout(5)
+            conn = self.ssl_context.wrap_socket(request, server_side=True)
+            data = (json.dumps({"status": "refused", "reason": "the vSensor is busy (too many connections); "
+                                "retry"}) + "\n").encode()
+            conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                         b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(data) + data)
+            conn.settimeout(0.5)
+            try:  # let the request arrive, so that closing does not reset the answer away
+                conn.recv(65536)
+            except OSError:
+                pass
+            conn.close()
+        except (OSError, ssl.SSLError, ValueError):
+            pass
+        finally:
+            try:
+                request.close()
+            except OSError:
+                pass
+            self._busy_slots.release()
 
     def server_bind(self):
         # HTTPServer.server_bind would call socket.getfqdn(), a reverse DNS lookup that can hang.
@@ -431,8 +520,12 @@ def main(args: argparse.Namespace) -> int:
         host, port = parse_listen(args.listen)
     except ValueError as err:
         return _fail(f"--listen {err}")
-    if not args.max_body_mb > 0:
-        return _fail("--max-body-mb must be greater than 0")
+    lo, hi = MAX_BODY_MB_RANGE
+    if not (math.isfinite(args.max_body_mb) and lo <= args.max_body_mb <= hi):
+        return _fail(f"--max-body-mb must be a number from {lo:g} to {hi:g} (MiB), got {args.max_body_mb:g}")
+    lo, hi = MAX_CONNECTIONS_RANGE
+    if not lo <= args.max_connections <= hi:
+        return _fail(f"--max-connections must be from {lo} to {hi}, got {args.max_connections}")
     if args.max_skew < 0:
         return _fail("--max-skew must be 0 or more")
     if (args.tls_cert is None) != (args.tls_key is None):
@@ -483,11 +576,13 @@ def main(args: argparse.Namespace) -> int:
         return _fail(f"--out {out}: {err.strerror or err}")
     app = App(key, store, max_body=int(args.max_body_mb * 1024 * 1024), max_skew=args.max_skew)
     app.antigena = _antigena.Desk(out, app.log)  # POST /v1/antigena; actions from `ossensor vsensor block`
-    # A restart must not reopen the replay window: re-seed the guard from batches still inside it.
-    for sensor, boot, seq in store.recent(time.time() - args.max_skew - 60):
+    # A restart must not reopen the replay window: re-seed the guard from the batches accepted before,
+    # whatever their age (a retry or a spooled batch is re-signed with a fresh time). Bounded: the last
+    # entries of batches.jsonl (store.SEED_TAIL_BYTES, store.SEED_MAX_ENTRIES).
+    for sensor, boot, seq in store.accepted():
         app.guard.accept(sensor, boot, seq)
 
-    server = VSensorServer(sockaddr[:2], family, app, ctx)
+    server = VSensorServer(sockaddr[:2], family, app, ctx, max_connections=args.max_connections)
     try:
         server.server_bind()
         server.server_activate()

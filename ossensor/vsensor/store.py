@@ -34,6 +34,8 @@ from ossensor import pcapng
 from ossensor.pcapng import BT_EPB, BT_IDB, BT_ISB, BT_SHB, PcapngError
 
 BATCH_LOG = "batches.jsonl"
+SEED_TAIL_BYTES = 64 << 20   # replay memory re-seeded at start from this much of the end of BATCH_LOG ...
+SEED_MAX_ENTRIES = 100_000   # ... and at most this many entries (the newest)
 SUFFIX = ".pcapng"
 _NAME_MAX = 255
 
@@ -286,8 +288,16 @@ class Store:
         self._log.write(json.dumps(entry, separators=(",", ":")) + "\n")
         self._log.flush()
 
-    def recent(self, since: float, tail_bytes: int = 16 * 1024 * 1024) -> list[tuple[str, str, int]]:
-        """(sensor, boot, seq) of batches logged whose signed time is >= since (to re-seed replay checks)."""
+    def accepted(self, tail_bytes: int | None = None, max_entries: int | None = None) -> list[tuple[str, str, int]]:
+        """(sensor, boot, seq) of the batches logged in batches.jsonl, oldest first, whatever their age:
+        what a restarted vSensor re-seeds its replay guard with (a sensor re-signs a retried or spooled
+        batch with a fresh time, so the signed time says nothing about whether it was stored).
+
+        Bounded: only the last `tail_bytes` of the file (SEED_TAIL_BYTES, 64 MiB) and of those the last
+        `max_entries` lines (SEED_MAX_ENTRIES, 100 000) are read; older batches are forgotten.
+        """
+        tail_bytes = SEED_TAIL_BYTES if tail_bytes is None else tail_bytes
+        max_entries = SEED_MAX_ENTRIES if max_entries is None else max_entries
         path = self.out_dir / BATCH_LOG
         out: list[tuple[str, str, int]] = []
         try:
@@ -296,15 +306,15 @@ class Store:
                 fh.seek(max(0, size - tail_bytes))
                 if size > tail_bytes:
                     fh.readline()  # a partial line
-                for line in fh:
-                    try:
-                        entry = json.loads(line)
-                        if entry.get("sent", 0) >= since:
-                            out.append((str(entry["sensor"]), str(entry["boot"]), int(entry["seq"])))
-                    except (ValueError, KeyError, TypeError):
-                        continue
+                lines = fh.read().splitlines()
         except OSError:
-            pass
+            return out
+        for line in lines[-max_entries:] if max_entries > 0 else []:
+            try:
+                entry = json.loads(line)
+                out.append((str(entry["sensor"]), str(entry["boot"]), int(entry["seq"])))
+            except (ValueError, KeyError, TypeError):
+                continue
         return out
 
     def close(self) -> None:
