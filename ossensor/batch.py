@@ -92,21 +92,32 @@ def packet_hex(epbs: bytes | memoryview, names: list[str]) -> list[str]:
 
 
 class BatchQueue:
-    """Bounded by bytes: a full queue refuses the batch and the caller counts the drop."""
+    """Bounded by bytes: a full queue refuses the batch and the caller counts the drop.
+
+    The first batch always gets in, whatever its size (a pooled capture buffer counts whole),
+    and a batch that holds no memory (size 0: only its spool file holds it) is always accepted:
+    the spool's own bound limits those. One consumer: the batch it took last is `in_hand`
+    until the consumer settles it (under `lock`) or puts it back with `requeue_front`."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
         self._items: collections.deque[Batch] = collections.deque()
         self._bytes = 0
-        self._cond = threading.Condition()
+        self._cond = threading.Condition()  # an RLock inside: `lock` may be taken around other calls
         self._closed = False
+        self.in_hand: Batch | None = None  # taken by the consumer, not settled yet (guarded by lock)
+
+    @property
+    def lock(self):
+        return self._cond
 
     def put(self, batch: Batch) -> bool:
         with self._cond:
-            if self._bytes + batch.size > self.max_bytes and self._items:
+            size = batch.size
+            if size and self._bytes + size > self.max_bytes and self._items:
                 return False
             self._items.append(batch)
-            self._bytes += batch.size
+            self._bytes += size
             self._cond.notify()
             return True
 
@@ -122,7 +133,17 @@ class BatchQueue:
                 self._cond.wait(left)
             batch = self._items.popleft()
             self._bytes -= batch.size
+            self.in_hand = batch
             return batch
+
+    def requeue_front(self, batch: Batch) -> None:
+        """The consumer puts back the batch it took (sent first next time; not bounded)."""
+        with self._cond:
+            if self.in_hand is batch:
+                self.in_hand = None
+            self._items.appendleft(batch)
+            self._bytes += batch.size
+            self._cond.notify()
 
     def close(self) -> None:
         """No more puts: get() returns None once empty."""

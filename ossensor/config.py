@@ -676,6 +676,14 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         for e in err.errors(include_url=False, include_input=False):
             problems.append(_problem_from_error(e, names))
 
+    # the memory queue holds at least two whole batches (a pooled batch buffer counts whole)
+    if settings is not None and settings.queue_mb << 20 < 2 * settings.batch_max_bytes:
+        need = -(-2 * settings.batch_max_bytes >> 20)
+        problems.append(("OSSENSOR_QUEUE_MB", f"OSSENSOR_QUEUE_MB: {settings.queue_mb} MiB holds fewer than two "
+                                              f"batches of OSSENSOR_BATCH_MAX_KB={settings.batch_max_bytes >> 10}; "
+                                              f"raise OSSENSOR_QUEUE_MB to at least {need} or lower "
+                                              "OSSENSOR_BATCH_MAX_KB"))
+
     if problems:
         order = {name: i for i, name in enumerate(VARIABLES)}
         seen: set[str] = set()

@@ -64,7 +64,7 @@ class Pipeline:
         self.stop = threading.Event()        # set: stop waiting between retries of a batch
         self.deadline: float | None = None   # set by finish(): give up at this time
         self._thread: threading.Thread | None = None
-        self._current: Batch | None = None
+        self._given_up: Batch | None = None  # the batch finish() counted while it was being sent
         self._failing_since: float | None = None
         self._last_refusal = ("", 0.0)
         self._last_full_log = 0.0
@@ -86,7 +86,10 @@ class Pipeline:
                              f"{f' ({t.packets} packets lost)' if t.packets else ''}")
         for b in batches:
             self.acct.add_recovered(b.packets, b.captured_bytes, b.per_if)
-            self.queue.put(b)  # body not in memory: always fits
+            if not self.queue.put(b):  # cannot happen: a batch without a body in memory always fits
+                self.acct.drop("spool", b.packets, b.captured_bytes, b.per_if)
+                self.spool.remove(b.spool_path)
+                self.log.error(f"spool file {b.spool_path} could not be queued; {b.packets} packets lost")
         if batches or torn:
             self.log(L.BASIC, f"spool {self.spool.dir}: {len(batches)} batches "
                               f"({sum(b.packets for b in batches)} packets) from an earlier run to send first"
@@ -127,9 +130,11 @@ class Pipeline:
                 return True
             if spooled:
                 batch.body = None  # memory queue full: the spool file holds it
-                self.queue.put(batch)
-                return True
-            if block and not self.stop.is_set():
+                if self.queue.put(batch):  # holds no memory: always accepted (the spool bounds these)
+                    return True
+                self.spool.remove(batch.spool_path)  # not reached (BatchQueue.put); never lose it silently
+                batch.spool_path = None
+            elif block and not self.stop.is_set():
                 time.sleep(0.05)
                 continue
             stage = "queue" if self.spool is None else "spool"
@@ -155,7 +160,6 @@ class Pipeline:
                 if self.queue.closed and not len(self.queue):
                     return  # closed only after the producer's final batch is in
                 continue
-            self._current = batch
             try:
                 done = self.ship_one(batch)
             except Exception as err:  # a bug: keep the batch, say so, try again later (never die silently)
@@ -163,21 +167,28 @@ class Pipeline:
                 if self._bugs == 1 or self._bugs % 100 == 0:
                     self.log.error(f"shipper: unexpected {type(err).__name__}: {err} (batch seq={batch.seq} "
                                    f"kept; occurrence {self._bugs})")
-                self._current = None
-                self._requeue_front(batch)
+                self.queue.requeue_front(batch)
                 if self.deadline is not None:
                     return
                 self.stop.wait(backoff(min(self._bugs, 6)))
                 continue
-            self._current = None
             if not done:
-                self._requeue_front(batch)
+                self.queue.requeue_front(batch)
                 return
 
-    def _requeue_front(self, batch: Batch) -> None:
-        with self.queue._cond:
-            self.queue._items.appendleft(batch)
-            self.queue._bytes += batch.size
+    def _settle(self, batch: Batch, stage: str) -> bool:
+        """Count the one outcome of the batch the shipper holds: "acked", or a drop stage. False
+        (nothing counted) when finish() already counted it: it gave up waiting for this send."""
+        with self.queue.lock:  # finish() takes the batch in hand under the same lock
+            if batch is self._given_up:
+                return False
+            if self.queue.in_hand is batch:
+                self.queue.in_hand = None
+            if stage == "acked":
+                self.acct.ack(batch.packets, batch.captured_bytes, batch.per_if)
+            else:
+                self.acct.drop(stage, batch.packets, batch.captured_bytes, batch.per_if)
+            return True
 
     def _body(self, batch: Batch) -> bytes | None:
         if batch.body is not None:
@@ -185,9 +196,10 @@ class Pipeline:
         try:
             return self.spool.load(batch.spool_path)
         except (OSError, ValueError) as err:
+            if not self._settle(batch, "spool"):
+                return None
             with self.acct.lock:
                 self.acct.torn_files += 1
-            self.acct.drop("spool", batch.packets, batch.captured_bytes, batch.per_if)
             self.log.error(f"spool file {batch.spool_path} unreadable, {batch.packets} packets lost: {err}")
             self.spool.remove(batch.spool_path)
             return None
@@ -208,7 +220,8 @@ class Pipeline:
                               f"{'' if batch.encoding == 'identity' else ' ' + batch.encoding} "
                               f"-> {out.status or '-'} {out.kind}: {out.reason} rtt_ms={out.rtt * 1000:.1f}")
             if out.kind == "acked":
-                self.acct.ack(batch.packets, batch.captured_bytes, batch.per_if)
+                if not self._settle(batch, "acked"):
+                    return True  # finish() counted it already (kept in the spool: a resend gets 409)
                 self._forget(batch)
                 if self._failing_since is not None:
                     self.log(L.BASIC, f"vSensor {self.client.base} reachable again after "
@@ -220,7 +233,8 @@ class Pipeline:
                     self._last_refusal = ("", 0.0)
                 return True
             if out.kind == "refused":
-                self.acct.drop("refused", batch.packets, batch.captured_bytes, batch.per_if)
+                if not self._settle(batch, "refused"):
+                    return True
                 self._forget(batch)
                 self._report_refusal(out)
                 return True
@@ -258,10 +272,15 @@ class Pipeline:
         self.queue.close()
         if self._thread is not None:
             self._thread.join(max(0.0, self.deadline - time.monotonic()) + 0.5)
-        left = self.queue.drain()
-        cur = self._current
-        if cur is not None and self._thread is not None and self._thread.is_alive():
-            left.append(cur)  # its send outlived the deadline; if it was accepted, a resend gets 409
+        with self.queue.lock:  # the shipper settles the batch in hand under this lock: one fate
+            left = self.queue.drain()
+            cur = self.queue.in_hand
+            if cur is not None:
+                # its send outlived the deadline: counted here, and the shipper no longer counts
+                # its outcome (if it was accepted, a resend from the spool gets 409)
+                self._given_up = cur
+                self.queue.in_hand = None
+                left.append(cur)
         kept_b = kept_p = lost_b = lost_p = 0
         for batch in left:
             if batch.spool_path:

@@ -6,8 +6,11 @@ deleted once the vSensor acknowledges it (200, or 409 "already have it"). A sens
 starts with files in the spool sends them first, under the boot and seq they were
 captured with, so the vSensor's replay guard accepts each exactly once.
 
-Files: `DIR/<boot>-<seq, 12 digits>.osb`, written as `.tmp` and renamed (atomic on one
-filesystem). Layout:
+Files: `DIR/<boot, 16 hex digits>-<seq, 12 digits>.osb`, mode 0600, written as `.tmp` and
+renamed (atomic on one filesystem). The directory may be shared: only names of exactly that
+form (`SPOOL_NAME`), regular files owned by this user, are ever read or removed; anything
+else in it is left alone. A directory the spool creates gets mode 0700; an existing one keeps
+its mode. Layout:
 
     b"OSSPOOL1"  u32 header length (little-endian)  JSON header  body
 
@@ -20,10 +23,14 @@ which is detected. The spool is bounded by `OSSENSOR_SPOOL_MB` (file sizes).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
+import stat
 import struct
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +39,8 @@ from ossensor.batch import Batch
 
 MAGIC = b"OSSPOOL1"
 SUFFIX = ".osb"
+# The only names the spool writes, reads or removes: <boot>-<seq>.osb, and .osb.tmp while written.
+SPOOL_NAME = re.compile(r"[0-9a-f]{16}-[0-9]{12,20}\.osb(\.tmp)?")
 
 
 @dataclass
@@ -55,27 +64,42 @@ class Spool:
         self._sizes: dict[str, int] = {}  # file name -> size on disk
         self._bytes = 0
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            os.chmod(self.dir, 0o700)
-            probe = self.dir / ".ossensor-write-test"
-            probe.write_bytes(b"")
-            probe.unlink()
+            try:
+                self.dir.mkdir(mode=0o700, parents=True)
+                os.chmod(self.dir, 0o700)  # only a directory created here (mkdir's mode is under umask)
+            except FileExistsError:
+                if not self.dir.is_dir():
+                    raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)) from None
+            # a unique probe name, created exclusively: nothing of the user's is touched
+            fd, probe = tempfile.mkstemp(prefix=".ossensor-write-test-", dir=self.dir)
+            os.close(fd)
+            os.unlink(probe)
         except OSError as err:  # a start-up error, one line: the directory is the user's input
-            from ossensor.config import ConfigError
-
-            raise ConfigError([f"OSSENSOR_SPOOL_DIR: cannot use {self.dir}: {err.strerror or err}"]) from None
+            raise _unusable(self.dir, err) from None
 
     # -- start ---------------------------------------------------------------------------
     def recover(self) -> tuple[list[Batch], list[Torn]]:
         """Batches left by an earlier process (oldest first, bodies not loaded), and torn files."""
         good: list[tuple[float, str, Batch]] = []
         torn: list[Torn] = []
-        for path in sorted(self.dir.iterdir()):
-            if path.name.endswith(".tmp"):
-                torn.append(Torn(path.name, "incomplete write (the process stopped while writing it)", 0, 0))
-                path.unlink(missing_ok=True)
+        try:
+            names = sorted(os.listdir(self.dir))
+        except OSError as err:
+            raise _unusable(self.dir, err) from None
+        uid = os.geteuid()
+        for name in names:
+            if not SPOOL_NAME.fullmatch(name):
+                continue  # not the spool's: never read, never removed
+            path = self.dir / name
+            try:
+                st = os.lstat(path)
+            except OSError:
                 continue
-            if not path.name.endswith(SUFFIX):
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != uid:
+                continue  # a directory, a link, another user's file: not the spool's
+            if name.endswith(".tmp"):
+                torn.append(Torn(name, "incomplete write (the process stopped while writing it)", 0, 0))
+                _unlink(path)
                 continue
             try:
                 batch, size = self._read(path, verify=True)
@@ -83,10 +107,10 @@ class Spool:
                 meta = _try_header(path)
                 torn.append(Torn(path.name, str(err), meta.get("packets", 0) if meta else 0,
                                  meta.get("bytes", 0) if meta else 0))
-                path.unlink(missing_ok=True)
+                _unlink(path)
                 continue
             batch.body = None  # loaded again when it is sent: memory stays bounded
-            good.append((path.stat().st_mtime, path.name, batch))
+            good.append((st.st_mtime, path.name, batch))
             with self._lock:
                 self._sizes[path.name] = size
                 self._bytes += size
@@ -104,6 +128,8 @@ class Spool:
         }, separators=(",", ":")).encode()
         size = len(MAGIC) + 4 + len(header) + len(batch.body)
         name = f"{batch.boot or boot}-{batch.seq:012d}{SUFFIX}"
+        if not SPOOL_NAME.fullmatch(name):  # a file it would not find again
+            raise OSError(errno.EINVAL, f"not a spool file name: {name!r}")
         with self._lock:
             if self._bytes + size > self.max_bytes:
                 raise SpoolFull(f"spool full ({self._bytes >> 20} of {self.max_bytes >> 20} MiB)")
@@ -112,7 +138,13 @@ class Spool:
         path = self.dir / name
         tmp = self.dir / (name + ".tmp")
         try:
-            with open(tmp, "wb") as f:
+            # exclusive, no link followed, owner-only: the directory may be shared (e.g. /tmp)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError:
+            self._forget(name)
+            raise
+        try:
+            with open(fd, "wb") as f:
                 f.write(MAGIC + struct.pack("<I", len(header)) + header)
                 f.write(batch.body)
             os.replace(tmp, path)
@@ -157,6 +189,19 @@ class Spool:
                       boot=str(meta["boot"]), encoding=str(meta.get("encoding", "identity")),
                       spool_path=str(path))
         return batch, len(data)
+
+
+def _unusable(directory: Path, err: OSError):
+    from ossensor.config import ConfigError
+
+    return ConfigError([f"OSSENSOR_SPOOL_DIR: cannot use {directory}: {err.strerror or err}"])
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass  # counted as torn all the same; the next start tries again
 
 
 def _parse_header(data: bytes) -> tuple[dict, int]:

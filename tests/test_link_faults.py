@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from linkfault_util import (expected_digest, fake_store_packets, make_ca, make_leaf, payload_digest, run_cli,
+from linkfault_util import (FAKE_VSENSOR, expected_digest, fake_store_packets, make_ca, make_leaf, payload_digest, run_cli,
                             start_fake_vsensor, start_sender, stats, stored_indices, vm_kib, wait_stat)
 from support import KEY, Topology, send_udp, sensor_env, start_sensor, start_vsensor
 
@@ -84,7 +84,7 @@ def test_misbehaving_vsensor_slow_500_drop_garbage(topo, tmp_path):
     plan = ["500", "503", "drop", "garbage", "slow", "500", "drop", "ok"]
     fake = start_fake_vsensor(topo, cert, key, port, tmp_path / "fake", plan)
     env = sensor_env(topo, tmp_path, port, BPF="udp port 9999", OSSENSOR_TLS_CA_FILE=str(ca_path),
-                     OSSENSOR_QUEUE_MB="2", OSSENSOR_BATCH_MAX_AGE_MS="200")
+                     OSSENSOR_QUEUE_MB="2", OSSENSOR_BATCH_MAX_KB="1024", OSSENSOR_BATCH_MAX_AGE_MS="200")
     sensor = start_sensor(topo, env)
     sender = start_sender(topo, 0, 3000, rate=500)
     sender.p.wait(20)
@@ -100,6 +100,55 @@ def test_misbehaving_vsensor_slow_500_drop_garbage(topo, tmp_path):
     assert "reachable again after" in out
     assert "Traceback" not in out
     assert KEY not in out
+
+
+def test_slow_vsensor_acknowledging_after_shutdown_counts_the_batch_once(tmp_path):
+    """The real shipper against the misbehaving peer ("slow": answers 200 after 3 s), without
+    namespaces: the send outlives the shutdown timeout, finish() counts the batch as a shutdown
+    drop, and the late acknowledgement is not counted again (acked + dropped <= captured)."""
+    import socket
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    from ossensor import log as L
+    from ossensor.accounting import Accounting
+    from ossensor.batch import Batch
+    from ossensor.ship import Shipper
+    from ossensor.shipping import Pipeline
+
+    ca_path, ca, ca_key = make_ca(tmp_path / "pki", "fakeca")
+    cert, key = make_leaf(tmp_path / "pki", "fake", ca, ca_key, ["127.0.0.1"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "fake").mkdir()
+    fake = subprocess.Popen([sys.executable, "-c", FAKE_VSENSOR, str(cert), str(key), str(port),
+                             str(tmp_path / "fake"), "slow"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert fake.stdout.readline().strip() == "listening"
+        boot = "0123456789abcdef"
+        client = Shipper(host="127.0.0.1", port=port, key=KEY.encode(), sensor="s1", boot=boot,
+                         ca_file=str(ca_path), connect_timeout=3, read_timeout=10)
+        acct = Accounting()
+        settings = SimpleNamespace(queue_mb=8, spool_dir=None, compression="none", sensor_name="s1")
+        pipe = Pipeline(settings, L.Log(1, stream=open(tmp_path / "log", "w")), acct, client, boot)
+        acct.add_batch(7, 700, {"eth0": (7, 700)})
+        assert pipe.enqueue(Batch(1, b"x" * 700, 7, 700, 1, 2, 0.0, per_if={"eth0": (7, 700)}))
+        thread = pipe.start()
+        assert fake.stdout.readline().split()[:3] == ["request", "0", "slow"]
+        t0 = time.monotonic()
+        res = pipe.finish(0.3)  # OSSENSOR_SHUTDOWN_TIMEOUT: shorter than the peer's delay
+        assert time.monotonic() - t0 < 2 and (res["lost_batches"], res["lost_packets"]) == (1, 7), res
+        thread.join(8)  # the peer answers 200 meanwhile
+        assert not thread.is_alive()
+        assert list((tmp_path / "fake").glob("*.pcapng")), "the slow peer did not store the batch"
+        st = acct.snapshot()
+        assert st["acked"] == 0 and st["dropped"]["shutdown"] == 7 and acct.in_flight() == 0, st
+        assert st["captured"] == st["acked"] + sum(st["dropped"].values())
+    finally:
+        fake.kill()
+        fake.wait()
 
 
 # ---------------------------------------------------------------------------- proxy
@@ -228,7 +277,7 @@ def test_sigkill_vsensor_and_sensor_with_spool_no_duplicates_no_silent_loss(topo
     out, spool = tmp_path / "vs", tmp_path / "spool"
     vs, port = start_vsensor(topo, out)
     env = sensor_env(topo, tmp_path, port, BPF="udp port 9999", OSSENSOR_SPOOL_DIR=str(spool),
-                     OSSENSOR_SPOOL_MB="64", OSSENSOR_QUEUE_MB="4")
+                     OSSENSOR_SPOOL_MB="64", OSSENSOR_QUEUE_MB="8")  # the least for 4 MiB batches
     sensor = start_sensor(topo, env)
     # phase A: the vSensor is SIGKILLed mid-stream
     sender = start_sender(topo, 0, 6000, rate=3000)

@@ -4,13 +4,16 @@ policy, proxy choice, TLS explanations, backoff, configuration of the link varia
 from __future__ import annotations
 
 import io
+import os
+import stat
+import threading
 
 import pytest
 
 from ossensor import config
 from ossensor import log as L
 from ossensor.accounting import Accounting
-from ossensor.batch import Batch
+from ossensor.batch import Batch, BatchQueue
 from ossensor.proxy import ProxyError, choose
 from ossensor.ship import Outcome, tls_explain
 from ossensor.shipping import BACKOFF_CAP, Pipeline, backoff
@@ -48,6 +51,47 @@ def test_spool_roundtrip_recover_in_order_and_torn_files(tmp_path):
         again.load(p)
 
 
+def test_spool_in_a_shared_directory_touches_only_its_own_files(tmp_path):
+    """OSSENSOR_SPOOL_DIR=/tmp and the like: the directory keeps its mode, and nothing the spool
+    did not write is read, changed or removed (not x.tmp directories, not other .tmp/.osb files)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    earlier = Spool(tmp_path / "earlier", 1 << 20, "node-1")
+    good = earlier.put(_batch(1), BOOT)
+    os.replace(good, shared / os.path.basename(good))                       # a batch of an earlier run
+    (shared / f"{BOOT}-000000000002.osb.tmp").write_bytes(b"half")          # its interrupted write
+    (shared / "x.tmp").mkdir()                                              # foreign: a directory
+    (shared / f"{BOOT}-000000000003.osb.tmp").mkdir()                       # foreign, spool-like name
+    (shared / "notes.tmp").write_text("mine")                              # foreign files
+    (shared / "other.osb").write_bytes(b"not a spool file")
+    (shared / ("A" * 16 + "-000000000004.osb")).write_bytes(b"upper-case boot: not the spool's")
+    (shared / f"{BOOT}-000000000005.osb").symlink_to(shared / "notes.tmp")  # a link: not the spool's
+    foreign = sorted(p.name for p in shared.iterdir() if p.name != os.path.basename(good)
+                     and not p.name.endswith("2.osb.tmp"))
+    pipe, acct, out = _pipeline(_Settings(queue_mb=1, spool_dir=shared, spool_mb=1))
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777                  # not chmodded
+    assert pipe.recover() == 1
+    assert acct.snapshot()["torn_files"] == 1 and "000000000002.osb.tmp skipped and removed" in out.getvalue()
+    assert sorted(p.name for p in shared.iterdir() if p.name != os.path.basename(good)) == foreign
+    assert (shared / "notes.tmp").read_text() == "mine"
+    path = pipe.spool.put(_batch(9), BOOT)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600                   # captured packets: owner only
+
+
+def test_spool_directory_it_creates_is_private(tmp_path):
+    old = os.umask(0o022)
+    try:
+        Spool(tmp_path / "new" / "spool", 1 << 20, "n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "new" / "spool").stat().st_mode) == 0o700
+    existing = tmp_path / "existing"
+    existing.mkdir(mode=0o755)
+    Spool(existing, 1 << 20, "n")
+    assert stat.S_IMODE(existing.stat().st_mode) == 0o755 and not list(existing.iterdir())  # no probe left
+
+
 def test_spool_bound(tmp_path):
     sp = Spool(tmp_path / "s", 5000, "n")
     sp.put(_batch(1, 2000), BOOT)
@@ -66,10 +110,51 @@ class _Settings:
         self.sensor_name = "node-1"
 
 
-def _pipeline(settings) -> tuple[Pipeline, Accounting, io.StringIO]:
+def _pipeline(settings, client=None) -> tuple[Pipeline, Accounting, io.StringIO]:
     out = io.StringIO()
     acct = Accounting()
-    return Pipeline(settings, L.Log(1, stream=out), acct, client=None, boot=BOOT), acct, out
+    return Pipeline(settings, L.Log(1, stream=out), acct, client=client, boot=BOOT), acct, out
+
+
+class _Client:
+    """A fake ship.Shipper: acknowledges every batch (refuses the seqs in `refuse`); with `gate`,
+    each send waits for it (a slow vSensor)."""
+    base = "https://vsensor.test:8443"
+
+    def __init__(self, refuse=(), gate: threading.Event | None = None):
+        self.refuse, self.gate = set(refuse), gate
+        self.sent: list[tuple[str | None, int, bytes]] = []
+        self.sending = threading.Event()
+
+    def send(self, seq, body, *, boot=None, encoding="identity") -> Outcome:
+        self.sent.append((boot, seq, bytes(body)))
+        self.sending.set()
+        if self.gate is not None:
+            self.gate.wait(10)
+        if seq in self.refuse:
+            return Outcome("refused", 403, "not this one (test)", 0.001)
+        return Outcome("acked", 200, "accepted", 0.001)
+
+
+def _balanced(acct: Accounting) -> bool:
+    """captured + recovered = acknowledged + dropped + in flight, and nothing negative in flight."""
+    s = acct.snapshot()
+    return (s["captured"] + s["recovered"] == s["acked"] + sum(s["dropped"].values()) + acct.in_flight()
+            and acct.in_flight() >= 0)
+
+
+def _captured(acct: Accounting, batch: Batch) -> Batch:
+    acct.add_batch(batch.packets, batch.captured_bytes, batch.per_if)  # what the reader does
+    return batch
+
+
+def _pooled(seq: int, pool: bytearray) -> Batch:
+    """A full batch from live capture: a view of (most of) a pooled 4 MiB capture buffer."""
+    pool[0] = seq
+    b = _batch(seq, 0, 10)
+    b.body = memoryview(pool)[: 3 << 20]
+    b.captured_bytes, b.per_if = 3 << 20, {"eth0": (10, 3 << 20)}
+    return b
 
 
 def test_without_spool_a_full_queue_drops_and_counts_per_interface():
@@ -98,6 +183,78 @@ def test_with_spool_overflow_waits_on_disk_then_spool_full_drops(tmp_path):
     assert len(pipe2.queue) == 8 and pipe2.queue.nbytes <= 1 << 20  # 5 wait only on disk
     assert sum(1 for b in pipe2.queue._items if b.body is None) == 5
     assert acct2.snapshot()["dropped"]["spool"] == 0
+
+
+def test_queue_always_accepts_batches_held_only_by_the_spool():
+    q = BatchQueue(1 << 20)
+    big = _pooled(1, bytearray(4 << 20))
+    assert big.size == 4 << 20 and q.put(big)  # the first batch gets in whatever its size
+    assert not q.put(_batch(2, 10))              # over the bound: a batch in memory is refused
+    on_disk = _batch(3)
+    on_disk.body = None
+    assert on_disk.size == 0 and q.put(on_disk)  # held only by its spool file: always accepted
+    assert len(q) == 2 and q.nbytes == 4 << 20
+
+
+def test_spooled_batches_behind_a_pooled_buffer_are_all_sent_and_counted(tmp_path):
+    """OSSENSOR_QUEUE_MB below one pooled batch buffer (what the reviewer hit with QUEUE_MB=4 and
+    4 MiB batches): every spooled batch is queued, kept over a restart, sent, and counted once."""
+    spool = tmp_path / "s"
+    pools = [bytearray(4 << 20) for _ in range(4)]
+    pipe, acct, _ = _pipeline(_Settings(queue_mb=1, spool_dir=spool, spool_mb=64))
+    for i, pool in enumerate(pools, 1):
+        assert pipe.enqueue(_captured(acct, _pooled(i, pool)))
+        assert _balanced(acct)
+    assert len(pipe.queue) == 4 and pipe.queue.nbytes == 4 << 20  # 3 wait only on disk
+    assert acct.in_flight() == 40 and acct.snapshot()["dropped"]["spool"] == 0
+    assert pipe.finish(0) == {"kept_batches": 4, "kept_packets": 40, "lost_batches": 0, "lost_packets": 0}
+    assert acct.in_flight() == 40 and _balanced(acct) and len(list(spool.glob("*.osb"))) == 4
+
+    # the next start: the spool's batches first, then new ones; one of them refused
+    client = _Client(refuse={2})
+    pipe, acct, _ = _pipeline(_Settings(queue_mb=1, spool_dir=spool, spool_mb=64), client)
+    assert pipe.recover() == 4 and acct.snapshot()["recovered"] == 40
+    pipe.start()
+    for i, pool in enumerate(pools, 11):
+        assert pipe.enqueue(_captured(acct, _pooled(i, pool)))
+        assert _balanced(acct)
+    res = pipe.finish(10)
+    assert res["lost_batches"] == res["kept_batches"] == 0, res
+    s = acct.snapshot()
+    assert (s["captured"], s["recovered"], s["acked"], s["dropped"]["refused"]) == (40, 40, 70, 10), s
+    assert s["acked_bytes"] + s["dropped_bytes"]["refused"] == s["captured_bytes"] + s["recovered_bytes"]
+    assert acct.in_flight() == 0 and _balanced(acct)
+    assert [(boot, seq) for boot, seq, _ in client.sent[:4]] == [(BOOT, 1), (BOOT, 2), (BOOT, 3), (BOOT, 4)]
+    assert sorted(seq for _, seq, _ in client.sent[4:]) == [11, 12, 13, 14]
+    assert all(len(body) == 3 << 20 for _, _, body in client.sent)
+    assert len(pipe.spool) == 0 and not list(spool.iterdir())
+
+
+@pytest.mark.parametrize("with_spool", [False, True])
+def test_a_batch_still_being_sent_at_shutdown_has_one_fate(tmp_path, with_spool):
+    """finish() gives up on a send that outlives the timeout; when the vSensor acknowledges it
+    afterwards the shipper does not count it again (acked + dropped never exceed captured)."""
+    gate = threading.Event()
+    client = _Client(gate=gate)
+    pipe, acct, out = _pipeline(_Settings(queue_mb=8, spool_dir=tmp_path / "s" if with_spool else None),
+                                client)
+    assert pipe.enqueue(_captured(acct, _batch(1)))
+    thread = pipe.start()
+    assert client.sending.wait(5)
+    res = pipe.finish(0.1)
+    if with_spool:
+        assert (res["kept_batches"], res["lost_batches"]) == (1, 0)  # in flight: sent again at the next start
+        assert acct.in_flight() == 10 and len(pipe.spool) == 1
+    else:
+        assert (res["lost_batches"], res["lost_packets"]) == (1, 10)
+        assert acct.snapshot()["dropped"]["shutdown"] == 10 and acct.in_flight() == 0
+    gate.set()  # the slow vSensor answers 200 after all
+    thread.join(5)
+    assert not thread.is_alive()
+    assert acct.snapshot()["acked"] == 0 and _balanced(acct), acct.snapshot()
+    assert acct.in_flight() == (10 if with_spool else 0)
+    if with_spool:  # still there: the next start resends it and gets 409, counted acknowledged then
+        assert len(list((tmp_path / "s").glob("*.osb"))) == 1
 
 
 def test_finish_keeps_spooled_counts_the_rest(tmp_path):
@@ -216,6 +373,29 @@ def test_link_variables_bad_values_one_line_each(tmp_path):
     assert "not a directory" in lines[0] and "none or zstd" in lines[2]
 
 
+@pytest.mark.parametrize("queue_mb, batch_kb, need", [("4", None, 8), ("64", "65536", 128), ("1", "1024", 2)])
+def test_queue_smaller_than_two_batches_is_one_line_naming_both(queue_mb, batch_kb, need):
+    env = dict(BASE, OSSENSOR_QUEUE_MB=queue_mb, **({"OSSENSOR_BATCH_MAX_KB": batch_kb} if batch_kb else {}))
+    with pytest.raises(config.ConfigError) as err:
+        config.load(env)
+    [line] = err.value.problems
+    assert line.startswith("OSSENSOR_QUEUE_MB: ") and "OSSENSOR_BATCH_MAX_KB=" in line, line
+    assert f"at least {need} " in line
+    env["OSSENSOR_QUEUE_MB"] = str(need)  # exactly two batches: fine
+    assert config.load(env).queue_mb == need
+
+
+def test_queue_smaller_than_two_batches_exits_2(tmp_path):
+    from linkfault_util import run_cli
+    from support import KEY
+
+    r = run_cli({"VSENSOR_HOSTNAME": "127.0.0.1", "VSENSOR_HMAC_KEY": KEY, "OSSENSOR_QUEUE_MB": "4",
+                 "OSSENSOR_SPOOL_DIR": str(tmp_path / "s"), "OSSENSOR_CONFIG_PATH": str(tmp_path / "c.cfg")})
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = [l for l in (r.stdout + r.stderr).splitlines() if "OSSENSOR_QUEUE_MB" in l]
+    assert len(lines) == 1 and "OSSENSOR_BATCH_MAX_KB=4096" in lines[0] and "Traceback" not in r.stderr
+
+
 def test_unusable_spool_dir_is_one_config_line(tmp_path):
     from ossensor.config import ConfigError
     from ossensor.spool import Spool
@@ -225,3 +405,11 @@ def test_unusable_spool_dir_is_one_config_line(tmp_path):
     with pytest.raises(ConfigError) as err:
         Spool(blocker / "spool", 1 << 20, "s1")
     assert err.value.problems == [f"OSSENSOR_SPOOL_DIR: cannot use {blocker / 'spool'}: Not a directory"]
+    with pytest.raises(ConfigError) as err:
+        Spool(blocker, 1 << 20, "s1")  # exists, not a directory
+    assert err.value.problems == [f"OSSENSOR_SPOOL_DIR: cannot use {blocker}: Not a directory"]
+    gone = Spool(tmp_path / "gone", 1 << 20, "s1")
+    (tmp_path / "gone").rmdir()
+    with pytest.raises(ConfigError) as err:  # recover() at start: one line too, not a traceback
+        gone.recover()
+    assert err.value.problems == [f"OSSENSOR_SPOOL_DIR: cannot use {tmp_path / 'gone'}: No such file or directory"]
