@@ -229,3 +229,236 @@ def test_block_then_actions_lists_it(tmp_path):
     rec = __import__("json").loads((tmp_path / "antigena-actions.jsonl").read_text())
     assert rec["sensor"] == "node-1" and rec["action"]["target"] == {"type": "pair", "a": "fd00::1", "b": "fd00::2"}
     assert (tmp_path / "antigena-actions.jsonl").stat().st_mode & 0o777 == 0o600
+
+
+# -- the exchange's link: signed answers, the sensor's proxy (real TLS, a real vSensor) ---------------------
+
+import io  # noqa: E402
+import json  # noqa: E402
+import socket  # noqa: E402
+import ssl  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
+from ossensor import log as L  # noqa: E402
+from ossensor.antigena import Antigena  # noqa: E402
+from ossensor.antigena.exchange import Exchange  # noqa: E402
+
+XKEY = b"exchange-test-key-0451"
+XBOOT = "0123456789abcdef"
+
+
+@pytest.fixture
+def real_vsensor(tmp_path):
+    """The reference vSensor (subprocess, real TLS) with one action issued: quarantine 10.0.0.9."""
+    from test_vsensor import VSensor
+
+    vs = VSensor(tmp_path / "vs", key=XKEY.decode()).start()
+    try:
+        r = _cli("block", "--out", str(vs.out), "--host", "10.0.0.9", "--id", "q1", "--expires", "300")
+        assert r.returncode == 0, r.stderr
+        yield vs
+    finally:
+        vs.stop()
+
+
+def _exchange(port: int, ca: str, book: Book | None = None, boot: str = XBOOT, **kw) -> tuple[Exchange, io.StringIO]:
+    out = io.StringIO()
+    ex = Exchange(book=book or Book(enabled=True), log=L.Log(level=3, stream=out), host="127.0.0.1", port=port,
+                  key=XKEY, sensor="node-1", boot=boot, period=1.0, ca_file=ca, **kw)
+    return ex, out
+
+
+class ForgingVSensor:
+    """A TLS endpoint answering /v1/antigena 200 with an action, signed as `mode` says: what a
+    TLS-intercepting proxy (trusted CA) could send to a sensor."""
+
+    def __init__(self, tmp, mode: str):
+        from ossensor.vsensor import tls
+
+        self.ca, cert, key = tls.ensure_self_signed(tmp / "forger", ["127.0.0.1"])
+        self.mode = mode
+        self.requests = 0
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):  # noqa: N802
+                outer.requests += 1
+                self.rfile.read(int(self.headers["Content-Length"]))
+                data = (json.dumps({"status": "ok", "time": int(time.time()), "actions": [
+                    {"id": "evil", "target": {"type": "host", "address": "10.0.0.1"}, "expires_in": 600}]})
+                    + "\n").encode()
+                req = protocol.Verified(self.headers[protocol.H_SENSOR], self.headers[protocol.H_BOOT],
+                                        int(self.headers[protocol.H_SEQ]), int(self.headers[protocol.H_TIME]),
+                                        "identity")
+                sig = {}
+                if outer.mode == "valid":
+                    sig = protocol.sign_response(XKEY, status=200, body=data, request=req)
+                elif outer.mode == "other-key":
+                    sig = protocol.sign_response(b"not-the-key-99", status=200, body=data, request=req)
+                elif outer.mode == "replayed":  # genuinely signed, for the previous exchange
+                    prev = protocol.Verified(req.sensor, req.boot, req.seq - 1, req.timestamp, "identity")
+                    sig = protocol.sign_response(XKEY, status=200, body=data, request=prev)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in sig.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.server.socket = tls.server_context(cert, key).wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("mode", ["unsigned", "other-key", "replayed"])
+def test_exchange_refuses_an_answer_that_is_not_the_vsensors(tmp_path, mode):
+    fake = ForgingVSensor(tmp_path, mode)
+    try:
+        book = Book(enabled=True)
+        ex, out = _exchange(fake.port, str(fake.ca), book)
+        book.receive([act({"type": "host", "address": "192.0.2.7"}, id="f1", expires_in=0.01)])
+        time.sleep(0.05)
+        book.expire()
+        assert not ex.exchange_once() and not ex.exchange_once()
+        assert fake.requests == 2 and ex.answers_refused == 2 and ex.failed == 2 and ex.ok == 0
+        assert book.rules()[1] == [] and "evil" not in {r["id"] for r in book.reports()}  # nothing installed
+        assert {r["id"]: r["state"] for r in book.reports()} == {"f1": "expired"}  # final report not forgotten
+        log = out.getvalue()
+        assert "L0 ERROR antigena exchange failed: vSensor's answer refused, its actions ignored" in log, log
+        assert ("not signed" if mode == "unsigned" else "does not verify") in log
+    finally:
+        fake.close()
+
+
+def test_exchange_accepts_a_correctly_signed_answer(tmp_path):
+    fake = ForgingVSensor(tmp_path, "valid")  # same endpoint, signed with the key for this request
+    try:
+        book = Book(enabled=True)
+        ex, _ = _exchange(fake.port, str(fake.ca), book)
+        assert ex.exchange_once() and ex.answers_refused == 0
+        assert [r["id"] for r in book.reports()] == ["evil"] and len(book.rules()[1]) == 1
+    finally:
+        fake.close()
+
+
+def test_exchange_with_the_reference_vsensor_verifies_its_answers(real_vsensor):
+    book = Book(enabled=True)
+    ex, out = _exchange(real_vsensor.port, real_vsensor.ca, book)
+    assert ex.exchange_once(), out.getvalue()
+    assert ex.exchange_once() and ex.answers_refused == 0
+    assert [(r["id"], r["state"]) for r in book.reports()] == [("q1", "active")]
+    real_vsensor.wait_for(r"antigena sensor=node-1 boot=0123456789abcdef seq=2 reports=1 actions_sent=1")
+
+
+class ConnectProxy:
+    """A plain HTTP CONNECT proxy on loopback that records what it was asked to reach."""
+
+    def __init__(self):
+        self.targets: list[str] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        with c:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = c.recv(4096)
+                if not chunk:
+                    return
+                head += chunk
+            target = head.split(b" ")[1].decode()
+            self.targets.append(target)
+            host, port = target.rsplit(":", 1)
+            with socket.create_connection((host, int(port)), timeout=10) as up:
+                c.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                pipe = threading.Thread(target=self._pipe, args=(up, c), daemon=True)
+                pipe.start()
+                self._pipe(c, up)
+                pipe.join(5)
+
+    @staticmethod
+    def _pipe(a, b):
+        try:
+            while True:
+                d = a.recv(65536)
+                if not d:
+                    break
+                b.sendall(d)
+        except OSError:
+            pass
+        try:
+            b.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self):
+        self.sock.close()
+
+
+def _settings(vs) -> SimpleNamespace:
+    from pathlib import Path
+
+    return SimpleNamespace(antigena_enabled=False, vsensor_hostname="127.0.0.1", vsensor_port=vs.port,
+                           key_bytes=XKEY, sensor_name="node-1", antigena_time_period=1.0,
+                           tls_ca_file=Path(vs.ca), tls_cert_file=None, tls_key_file=None)
+
+
+def test_exchange_uses_the_sensors_proxy_choice_not_requests(real_vsensor, monkeypatch):
+    """The exchange goes where the batches go: through the proxy ossensor.proxy.choose picked (which the
+    capture filter excludes), or direct when NO_PROXY says so - never a proxy requests finds by itself."""
+    for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy",
+                "NO_PROXY", "no_proxy", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(var, raising=False)
+    proxy = ConnectProxy()
+    try:
+        target = f"127.0.0.1:{real_vsensor.port}"
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        ag = Antigena(_settings(real_vsensor), L.Log(level=0, stream=io.StringIO()), XBOOT)
+        assert ag.exchange.session.trust_env is False
+        assert ag.exchange.exchange_once() and proxy.targets == [target]
+        ag.exchange.close()
+
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # the sensor goes direct: so does the exchange
+        ag = Antigena(_settings(real_vsensor), L.Log(level=0, stream=io.StringIO()), "1" * 16)  # a new boot
+        assert ag.exchange.exchange_once(), ag.exchange._failing
+        assert proxy.targets == [target]
+        ag.exchange.close()
+
+        # what requests alone would honour (ALL_PROXY, a dead proxy, another CA bundle) is ignored
+        monkeypatch.delenv("NO_PROXY")
+        monkeypatch.delenv("HTTPS_PROXY")
+        monkeypatch.setenv("ALL_PROXY", "http://127.0.0.1:9")
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/nonexistent/ca.pem")
+        ag = Antigena(_settings(real_vsensor), L.Log(level=0, stream=io.StringIO()), "2" * 16)
+        assert ag.exchange.exchange_once(), ag.exchange._failing
+        monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")  # given explicitly, the proxy is used as is
+        ex, _ = _exchange(real_vsensor.port, real_vsensor.ca, boot="3" * 16, proxy=proxy.url)
+        assert ex.exchange_once() and proxy.targets == [target, target]
+        ex.close()
+        ag.exchange.close()
+    finally:
+        proxy.close()

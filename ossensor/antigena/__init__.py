@@ -18,12 +18,20 @@ from ossensor.antigena.book import Book
 from ossensor.antigena.enforcer import Enforcer
 from ossensor.antigena.exchange import Exchange
 
+_CHOOSE = object()  # Antigena(proxy=...) not given: ossensor.proxy.choose decides
+
 
 class Antigena:
     """What sensor.py starts: the exchange always (to report), the enforcer only when enabled."""
 
-    def __init__(self, settings, log: L.Log, boot: str):
+    def __init__(self, settings, log: L.Log, boot: str, proxy=_CHOOSE):
+        """proxy: the ossensor.proxy.Proxy batches go through, or None (direct); by default decided
+        here exactly as the sensor decides it for batches (ossensor.proxy.choose), never by requests."""
         s = settings
+        if proxy is _CHOOSE:
+            from ossensor import proxy as P
+
+            proxy = P.choose(s.vsensor_hostname, s.vsensor_port)  # ProxyError: the sensor refused it already
         self.log = log
         self.enabled = bool(s.antigena_enabled)
         self.book = Book(enabled=self.enabled)
@@ -33,7 +41,8 @@ class Antigena:
                                  period=s.antigena_time_period,
                                  ca_file=str(s.tls_ca_file) if s.tls_ca_file else None,
                                  client_cert=(str(s.tls_cert_file), str(s.tls_key_file))
-                                 if s.tls_cert_file else None, stats=self.stats)
+                                 if s.tls_cert_file else None, stats=self.stats,
+                                 proxy=proxy.url if proxy else None)
         # per ring (several readers in a fanout group each call the hook with their own ring)
         self._applied: dict[int, int] = {}
         self._c_stats: dict[int, tuple] = {}
@@ -92,7 +101,8 @@ class Antigena:
         return {"active": b["active"], "received": b["received"], "refused": b["refused"], "failed": b["failed"],
                 "expired": b["expired"], "resets_sent": b["resets_sent"], "send_errors": b["send_errors"],
                 "matched": matched, "hits": hits, "hit_overflow": overflow + (e.queue_overflow if e else 0),
-                "not_resettable": skipped, "exchanges_ok": self.exchange.ok, "exchanges_failed": self.exchange.failed}
+                "not_resettable": skipped, "exchanges_ok": self.exchange.ok, "exchanges_failed": self.exchange.failed,
+                "answers_refused": self.exchange.answers_refused}
 
     counters = stats  # what metrics.py exports and logs at level 1 ("antigena ..." line)
 

@@ -2,8 +2,15 @@
 /v1/antigena (signed like a batch, JSON body) and receives the actions to enforce (docs/protocol.md).
 
 Reports of final states are repeated until an exchange delivering them succeeds. Each exchange is
-signed with a new seq (1, 2, ...; the vSensor refuses a replayed one). Expiry is checked between
-exchanges (every 0.2 s), so an action ends within 0.2 s of its time.
+signed with a new seq (1, 2, ...; the vSensor refuses a replayed one). The vSensor's answer is signed
+for that very request (X-Ossensor-Response-Signature): an answer that is unsigned or does not verify is
+refused - no action from it is installed, its reports count as undelivered - counted
+(`answers_refused`) and logged at level 0. Expiry is checked between exchanges (every 0.2 s), so an
+action ends within 0.2 s of its time.
+
+The HTTPS link is a `ship.Shipper`'s (its session, built once): no proxy nor CA bundle from the
+environment, the proxy ossensor.proxy.choose decided (the one excluded from capture), the same TLS
+verification and client certificate as batches.
 """
 
 from __future__ import annotations
@@ -14,10 +21,10 @@ import time
 
 import requests
 
-from ossensor import __version__, protocol
+from ossensor import protocol
 from ossensor import log as L
 from ossensor.antigena.book import Book
-from ossensor.ship import _root_cause, url_host
+from ossensor.ship import Shipper, _root_cause
 
 MAX_ANSWER = 4 << 20
 
@@ -25,23 +32,25 @@ MAX_ANSWER = 4 << 20
 class Exchange:
     def __init__(self, *, book: Book, log: L.Log, host: str, port: int, key: bytes, sensor: str, boot: str,
                  period: float, ca_file: str | None = None, client_cert: tuple[str, str] | None = None,
-                 stats=None):
+                 stats=None, proxy: str | None = None):
+        """proxy: the http:// proxy URL (ossensor.proxy.choose, as for batches) or None: direct."""
         self.book = book
         self.log = log
-        self.base = f"https://{url_host(host)}:{port}"
         self._key = key
         self.sensor = sensor
         self.boot = boot
         self.period = period
         self.stats = stats or (lambda: {})
-        self.session = requests.Session()
-        self.session.headers["User-Agent"] = f"ossensor/{__version__}"
-        if client_cert:
-            self.session.cert = client_cert
-        self.verify = ca_file if ca_file else True
+        # The same link as batches: Shipper decides proxy (trust_env off), CA and client certificate.
+        self._link = Shipper(host=host, port=port, key=key, sensor=sensor, boot=boot, ca_file=ca_file,
+                             client_cert=client_cert, proxy=proxy)
+        self.base = self._link.base
+        self.session = self._link.session
+        self.verify = self._link.verify
         self.seq = 0
         self.ok = 0
         self.failed = 0
+        self.answers_refused = 0  # 200 answers whose signature is missing or does not verify
         self._failing = ""
 
     def __repr__(self) -> str:  # never show the key
@@ -70,8 +79,9 @@ class Exchange:
         doc = {"sensor": self.sensor, "boot": self.boot, "antigena_enabled": self.book.enabled,
                "time": round(time.time(), 3), "reports": reports, "stats": self.stats()}
         body = json.dumps(doc, separators=(",", ":")).encode()
+        signed_at = int(time.time())
         headers = protocol.sign(self._key, sensor=self.sensor, boot=self.boot, seq=self.seq,
-                                timestamp=int(time.time()), body=body, path=protocol.PATH_ANTIGENA)
+                                timestamp=signed_at, body=body, path=protocol.PATH_ANTIGENA)
         try:
             resp = self.session.post(self.base + protocol.PATH_ANTIGENA, data=body, headers=headers,
                                      timeout=(timeout or 5.0, timeout or max(5.0, self.period)),
@@ -86,6 +96,13 @@ class Exchange:
             reason = answer.get("reason") if isinstance(answer, dict) else resp.text[:200]
             hint = " (is VSENSOR_HMAC_KEY the vSensor's key? is the clock right?)" if resp.status_code == 401 else ""
             return self._fail(f"vSensor answered HTTP {resp.status_code}: {reason}{hint}")
+        try:  # before anything of the answer is believed: is it the vSensor's answer to this request?
+            protocol.verify_response(self._key, status=resp.status_code, headers=resp.headers, body=resp.content,
+                                     sensor=self.sensor, boot=self.boot, seq=self.seq, timestamp=signed_at)
+        except protocol.ResponseError as err:
+            self.answers_refused += 1
+            return self._fail(f"vSensor's answer refused, its actions ignored: {err.reason} (a proxy "
+                              "altering or forging answers? a vSensor that does not sign its answers?)")
         if not isinstance(answer, dict) or not isinstance(answer.get("actions", []), list):
             return self._fail("vSensor's answer is not a JSON object with an \"actions\" list")
         self.book.delivered(reports)
