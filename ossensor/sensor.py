@@ -215,7 +215,7 @@ class Sensor:
             self.watcher = Watcher(self.capture, self.selector, chosen, hotplug=s.device_any, log=log).open()
         except OSError as err:
             raise Fatal(f"cannot follow interface changes (netlink): {err.strerror or err}") from None
-        self.antigena = Antigena(s, log, self.boot).open(self.capture)  # no socket when disabled
+        self.antigena = Antigena(s, log, self.boot, proxy=via).open(self.capture)  # no socket when disabled
         # Every socket that needs a capability is open by now (open new ones above this line):
         # give up all capabilities before any thread starts (capabilities are per thread).
         self.drop_privileges()
