@@ -69,8 +69,11 @@ kill -TERM $SENSOR; wait $SENSOR || true
 echo; echo "== sensor log (level 0-2)"; cat "$OUT/sensor.log"
 echo; echo "== vSensor log (last lines)"; tail -n 5 "$OUT/vsensor.log"
 echo; echo "== what arrived at the vSensor (tcpdump -r, first lines)"
+set +o pipefail  # head closes the pipe early: that is not a failure
 f=$(ls "$OUT"/vsensor/*.pcapng | head -n1)
 tcpdump -n -r "$f" 2>/dev/null | head -n 8
 echo "..."
-echo "packets stored: $(tcpdump -n -r "$f" 2>/dev/null | wc -l) (UDP to 9999: $(tcpdump -n -r "$f" 'udp port 9999' 2>/dev/null | wc -l), TCP port 7000: $(tcpdump -n -r "$f" 'tcp port 7000' 2>/dev/null | wc -l))"
+count() { tcpdump -n -r "$f" "$@" 2>/dev/null | wc -l; }
+echo "packets stored: $(count) (UDP to 9999: $(count udp port 9999), TCP port 7000: $(count tcp port 7000))"
+echo "sensor: $(grep -o 'final stats captured=[0-9]* .*acked=[0-9]*' "$OUT/sensor.log" | sed 's/ [a-z_]*drops=0//g; s/ refused=0//')"
 echo "files in $OUT: sensor.log vsensor.log ossensor.cfg vsensor/"
