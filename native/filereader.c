@@ -719,6 +719,20 @@ static int detect(Reader *r)
                 r->in[2], r->in[3]);
 }
 
+/* A Reader can be used: initialised and not being read by another thread. */
+static int check_ready(Reader *r)
+{
+    if (!r->buf) {
+        PyErr_SetString(PyExc_ValueError, "Reader is not initialised");
+        return -1;
+    }
+    if (r->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "Reader is being read by another thread");
+        return -1;
+    }
+    return 0;
+}
+
 /* read(until_ns=-1) -> packets appended to the batch. Stops when the batch is full, the file
  * ends, an error occurs (state 'error', `error` = (offset, reason, kind); the packets before it
  * are in the batch; the next read() raises FileFormatError), or (pacing) the next packet is
@@ -731,14 +745,8 @@ static PyObject *Reader_read(Reader *r, PyObject *args)
         return NULL;
     if (until_in >= 0)
         until = (unsigned long long)until_in;
-    if (!r->buf) {
-        PyErr_SetString(PyExc_ValueError, "Reader is not initialised");
+    if (check_ready(r) < 0)
         return NULL;
-    }
-    if (r->busy) {
-        PyErr_SetString(PyExc_RuntimeError, "Reader is being read by another thread");
-        return NULL;
-    }
     if (r->state == ST_ERROR) {
         /* The read that met the damage returned what came before it; asking again raises. */
         PyObject *exc = PyObject_CallFunction(FileFormatError, "s", "");
@@ -788,14 +796,8 @@ static PyObject *batch_counts(Reader *r);
 
 static PyObject *Reader_take(Reader *r, PyObject *Py_UNUSED(ignored))
 {
-    if (!r->buf) {
-        PyErr_SetString(PyExc_ValueError, "Reader is not initialised");
+    if (check_ready(r) < 0)
         return NULL;
-    }
-    if (r->busy) {
-        PyErr_SetString(PyExc_RuntimeError, "Reader is being read by another thread");
-        return NULL;
-    }
     PyObject *per_if = batch_counts(r);
     if (!per_if)
         return NULL;
@@ -845,14 +847,8 @@ static PyObject *Reader_write_to(Reader *r, PyObject *arg)
     int fd = PyObject_AsFileDescriptor(arg);
     if (fd < 0)
         return NULL;
-    if (!r->buf) {
-        PyErr_SetString(PyExc_ValueError, "Reader is not initialised");
+    if (check_ready(r) < 0)
         return NULL;
-    }
-    if (r->busy) {
-        PyErr_SetString(PyExc_RuntimeError, "Reader is being read by another thread");
-        return NULL;
-    }
     PyObject *per_if = batch_counts(r);
     if (!per_if)
         return NULL;

@@ -101,6 +101,22 @@ class Proc:
             self.p.wait(5)
 
 
+def spawn_into(procs: list[Proc], argv: list[str], netns: str | None, env: dict[str, str] | None) -> Proc:
+    """Start a process a topology owns (killed at its teardown)."""
+    p = Proc(argv, env=env, netns=netns)
+    procs.append(p)
+    return p
+
+
+def teardown(procs: list[Proc], namespaces) -> None:
+    """Kill a topology's processes, then everything left in its namespaces, then the namespaces."""
+    for p in procs:
+        p.kill()
+    for ns in namespaces:
+        sh(f"ip netns pids {ns} | xargs -r kill -9", check=False)
+        sh(f"ip netns del {ns}", check=False)
+
+
 class Topology:
     """Two namespaces joined by a veth pair: `cap` (where the sensor and vSensor run,
     10.77.N.1) and `peer` (10.77.N.2). The sensor captures `cap`'s veth end."""
@@ -128,17 +144,15 @@ class Topology:
             sh(f"ip -n {ns} link set {dev} up")
         return self
 
+    @property
+    def namespaces(self) -> tuple[str, ...]:
+        return (self.cap, self.peer)
+
     def __exit__(self, *exc) -> None:
-        for p in self.procs:
-            p.kill()
-        for ns in (self.cap, self.peer):
-            sh(f"ip netns pids {ns} | xargs -r kill -9", check=False)
-            sh(f"ip netns del {ns}", check=False)
+        teardown(self.procs, self.namespaces)
 
     def spawn(self, argv: list[str], netns: str | None = None, env: dict[str, str] | None = None) -> Proc:
-        p = Proc(argv, env=env, netns=netns)
-        self.procs.append(p)
-        return p
+        return spawn_into(self.procs, argv, netns, env)
 
     def run_in(self, ns: str, code: str, timeout: float = 30) -> str:
         r = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code], capture_output=True,

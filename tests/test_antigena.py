@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from support import Proc, sensor_env, sh, start_sensor, start_vsensor
+from support import Proc, sensor_env, sh, spawn_into, start_sensor, start_vsensor, teardown
 
 PERIOD = 1.0
 pytestmark = pytest.mark.timeout(90)
@@ -119,16 +119,10 @@ class Routed:
         return self
 
     def __exit__(self, *exc) -> None:
-        for p in self.procs:
-            p.kill()
-        for ns in (self.cap, self.a, self.b):
-            sh(f"ip netns pids {ns} | xargs -r kill -9", check=False)
-            sh(f"ip netns del {ns}", check=False)
+        teardown(self.procs, (self.cap, self.a, self.b))
 
     def spawn(self, argv: list[str], netns: str | None = None, env: dict[str, str] | None = None) -> Proc:
-        p = Proc(argv, env=env, netns=netns)
-        self.procs.append(p)
-        return p
+        return spawn_into(self.procs, argv, netns, env)
 
     def py(self, ns: str, code: str, *args) -> Proc:
         return self.spawn([sys.executable, "-c", code, *map(str, args)], netns=ns)
