@@ -269,7 +269,7 @@ class Settings(BaseSettings):
     queue_mb: int = Field(64, validation_alias="OSSENSOR_QUEUE_MB")
     spool_dir: Optional[Path] = Field(None, validation_alias="OSSENSOR_SPOOL_DIR")
     spool_mb: int = Field(1024, validation_alias="OSSENSOR_SPOOL_MB")
-    compression: str = Field("none", validation_alias="OSSENSOR_COMPRESSION")
+    compression: str = Field("auto", validation_alias="OSSENSOR_COMPRESSION")
     shutdown_timeout: float = Field(5.0, validation_alias="OSSENSOR_SHUTDOWN_TIMEOUT")
     stats_interval: float = Field(10.0, validation_alias="OSSENSOR_STATS_INTERVAL")
     sensor_name: str = Field(default_factory=socket.gethostname, validation_alias="OSSENSOR_SENSOR_NAME")
@@ -427,9 +427,9 @@ class Settings(BaseSettings):
         text = str(v).strip().lower()
         if text in ("none", "identity", "off", "0", "false", "no"):
             return "none"
-        if text == "zstd":
-            return "zstd"
-        raise ValueError(f"must be none or zstd, got {_show(v)}")
+        if text in ("zstd", "auto"):
+            return text
+        raise ValueError(f"must be auto, zstd or none, got {_show(v)}")
 
     @field_validator("shutdown_timeout", mode="before")
     @classmethod
