@@ -17,5 +17,11 @@ setup(
             libraries=["pcap"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-std=gnu11"],
         ),
+        # the reference vSensor: one pass over a received pcapng section (checks, block index, split)
+        Extension(
+            "ossensor._pcapngscan",
+            sources=["native/pcapng_scan.c"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-std=gnu11"],
+        ),
     ]
 )
