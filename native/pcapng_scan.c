@@ -12,12 +12,16 @@
  * into one bytes object per group (group_of[if_id]), in order, with the interface id rewritten to
  * new_id[if_id]; SHBs and IDBs are left out. Used when a batch's interfaces go to several files.
  *
+ * sync_file_range(fd, offset, nbytes, flags) wraps sync_file_range(2) for the store's drop-behind.
+ *
  * The input is network data (authenticated, still treated as hostile): every length is checked
  * against the buffer before it is used, offsets are 64-bit, nothing is read past the end.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -353,7 +357,32 @@ out_ids:
     return result;
 }
 
+/* sync_file_range(2) (os has no wrapper): the store starts the writeback of what it appended and,
+ * some MiB behind, waits for it, then drops those pages (posix_fadvise): its page cache stays small. */
+static PyObject *py_sync_file_range(PyObject *self, PyObject *args)
+{
+    (void)self;
+    int fd;
+    long long offset, nbytes;
+    unsigned int flags;
+    if (!PyArg_ParseTuple(args, "iLLI:sync_file_range", &fd, &offset, &nbytes, &flags))
+        return NULL;
+    if (offset < 0 || nbytes < 0) {
+        PyErr_SetString(PyExc_ValueError, "sync_file_range: negative offset or length");
+        return NULL;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = sync_file_range(fd, (off64_t)offset, (off64_t)nbytes, flags);
+    Py_END_ALLOW_THREADS
+    if (rc != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"sync_file_range", py_sync_file_range, METH_VARARGS,
+     "sync_file_range(fd, offset, nbytes, flags): sync_file_range(2), GIL released; OSError on failure."},
     {"scan", scan, METH_O,
      "scan(buffer) -> (packets, ((type, offset, length), ...) for every non-EPB block).\n"
      "Checks one little-endian pcapng section; raises ScanError(offset, reason)."},
@@ -383,7 +412,10 @@ PyMODINIT_FUNC PyInit__pcapngscan(void)
     ScanError = PyErr_NewExceptionWithDoc("ossensor._pcapngscan.ScanError",
                                           "A malformed section: args are (offset, reason).", PyExc_ValueError,
                                           NULL);
-    if (!ScanError || PyModule_AddObjectRef(m, "ScanError", ScanError) < 0) {
+    if (!ScanError || PyModule_AddObjectRef(m, "ScanError", ScanError) < 0 ||
+        PyModule_AddIntConstant(m, "SYNC_FILE_RANGE_WAIT_BEFORE", SYNC_FILE_RANGE_WAIT_BEFORE) < 0 ||
+        PyModule_AddIntConstant(m, "SYNC_FILE_RANGE_WRITE", SYNC_FILE_RANGE_WRITE) < 0 ||
+        PyModule_AddIntConstant(m, "SYNC_FILE_RANGE_WAIT_AFTER", SYNC_FILE_RANGE_WAIT_AFTER) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -19,6 +19,10 @@ group has its own file, and a batch mixing groups is split between them (interfa
 then, which costs one copy of the batch, made in C). A batch whose IDBs conflict with its group's file (an
 interface changed) starts a new file for that group. After a vSensor restart a stream never appends to
 an older file (its state is unknown); it starts a new numbered file.
+
+Drop-behind: after each batch the store starts the writeback of what it appended (sync_file_range) and
+drops from the page cache what lies more than DROP_BEHIND (32 MiB) behind a file's end, once it is on
+disk. The files are the same; the vSensor's page cache stays small and its writes reuse warm pages.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ BATCH_LOG = "batches.jsonl"
 SEED_TAIL_BYTES = 64 << 20   # replay memory re-seeded at start from this much of the end of BATCH_LOG ...
 SEED_MAX_ENTRIES = 100_000   # ... and at most this many entries (the newest)
 SUFFIX = ".pcapng"
+DROP_BEHIND = 32 << 20       # page cache kept per file behind its end (see _drop_behind) ...
+DROP_STEP = 4 << 20          # ... dropped in steps of at least this much
 _NAME_MAX = 255
 
 _ISB_COUNTERS = {
@@ -232,6 +238,30 @@ class _File:
     path: Path
     fh: object
     idbs: list[bytes]
+    started: int = 0   # writeback started up to here (drop-behind)
+    dropped: int = 0   # on disk and out of the page cache up to here
+
+
+def _drop_behind(f: _File) -> None:
+    """Start writing back what was just appended and drop from the page cache what lies more than
+    DROP_BEHIND bytes behind the end (once on disk): a stream of batches then reuses the same few pages
+    instead of taking fresh ones (on this VM a fresh page costs ~8x a reused one: 8 vs 1 ms per 4 MiB)."""
+    if _scan is None or f.started < 0:
+        return
+    end = f.fh.tell()
+    fd = f.fh.fileno()
+    try:
+        if end > f.started:
+            _scan.sync_file_range(fd, f.started, end - f.started, _scan.SYNC_FILE_RANGE_WRITE)
+            f.started = end
+        upto = end - DROP_BEHIND
+        if upto - f.dropped >= DROP_STEP:
+            _scan.sync_file_range(fd, f.dropped, upto - f.dropped, _scan.SYNC_FILE_RANGE_WAIT_BEFORE
+                                  | _scan.SYNC_FILE_RANGE_WRITE | _scan.SYNC_FILE_RANGE_WAIT_AFTER)
+            os.posix_fadvise(fd, f.dropped, upto - f.dropped, os.POSIX_FADV_DONTNEED)
+            f.dropped = upto
+    except OSError:
+        f.started = -1  # not for this file system: leave the page cache to the kernel
 
 
 def _is_prefix(short: list[bytes], long: list) -> bool:
@@ -313,6 +343,7 @@ class Store:
                         plan[key][1].append(chunk)
 
             written: list[str] = []
+            done: list[_File] = []
             undo: list[tuple[_File, int]] = []
             created: list[tuple[tuple[int, bytes], _File, _File | None]] = []
             try:
@@ -328,6 +359,7 @@ class Store:
                     current.fh.writelines(parts)
                     current.fh.flush()
                     written.append(current.path.name)
+                    done.append(current)
             except OSError:
                 # Leave every file as it was: drop a half-written batch, remove files it created.
                 for f, pos in undo:
@@ -350,6 +382,8 @@ class Store:
                 f, raw = files[key], plan[key][3]
                 if len(raw) > len(f.idbs):
                     f.idbs = [bytes(r) for r in raw]
+            for f in done:
+                _drop_behind(f)
             self._log_batch(sensor, boot, seq, batch, sent=sent, wire_bytes=wire_bytes,
                             encoding=encoding, files=written)
             return written
