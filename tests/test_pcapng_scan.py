@@ -285,3 +285,22 @@ def test_fuzz_under_asan(tmp_path):
                        capture_output=True, text=True, env=env, cwd=str(ROOT / "tests"), timeout=280)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "passed" in r.stdout
+
+
+def test_store_drop_behind_keeps_the_bytes(tmp_path):
+    """Past DROP_BEHIND, a file's older pages are written back and dropped from the page cache;
+    the file holds exactly what was appended."""
+    body = make_batch([("eth0", 1)], [(0, 1500)] * 2000)  # ~3 MiB
+    n = store_mod.DROP_BEHIND // len(body) + 4
+    st_ = store_mod.Store(tmp_path / "out")
+    for seq in range(n):
+        st_.append("node", "00000000000000aa", seq, store_mod.parse_batch(body), sent=0, wire_bytes=len(body),
+                   encoding="identity")
+    (f,) = st_._streams[("node", "00000000000000aa")].values()
+    assert f.dropped > 0 and f.started == f.fh.tell()
+    st_.close()
+    data = f.path.read_bytes()
+    first = store_mod.parse_batch(body)
+    head = store_mod._file_shb(first.shb) + bytes(first.idbs[0])
+    rest = b"".join(bytes(s) for s in first.epb_isb_slices())
+    assert data == head + rest * n

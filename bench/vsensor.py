@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Reference vSensor throughput: CPU it spends per signed 4 MiB pcapng batch.
+
+    python3 bench/vsensor.py [--batches 40] [--sizes 64,1500] [--mb 4] [--cpu 0] [--mixed]
+
+Starts `ossensor vsensor` on loopback (pinned to --cpu, -1: not pinned), sends it signed batches
+with ossensor.ship.Shipper (one connection, one batch after another, as the sensor's shipper does),
+each a section like the sensor's: SHB, two Ethernet IDBs, EPBs of the given frame size alternating
+between the two interfaces, one ISB per interface. --mixed adds a raw-IP interface whose packets the
+store must move to a second file (interface ids renumbered). Prints, per frame size, the vSensor's
+CPU seconds per batch (from /proc/PID/stat, utime+stime, whole process), the CPU µs per MB, and the
+MB/s the sender saw (the sender runs on the same machine and takes its own CPU: MB/s is a lower bound).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ossensor import pcapng  # noqa: E402
+from ossensor.ship import Shipper  # noqa: E402
+
+KEY = "bench-vsensor-key-0123456789"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def frame(i: int, size: int) -> bytes:
+    """An Ethernet/IPv4/UDP frame of `size` bytes (contents vary a little per packet)."""
+    eth = b"\x02\x00\x00\x00\x00\x02" + b"\x02\x00\x00\x00\x00\x01" + b"\x08\x00"
+    ip_len = size - 14
+    ip = bytes([0x45, 0, ip_len >> 8, ip_len & 0xFF, i >> 8 & 0xFF, i & 0xFF, 0x40, 0, 64, 17, 0, 0,
+                10, 0, 0, 1, 10, 0, 0, 2])
+    udp_len = ip_len - 20
+    udp = (1024 + i % 1000).to_bytes(2, "big") + b"\x13\x89" + udp_len.to_bytes(2, "big") + b"\0\0"
+    return (eth + ip + udp + bytes([i % 251]) * (size - 42))[:size]
+
+
+def batch(size: int, mb: float, mixed: bool) -> tuple[bytes, int]:
+    ifaces = [("veth0", pcapng.LINKTYPE_ETHERNET), ("veth1", pcapng.LINKTYPE_ETHERNET)]
+    if mixed:
+        ifaces.append(("tun0", pcapng.LINKTYPE_RAW))
+    head = pcapng.shb() + b"".join(pcapng.idb(n, lt, 262144) for n, lt in ifaces)
+    ts = 1_700_000_000 * 10**9
+    frames = [frame(i, size) for i in range(64)]
+    raw = [f[14:] for f in frames]
+    budget = int(mb * (1 << 20)) - len(head) - 200 * len(ifaces)
+    epbs, n, used = [], 0, 0
+    while True:
+        if_id = n % len(ifaces)
+        data = raw[n % 64] if ifaces[if_id][1] == pcapng.LINKTYPE_RAW else frames[n % 64]
+        blk = pcapng.epb(if_id, ts + n * 1000, data)
+        if used + len(blk) > budget:
+            break
+        epbs.append(blk)
+        used += len(blk)
+        n += 1
+    tail = b"".join(pcapng.isb(i, ts + n * 1000, ifrecv=n, ifdrop=0, usrdeliv=n // len(ifaces))
+                    for i in range(len(ifaces)))
+    return head + b"".join(epbs) + tail, n
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batches", type=int, default=40)
+    ap.add_argument("--sizes", default="64,1500")
+    ap.add_argument("--mb", type=float, default=4.0, help="batch size in MiB (default 4)")
+    ap.add_argument("--cpu", type=int, default=0, help="pin the vSensor to this CPU (-1: do not pin)")
+    ap.add_argument("--mixed", action="store_true", help="add a raw-IP interface (split, renumbered)")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+
+    out = Path(tempfile.mkdtemp(prefix="vsensor-bench-"))
+    env = dict(os.environ, VSENSOR_HMAC_KEY=KEY, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "ossensor", "vsensor", "--listen", "127.0.0.1:0", "--out", str(out / "store")]
+    if args.cpu >= 0:
+        cmd = ["taskset", "-c", str(args.cpu)] + cmd
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    results = []
+    try:
+        port = None
+        deadline = time.monotonic() + 30
+        while port is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                raise SystemExit(f"vsensor exited: {proc.wait()}")
+            if "listening on https://" in line:
+                port = int(line.split("listening on https://", 1)[1].split()[0].rsplit(":", 1)[1])
+        # the vSensor logs a line per batch: drain its output so that it never blocks on the pipe
+        import threading
+        threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+        shipper = Shipper(host="127.0.0.1", port=port, key=KEY.encode(), sensor="bench", boot="00000000000000aa",
+                          ca_file=str(out / "store" / "ca.pem"))
+        seq = 0
+        for size in [int(s) for s in args.sizes.split(",")]:
+            body, packets = batch(size, args.mb, args.mixed)
+            for _ in range(3):  # warm-up (connection, page cache, first file)
+                o = shipper.send(seq, body)
+                assert o.kind == "acked", o
+                seq += 1
+            c0, t0 = cpu_seconds(proc.pid), time.monotonic()
+            for _ in range(args.batches):
+                o = shipper.send(seq, body)
+                assert o.kind == "acked" and o.status == 200, o
+                seq += 1
+            c1, t1 = cpu_seconds(proc.pid), time.monotonic()
+            mbytes = len(body) * args.batches / 1e6
+            r = {"frame": size, "batch_bytes": len(body), "packets_per_batch": packets, "batches": args.batches,
+                 "cpu_s_per_batch": (c1 - c0) / args.batches, "cpu_us_per_mb": (c1 - c0) * 1e6 / mbytes,
+                 "mb_per_s": mbytes / (t1 - t0)}
+            results.append(r)
+            print(f"{size:5d} B frames: {packets:6d} pkts/batch  vSensor CPU {r['cpu_s_per_batch'] * 1e3:7.1f} ms/batch"
+                  f"  {r['cpu_us_per_mb']:8.0f} µs/MB  {r['mb_per_s']:7.1f} MB/s (sender-bound lower bound)",
+                  flush=True)
+        shipper.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(out, ignore_errors=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
