@@ -25,6 +25,7 @@
 #include <time.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -58,6 +59,7 @@ typedef struct {
 
     /* partially consumed block (the batch filled up in the middle of it) */
     unsigned drained_blocks; /* blocks handed back to the kernel by the last drain() */
+    int wake_fd;             /* eventfd: wake() ends a wait in read() at once (any thread) */
     struct tpacket3_hdr *pend_pkt;
     unsigned pend_left;
 
@@ -143,7 +145,7 @@ static PyObject *Ring_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     (void)kwds;
     Ring *self = (Ring *)type->tp_alloc(type, 0);
     if (self)
-        self->fd = -1;
+        self->fd = self->wake_fd = -1;
     return (PyObject *)self;
 }
 
@@ -155,6 +157,9 @@ static void ring_unmap(Ring *self)
     if (self->fd >= 0)
         close(self->fd);
     self->fd = -1;
+    if (self->wake_fd >= 0)
+        close(self->wake_fd);
+    self->wake_fd = -1;
 }
 
 static void Ring_dealloc(Ring *self)
@@ -208,6 +213,9 @@ static int Ring_init(Ring *self, PyObject *args, PyObject *kwds)
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
+    self->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (self->wake_fd < 0)
+        goto fail;
     int ver = TPACKET_V3;
     if (setsockopt(self->fd, SOL_PACKET, PACKET_VERSION, &ver, sizeof ver) < 0)
         goto fail;
@@ -595,17 +603,21 @@ static PyObject *Ring_read(Ring *self, PyObject *args)
                  self->drained_blocks > 0 && self->drained_blocks < self->block_nr / 8;
     self->busy = 1;
     Py_BEGIN_ALLOW_THREADS
-    if (linger) {
-        struct timespec ts = {.tv_sec = linger_ms / 1000, .tv_nsec = (long)(linger_ms % 1000) * 1000000L};
-        nanosleep(&ts, NULL);
-    }
+    struct pollfd pfd[2] = {{.fd = self->wake_fd, .events = POLLIN, .revents = 0},
+                            {.fd = self->fd, .events = POLLIN | POLLERR, .revents = 0}};
+    if (linger) /* a sleep that wake() can end */
+        poll(pfd, 1, linger_ms);
     n = drain(self, out);
-    if (!n && !self->batch_full && timeout_ms != 0) {
-        struct pollfd pfd = {.fd = self->fd, .events = POLLIN | POLLERR, .revents = 0};
-        if (poll(&pfd, 1, timeout_ms) < 0 && errno != EINTR)
+    if (!n && !self->batch_full && timeout_ms != 0 && !pfd[0].revents) {
+        if (poll(pfd, 2, timeout_ms) < 0 && errno != EINTR)
             err = errno;
         else
             n = drain(self, out);
+    }
+    if (pfd[0].revents) { /* consume the wake-up: the next read waits again */
+        uint64_t v;
+        ssize_t got = read(self->wake_fd, &v, sizeof v); /* EAGAIN: another read took it */
+        (void)got;
     }
     Py_END_ALLOW_THREADS
     self->busy = 0;
@@ -729,6 +741,18 @@ static PyObject *Ring_fileno(Ring *self, PyObject *Py_UNUSED(ignored))
     return PyLong_FromLong(self->fd);
 }
 
+/* wake(): end the reader's current or next wait in read() at once. Any thread, no GIL needed
+ * by the reader; used for interface changes and for stopping. */
+static PyObject *Ring_wake(Ring *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->wake_fd >= 0) {
+        uint64_t one = 1;
+        if (write(self->wake_fd, &one, sizeof one) < 0 && errno != EAGAIN)
+            return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *Ring_close(Ring *self, PyObject *Py_UNUSED(ignored))
 {
     if (self->busy) {
@@ -786,6 +810,7 @@ static PyMethodDef Ring_methods[] = {
     {"kernel_stats", (PyCFunction)Ring_kernel_stats, METH_NOARGS, "(packets, drops, freezes) cumulative"},
     {"join_fanout", (PyCFunction)Ring_join_fanout, METH_VARARGS, "join_fanout(group, mode): PACKET_FANOUT"},
     {"fileno", (PyCFunction)Ring_fileno, METH_NOARGS, "socket file descriptor"},
+    {"wake", (PyCFunction)Ring_wake, METH_NOARGS, "end the reader's wait in read() at once (any thread)"},
     {"close", (PyCFunction)Ring_close, METH_NOARGS, "unmap the ring and close the socket"},
     {"set_rules", (PyCFunction)Ring_set_rules, METH_O, "Antigena: set [(id, kind, family, a, b, pa, pb)]"},
     {"take_hits", (PyCFunction)Ring_take_hits, METH_NOARGS, "Antigena: [(rule_id, ifindex, linktype, pkttype, hdrs)]"},

@@ -257,6 +257,7 @@ class Sensor:
             timeout = getattr(s, "shutdown_timeout", 5.0)
             t_stop = time.monotonic()
             reader_stop.set()
+            self.capture.wake()
             reader.join()
         if reader_failed:
             err = reader_failed[0]

@@ -177,7 +177,7 @@ class Pipeline:
         while True:
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 return
-            batch = self.queue.get(0.2)
+            batch = self.queue.get(2.0)  # put() and close() notify: no need to wake often
             if batch is None:
                 if self.queue.closed and not len(self.queue):
                     return  # closed only after the producer's final batch is in

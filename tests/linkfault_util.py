@@ -208,6 +208,9 @@ def handle(c):
             mode = "ok"
         if mode == "ok":
             name = headers["x-ossensor-boot"] + "-" + headers["x-ossensor-seq"] + ".pcapng"
+            if headers.get("content-encoding") == "zstd":  # OSSENSOR_COMPRESSION=auto (the default)
+                import zstandard
+                body = zstandard.ZstdDecompressor().decompress(body)
             with open(os.path.join(out, name), "wb") as w:
                 w.write(body)
             answer(200, {"status": "accepted", "seq": int(headers["x-ossensor-seq"])})

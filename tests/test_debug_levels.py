@@ -91,7 +91,7 @@ def known_hex() -> str:
 # what each level adds (a regex that must match some line at that level and no line below it)
 MARKS = {
     1: [r" L1 stats captured=\d+ ", r" L1 rate interface=\S+ packets_per_s=", r" L1 antigena active=\d+ "],
-    2: [r" L2 send seq=\d+ packets=\d+ bytes=\d+ -> 200 acked: "],
+    2: [r" L2 send seq=\d+ packets=\d+ bytes=\d+( zstd)? -> 200 acked: "],
     3: [r" L3 antigena received id=lvl target=host"],
     4: [r" L4 batch seq=\d+ packets=\d+ bytes=\d+ .*span_ms="],
     5: [r" L5 packet if=\S+ ts=\d+\.\d+ caplen=\d+ len=\d+ hex=[0-9a-f]+$"],

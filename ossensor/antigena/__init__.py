@@ -63,6 +63,7 @@ class Antigena:
             self.log.error(f"antigena: {self.book.unavailable}; actions will be reported as failed")
             return self
         capture.antigena_hook = self.capture_hook
+        self.exchange.on_rules = capture.wake  # new or removed rules reach the reader at once
         self.log(L.BASIC, f"antigena enabled: actions from the vSensor every {self.exchange.period:g} s, "
                           "enforced by TCP reset")
         return self

@@ -56,15 +56,22 @@ class Exchange:
     def __repr__(self) -> str:  # never show the key
         return f"Exchange({self.base}, period={self.period})"
 
+    on_rules = None  # called when the rule set changed (the capture's wake(): install them now)
+
     def run(self, stop: threading.Event) -> None:
         next_at = time.monotonic()
         while not stop.is_set():
+            version = self.book.version
             for line in self.book.expire():
                 self.log(L.ANTIGENA, line)
             if time.monotonic() >= next_at:
                 self.exchange_once()
                 next_at = max(next_at + self.period, time.monotonic() + min(self.period, 0.5))
-            stop.wait(max(0.0, min(0.2, next_at - time.monotonic())))
+            if self.book.version != version and self.on_rules is not None:
+                self.on_rules()
+            # every 0.2 s only while actions are active (they expire); else until the next exchange
+            nap = 0.2 if self.book.summary()["active"] else 5.0
+            stop.wait(max(0.0, min(nap, next_at - time.monotonic())))
 
     def final(self, timeout: float = 2.0) -> None:
         """At shutdown: one last, short exchange so the vSensor learns the final states."""

@@ -81,6 +81,10 @@ class FanoutCapture:
             for t in threads:
                 t.join()
 
+    def wake(self) -> None:
+        for m in self.members:
+            m.wake()
+
     def totals(self) -> tuple[int, int, int]:
         seen = drops = stale = 0
         for m in self.members:

@@ -25,6 +25,9 @@ BLOCK_SIZE = 1 << 20  # ring block: a power of two, a multiple of any page size 
 # instead of waking at every retired block: each wake-up costs CPU (tens of µs on a VM), and batches
 # are cut every OSSENSOR_BATCH_MAX_AGE_MS anyway. The C side skips it when the ring is filling.
 READ_LINGER_MS = 40
+# With no traffic the reader waits this long for a block; interface changes and stopping wake it at
+# once (Ring.wake), so this only sets how often an idle loop turns (liveness, batch age).
+IDLE_WAIT_MS = 250
 
 
 class Delivered:
@@ -120,7 +123,7 @@ class LiveCapture:
 
     def set_interfaces(self, interfaces: list[Interface]) -> None:
         """Called from any thread. Before start() it applies at once; afterwards the reader thread
-        applies it after its current read (<= 50 ms): first the table (new interfaces appended),
+        applies it at once (wake() ends its wait): first the table (new interfaces appended),
         then the new filter, so no packet of a new interface arrives before its table entry
         (it would be skipped as stale). Removed interfaces stop at the filter swap; their
         entries leave the table at the next batch boundary."""
@@ -130,6 +133,12 @@ class LiveCapture:
             self._pending_prog = prog
             if not self._started:
                 self._apply_pending()
+                return
+        self.ring.wake()  # the reader applies it now, not after its current wait
+
+    def wake(self) -> None:
+        """End the reader's current wait (stop, or a change to apply). Any thread."""
+        self.ring.wake()
 
     def _apply_pending(self) -> None:
         """Reader thread (or before start). New interfaces are appended; removed ones leave
@@ -203,12 +212,16 @@ class LiveCapture:
         """The reader loop; returns after a final drain once `stop` is set."""
         ring = self.ring
         while not stop.is_set():
-            ring.read(50, READ_LINGER_MS)
+            wait = IDLE_WAIT_MS
+            if self._batch_started:  # wake in time to cut the batch at its age
+                due = self._batch_started + self.batch_age_s - time.monotonic()
+                wait = max(1, min(wait, int(due * 1000) + 1))
+            ring.read(wait, READ_LINGER_MS)
             hook = getattr(self, "antigena_hook", None)  # Antigena: rules in, hits out (C matched them)
             if hook is not None:
                 hook(ring)
             now = time.monotonic()
-            self.heartbeat = now  # liveness (/healthz): the loop turns at least every 50 ms
+            self.heartbeat = now  # liveness (/healthz): the loop turns at least every 250 ms
             if ring.batch_packets and not self._batch_started:
                 self._batch_started = now
             if ring.batch_packets and (ring.batch_full or now - self._batch_started >= self.batch_age_s):
