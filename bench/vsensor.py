@@ -5,7 +5,7 @@
 
 Starts `ossensor vsensor` on loopback (pinned to --cpu, -1: not pinned), sends it signed batches
 with ossensor.ship.Shipper (one connection, one batch after another, as the sensor's shipper does),
-each a section like the sensor's: SHB, two Ethernet IDBs, EPBs of the given frame size alternating
+each a section like the sensor's (--zstd: compressed, as OSSENSOR_COMPRESSION does): SHB, two Ethernet IDBs, EPBs of the given frame size alternating
 between the two interfaces, one ISB per interface. --mixed adds a raw-IP interface whose packets the
 store must move to a second file (interface ids renumbered). Prints, per frame size, the vSensor's
 CPU seconds per batch (from /proc/PID/stat, utime+stime, whole process), the CPU µs per MB, and the
@@ -82,6 +82,7 @@ def main() -> int:
     ap.add_argument("--mb", type=float, default=4.0, help="batch size in MiB (default 4)")
     ap.add_argument("--cpu", type=int, default=0, help="pin the vSensor to this CPU (-1: do not pin)")
     ap.add_argument("--mixed", action="store_true", help="add a raw-IP interface (split, renumbered)")
+    ap.add_argument("--zstd", action="store_true", help="send the batches zstd-compressed (level 1)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
 
@@ -109,18 +110,22 @@ def main() -> int:
         seq = 0
         for size in [int(s) for s in args.sizes.split(",")]:
             body, packets = batch(size, args.mb, args.mixed)
+            encoding, plain_len = "identity", len(body)
+            if args.zstd:
+                import zstandard
+                body, encoding = zstandard.ZstdCompressor(level=1).compress(body), "zstd"
             for _ in range(3):  # warm-up (connection, page cache, first file)
-                o = shipper.send(seq, body)
+                o = shipper.send(seq, body, encoding=encoding)
                 assert o.kind == "acked", o
                 seq += 1
             c0, t0 = cpu_seconds(proc.pid), time.monotonic()
             for _ in range(args.batches):
-                o = shipper.send(seq, body)
+                o = shipper.send(seq, body, encoding=encoding)
                 assert o.kind == "acked" and o.status == 200, o
                 seq += 1
             c1, t1 = cpu_seconds(proc.pid), time.monotonic()
-            mbytes = len(body) * args.batches / 1e6
-            r = {"frame": size, "batch_bytes": len(body), "packets_per_batch": packets, "batches": args.batches,
+            mbytes = plain_len * args.batches / 1e6  # decoded bytes
+            r = {"frame": size, "encoding": encoding, "batch_bytes": plain_len, "wire_bytes": len(body), "packets_per_batch": packets, "batches": args.batches,
                  "cpu_s_per_batch": (c1 - c0) / args.batches, "cpu_us_per_mb": (c1 - c0) * 1e6 / mbytes,
                  "mb_per_s": mbytes / (t1 - t0)}
             results.append(r)

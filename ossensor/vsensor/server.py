@@ -152,7 +152,7 @@ class App:
         return protocol.sign_response(self._key, status=status, body=data, request=v, path=path)
 
 
-def decode_body(body: bytes, encoding: str, limit: int) -> bytes:
+def decode_body(body: bytes, encoding: str, limit: int) -> bytes | bytearray:
     if encoding == "identity":
         return body
     import zstandard
@@ -169,7 +169,7 @@ def decode_body(body: bytes, encoding: str, limit: int) -> bytes:
                 raise protocol.ProtocolError(413, f"decoded body larger than {limit} bytes")
     except zstandard.ZstdError as err:
         raise protocol.ProtocolError(400, f"zstd body does not decode: {err}") from None
-    return bytes(out)
+    return out  # not copied into bytes: parse_batch and the store take any buffer
 
 
 class Handler(BaseHTTPRequestHandler):
