@@ -36,7 +36,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from ossensor import __version__
 from ossensor import log as L
 
-LIVE_STALE_S = 10.0  # the reader turns at least every 50 ms; 10 s without a turn means it is stuck
+LIVE_STALE_S = 10.0  # the reader turns at least every 250 ms; 10 s without a turn means it is stuck
 
 # snapshot keys exported by name (everything else numeric is exported generically)
 _COUNTERS = {
