@@ -79,6 +79,7 @@ typedef struct {
     uint64_t batch_packets;
     uint64_t first_ns, last_ns;
     int batch_full;
+    int buf_taken; /* buf was handed to Python by take(): read() starts the next batch in a pooled one */
 
     /* cumulative counters */
     uint64_t k_packets, k_drops, k_freezes; /* PACKET_STATISTICS, accumulated (reading resets them) */
@@ -123,6 +124,7 @@ static PyObject *new_buffer(Ring *self)
         self->pool[slot] = b;
     }
     self->buf = b;
+    self->buf_taken = 0;
     self->buf_size = (size_t)PyByteArray_GET_SIZE(b);
     self->buf_len = 0;
     self->batch_packets = 0;
@@ -430,7 +432,7 @@ static PyObject *Ring_set_interfaces(Ring *self, PyObject *args)
     if (need > self->buf_cap)
         self->buf_cap = (need + 3) & ~(size_t)3;
     if (!self->buf_len) {
-        if ((size_t)PyByteArray_GET_SIZE(self->buf) < self->buf_cap && !new_buffer(self))
+        if ((self->buf_taken || (size_t)PyByteArray_GET_SIZE(self->buf) < self->buf_cap) && !new_buffer(self))
             return NULL;
     } else if (self->hdr_ifs < self->n_ifs) {
         size_t extra = 0;
@@ -596,6 +598,8 @@ static PyObject *Ring_read(Ring *self, PyObject *args)
         return NULL;
     if (self->batch_full)
         return PyLong_FromLong(0);
+    if (self->buf_taken && !new_buffer(self))
+        return NULL;
     uint8_t *out = (uint8_t *)PyByteArray_AS_STRING(self->buf);
     uint64_t n;
     int err = 0;
@@ -661,6 +665,11 @@ static PyObject *Ring_take(Ring *self, PyObject *args)
     Py_buffer trailer = {0};
     if (!PyArg_ParseTuple(args, "|y*", &trailer))
         return NULL;
+    if (self->buf_taken) { /* nothing read since the last take(): no batch to hand out */
+        PyBuffer_Release(&trailer);
+        PyErr_SetString(PyExc_RuntimeError, "take(): no batch since the last take()");
+        return NULL;
+    }
     if (check_open(self) < 0) {
         PyBuffer_Release(&trailer);
         return NULL;
@@ -688,11 +697,15 @@ static PyObject *Ring_take(Ring *self, PyObject *args)
     unsigned long long pk = self->batch_packets, f = self->first_ns, l = self->last_ns;
     for (unsigned i = 0; i < self->n_ifs; i++)
         self->ifs[i].packets = self->ifs[i].bytes = 0;
-    if (!new_buffer(self)) {
-        Py_DECREF(per_if);
-        Py_DECREF(view);
-        return NULL;
-    }
+    /* The next buffer is chosen at the next read(), not now: by then Python has usually let go of
+     * this one (compressed, or sent), and the same buffer serves again: one buffer's pages
+     * resident instead of two. */
+    self->buf_len = 0;
+    self->batch_packets = 0;
+    self->first_ns = self->last_ns = 0;
+    self->batch_full = 0;
+    self->hdr_ifs = 0;
+    self->buf_taken = 1;
     return Py_BuildValue("(NKKKN)", view, pk, f, l, per_if);
 }
 
