@@ -362,7 +362,8 @@ def test_vsensor_down_without_spool_memory_bounded_drops_exact(topo, tmp_path):
     queue_mb = 16
     env = sensor_env(topo, tmp_path, port, BPF="udp port 9999", OSSENSOR_QUEUE_MB=str(queue_mb),
                      OSSENSOR_RING_MB="32", OSSENSOR_DEBUG="1", OSSENSOR_BATCH_MAX_AGE_MS="500",
-                     OSSENSOR_STATS_INTERVAL="2")
+                     OSSENSOR_STATS_INTERVAL="2",
+                     OSSENSOR_COMPRESSION="none")  # the test frames compress ~100x: the queue would hold all
     sensor = start_sensor(topo, env)
     base_kib = vm_kib(sensor.p.pid, "VmRSS")
     size, rate, seconds = 1000, 20000, 12
