@@ -4,7 +4,10 @@
     sudo python3 bench/capture.py [--seconds 3] [--sizes 64,1500] [--only NAME,...] [--json F] [--plot F]
 
 Builds two namespaces joined by a veth pair, drives the generator side with trafgen
-pinned to CPU 0, and runs each capturer in turn, pinned to CPU 1, on the other side:
+pinned to CPU 0, and runs each capturer in turn, pinned to CPU 1, on the other side. The
+receivers the full paths send to (the reference vSensor, the socat TLS listener) are not
+pinned: the scheduler puts them where there is room (pinned beside trafgen, which busy-waits
+between bursts, they answered a 4 MiB batch only after tens of ms):
 
   tcpdump        tcpdump -w /dev/null, 64 MiB ring (-B)
   ossensor-null  ossensor's capture only (native ring -> pcapng batches -> null sink)
@@ -60,9 +63,15 @@ def teardown() -> None:
         sh(f"ip netns del {ns} 2>/dev/null", check=False)
 
 
-def trafgen_cfg(size: int) -> str:
-    """One UDP frame of `size` bytes (without FCS) to a MAC that is not the receiver's:
-    the capture sees it, the receiving IP stack drops it without answering."""
+def trafgen_cfg(size: int, payload: str = "random") -> str:
+    """UDP frames of `size` bytes (without FCS) to a MAC that is not the receiver's: the capture
+    sees them, the receiving IP stack drops them without answering.
+
+    payload "random" (the default): payloads are random, as encrypted traffic is, so compression
+    gains only on headers. 64 B frames get fresh random bytes per packet (trafgen's drnd); 1500 B
+    frames cycle through 1024 frames of static random bytes (1.5 MB, more than zstd's window at the
+    levels used; drnd at 1500 B would cap trafgen near 100 kpps). "fill": every payload is 0x41
+    bytes, the easiest case for compression."""
     ip_len, udp_len = size - 14, size - 34
     hdr = [0x45, 0, ip_len >> 8, ip_len & 255, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 78, 0, 1, 10, 78, 0, 2]
     s = sum((hdr[i] << 8) + hdr[i + 1] for i in range(0, 20, 2))
@@ -73,7 +82,11 @@ def trafgen_cfg(size: int) -> str:
     eth = [2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 8, 0]
     udp = [0x04, 0xD2, 0x16, 0x2E, udp_len >> 8, udp_len & 255, 0, 0]
     body = ", ".join(f"0x{b:02x}" for b in eth + hdr + udp)
-    return f"{{ {body}, fill(0x41, {size - 42}) }}\n"
+    if payload == "fill":
+        return f"{{ {body}, fill(0x41, {size - 42}) }}\n"
+    if size <= 128:
+        return f"{{ {body}, drnd({size - 42}) }}\n"
+    return f"{{ {body}, rnd({size - 42}) }}\n" * 1024
 
 
 def stored_packets(tmp: Path) -> int:
@@ -153,9 +166,9 @@ def parse_counts(name: str, text: str) -> tuple[int, int, dict]:
     return int(m.group(1)), int(m.group(2)), {}
 
 
-def measure(run: Run, size: int, rate: int | None, count: int, tmp: Path) -> dict:
+def measure(run: Run, size: int, rate: int | None, count: int, tmp: Path, payload: str = "random") -> dict:
     cfg = tmp / f"frame{size}.cfg"
-    cfg.write_text(trafgen_cfg(size))
+    cfg.write_text(trafgen_cfg(size, payload))
     p, log = start(run, tmp)
     try:
         time.sleep(0.5)
@@ -232,6 +245,9 @@ def main() -> int:
     ap.add_argument("--no-max", action="store_true", help="skip the maximum-rate runs")
     ap.add_argument("--repeat", type=int, default=1,
                     help="run each measurement N times, interleaved, and keep the best (noisy machines)")
+    ap.add_argument("--payload", choices=("random", "fill"), default="random",
+                    help="frame payloads: random (as encrypted traffic; default) or fill (0x41 bytes: compresses "
+                         "~100x, flatters ossensor's compression)")
     ap.add_argument("--json", default="", help="write the results here")
     ap.add_argument("--plot", default="", help="write a PNG plot here")
     args = ap.parse_args()
@@ -245,7 +261,7 @@ def main() -> int:
     try:
         port = 18443
         vs_out = tmp / "vs"
-        vs = subprocess.Popen(["ip", "netns", "exec", CAP, "taskset", "-c", "0", sys.executable, "-m", "ossensor",
+        vs = subprocess.Popen(["ip", "netns", "exec", CAP, sys.executable, "-m", "ossensor",
                                "vsensor", "--listen", f"127.0.0.1:{port}", "--out", str(vs_out)],
                               env=dict(os.environ, PYTHONPATH=str(ROOT), VSENSOR_HMAC_KEY=KEY),
                               stdout=(tmp / "vsensor.log").open("w"), stderr=subprocess.STDOUT,
@@ -256,7 +272,7 @@ def main() -> int:
                 break
             time.sleep(0.1)
         # a plain TLS sink for the do-it-yourself pipe
-        socat_l = subprocess.Popen(["ip", "netns", "exec", CAP, "taskset", "-c", "0", "socat", "-u",
+        socat_l = subprocess.Popen(["ip", "netns", "exec", CAP, "socat", "-u",
                                     f"OPENSSL-LISTEN:{port + 1},reuseaddr,fork,cert={vs_out}/server.pem,"
                                     f"key={vs_out}/server.key,verify=0", "OPEN:/dev/null"],
                                    start_new_session=True)
@@ -291,7 +307,8 @@ def main() -> int:
                     for run in runs:
                         if run.name == "scapy" and rate is None:
                             continue  # it cannot keep up at a moderate rate already; max adds nothing
-                        r = measure(run, size, rate, count if run.name != "scapy" else count // 10, tmp)
+                        r = measure(run, size, rate, count if run.name != "scapy" else count // 10, tmp,
+                                    args.payload)
                         key = (r["us_per_pkt"], r["sent"] - r["delivered"])
                         if rate is None:
                             key = key[::-1]  # at the maximum rate, the run that lost least
@@ -307,7 +324,7 @@ def main() -> int:
         floors = {size: round(crypto_floor(size), 3) for size in sizes}
         report(results, floors)
         if args.json:
-            Path(args.json).write_text(json.dumps({"results": results, "crypto_floor_us": floors}, indent=1))
+            Path(args.json).write_text(json.dumps({"payload": args.payload, "results": results, "crypto_floor_us": floors}, indent=1))
         if args.plot:
             plot(results, Path(args.plot))
     finally:

@@ -79,6 +79,7 @@ typedef struct {
     uint64_t batch_packets;
     uint64_t first_ns, last_ns;
     int batch_full;
+    unsigned long long buffers_made; /* batch buffers allocated (not reused from the pool) */
     int buf_taken; /* buf was handed to Python by take(): read() starts the next batch in a pooled one */
 
     /* cumulative counters */
@@ -116,6 +117,7 @@ static PyObject *new_buffer(Ring *self)
         b = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)self->buf_cap);
         if (!b)
             return NULL;
+        self->buffers_made++;
         if (slot < 0) { /* every pooled buffer is still in use: let the oldest go */
             Py_DECREF(self->pool[0]);
             memmove(self->pool, self->pool + 1, (POOL_SIZE - 1) * sizeof(PyObject *));
@@ -801,7 +803,14 @@ static PyObject *Ring_get_vlan_restored(Ring *self, void *Py_UNUSED(c))
     return PyLong_FromUnsignedLongLong(self->vlan_restored);
 }
 
+static PyObject *Ring_get_buffers_made(Ring *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromUnsignedLongLong(self->buffers_made);
+}
+
 static PyGetSetDef Ring_getset[] = {
+    {"buffers_made", (getter)Ring_get_buffers_made, NULL,
+     "batch buffers allocated, not reused from the pool (fresh pages to fault in)", NULL},
     {"ring_bytes", (getter)Ring_get_ring_bytes, NULL, "size of the kernel ring obtained", NULL},
     {"batch_bytes", (getter)Ring_get_batch_bytes, NULL, "bytes in the batch being filled", NULL},
     {"batch_packets", (getter)Ring_get_batch_packets, NULL, "packets in the batch being filled", NULL},

@@ -265,6 +265,8 @@ class Sensor:
         self.antigena.stop()
         self.pipeline.finish(max(0.0, timeout - (time.monotonic() - t_stop)))  # flush; spool or count the rest
         log(L.BASIC, "final " + self.stats_line())
+        log(L.BATCHES, f"batch buffers allocated: {self.capture.buffers_made} (fresh pages; the rest reused "
+                       f"from the pool)")
         lost = self.acct.snapshot()["dropped"]
         if any(lost.values()):
             log.warning(f"packets not delivered: {lost}")

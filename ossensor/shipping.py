@@ -197,6 +197,10 @@ class Pipeline:
             if not done:
                 self.queue.requeue_front(batch)
                 return
+            # settled: its body (often a view of a pooled capture buffer) must not stay pinned by this
+            # variable while the next get() waits, or the reader allocates fresh buffers (page faults)
+            batch.body = None
+            batch = None
 
     def _settle(self, batch: Batch, stage: str) -> bool:
         """Count the one outcome of the batch the shipper holds: "acked", or a drop stage. False

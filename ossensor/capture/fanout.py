@@ -81,6 +81,10 @@ class FanoutCapture:
             for t in threads:
                 t.join()
 
+    @property
+    def buffers_made(self) -> int:
+        return sum(m.buffers_made for m in self.members)
+
     def wake(self) -> None:
         for m in self.members:
             m.wake()

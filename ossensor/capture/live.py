@@ -92,6 +92,11 @@ class LiveCapture:
     def ring_bytes(self) -> int:
         return self.ring.ring_bytes
 
+    @property
+    def buffers_made(self) -> int:
+        """Batch buffers allocated rather than reused from the ring's pool (each costs fresh pages)."""
+        return self.ring.buffers_made
+
     def program_for(self, interfaces: list[Interface]) -> list[bpf.Insn]:
         groups: dict[int, list[int]] = {}
         for iface in interfaces:

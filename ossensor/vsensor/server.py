@@ -179,6 +179,16 @@ class Handler(BaseHTTPRequestHandler):
     server: "VSensorServer"
 
     # -- plumbing --------------------------------------------------------------------------
+    def setup(self):
+        super().setup()
+        # Answers are small and the sensor waits for each one: without this, a write that Nagle holds
+        # back meets the sensor's delayed ACK and every answer waits ~40 ms (stop-and-wait shipping
+        # then tops out at one 4 MiB batch per 40 ms).
+        try:
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
     def log_message(self, format, *args):  # noqa: A002 - the per-request line is ours
         pass
 
@@ -205,9 +215,10 @@ class Handler(BaseHTTPRequestHandler):
         if close:
             self.send_header("Connection", "close")
             self.close_connection = True
-        self.end_headers()
+        self._headers_buffer.append(b"\r\n")  # end_headers(), with the body in the same write
         if self.command != "HEAD":
-            self.wfile.write(data)
+            self._headers_buffer.append(data)
+        self.flush_headers()
 
     def _refuse(self, status: int, reason: str, *, close: bool = False, seq=None) -> None:
         app = self.server.app
