@@ -42,7 +42,7 @@ def backoff(attempt: int, retry_after: float | None = None) -> float:
     return pause
 
 
-AUTO_SAMPLE = 256 << 10  # bytes of a batch compressed to decide whether the whole is worth it
+AUTO_SAMPLE = 128 << 10  # bytes of a batch compressed to decide whether the whole is worth it
 
 
 class Pipeline:
@@ -62,6 +62,9 @@ class Pipeline:
             # level 1: about 1-3 GB/s here, most of level 3's ratio on packet data
             self._zstd = zstandard.ZstdCompressor(level=1)
         self.compressed = [0, 0, 0]  # batches compressed, batches sent as they are (auto), bytes saved
+        # CPU to ship one byte (digest, TLS, kernel), learnt from plain sends; start: measured here
+        # for 4 MiB batches (bench/capture.py, 1500 B frames)
+        self.ship_ns_per_byte = 1.2
         self.spool: Spool | None = None
         spool_dir = getattr(settings, "spool_dir", None)
         if spool_dir:
@@ -148,13 +151,27 @@ class Pipeline:
             return False
 
     def _compress(self, batch: Batch) -> None:
-        """zstd always, or with "auto" only when a sample of the batch shrinks to 2/3 or less:
-        compressing costs CPU, and on encrypted or random payloads it saves nothing; where it
-        pays, it saves more than it costs (fewer bytes to digest, encrypt and send)."""
+        """zstd always; or, with "auto", only where it saves CPU. A 256 KiB sample from the middle
+        of the batch is compressed first, timed: the whole batch is compressed only when it shrinks
+        to 2/3 or less *and* compressing a byte costs less CPU than shipping the bytes it saves
+        (digest, encryption, the kernel's TCP; `ship_ns_per_byte`, measured on plain sends).
+        Encrypted or random payloads never qualify; headers-only traffic, text and repetitive
+        payloads do when they compress fast and well."""
         body = batch.body
         if self.compression == "auto" and len(body) > AUTO_SAMPLE:
             sample = memoryview(body)[len(body) // 2 - AUTO_SAMPLE // 2:][:AUTO_SAMPLE]  # past the IDBs
-            if len(self._zstd.compress(sample)) * 3 > AUTO_SAMPLE * 2:
+            t0 = time.thread_time_ns()
+            packed_len = len(self._zstd.compress(sample))
+            cost = (time.thread_time_ns() - t0) / AUTO_SAMPLE
+            saved = self.ship_ns_per_byte * (1 - packed_len / AUTO_SAMPLE)
+            # x2: the whole batch compresses slower than the cache-warm sample, and part of the
+            # shipping cost is per request, not per byte
+            plain = packed_len * 3 > AUTO_SAMPLE * 2 or 2 * cost >= saved
+            if self.log.enabled(L.BATCHES):
+                self.log(L.BATCHES, f"compression auto: batch seq={batch.seq} sample {AUTO_SAMPLE // 1024} KiB -> "
+                                    f"{packed_len // 1024} KiB in {cost:.2f} ns/B; saves {saved:.2f} ns/B of "
+                                    f"shipping: {'sent as it is' if plain else 'zstd'}")
+            if plain:
                 self.compressed[1] += 1
                 return
         packed = self._zstd.compress(body)
@@ -165,6 +182,11 @@ class Pipeline:
         self.compressed[2] += len(body) - len(packed)
         batch.body = packed
         batch.encoding = "zstd"
+
+    def _learn_ship_cost(self, nbytes: int, cpu_ns: int) -> None:
+        """Shipper thread: CPU per byte of a plain (uncompressed) send of at least 1 MiB, averaged."""
+        if nbytes >= 1 << 20:
+            self.ship_ns_per_byte += 0.2 * (cpu_ns / nbytes - self.ship_ns_per_byte)
 
     def _warn_full(self, msg: str) -> None:
         now = time.monotonic()  # at most one such line per 10 s: the counters have the rest
@@ -239,7 +261,10 @@ class Pipeline:
         while True:
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 return False
+            t0 = time.thread_time_ns()
             out = self.client.send(batch.seq, body, boot=batch.boot, encoding=batch.encoding)
+            if out.kind == "acked" and batch.encoding == "identity":
+                self._learn_ship_cost(len(body), time.thread_time_ns() - t0)
             self.acct.sent(batch.packets, len(body), batch.per_if, retry=attempt > 0)
             self.log(L.SENDS, f"send seq={batch.seq}{'' if not batch.boot else ' boot=' + batch.boot} "
                               f"packets={batch.packets} bytes={len(body)}"
