@@ -34,7 +34,7 @@
 #define EPB_OVERHEAD 32u /* block header 8 + fixed fields 20 + trailer 4 */
 #define LINKTYPE_ETHERNET 1
 #define MIN_BLOCKS 2u
-#define POOL_SIZE 4
+#define POOL_SIZE 8 /* batch buffers kept for reuse: bursts queue several at once (fresh pages cost) */
 #define ISB_RESERVE(n) (256u + 256u * (n))
 
 typedef struct {
