@@ -27,6 +27,8 @@ from ossensor import pcapng
 from ossensor.pcapng import PcapngError
 from ossensor.vsensor import store as store_mod
 
+from mutations import mutate, mutations
+
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(300)
 EXAMPLES = int(os.environ.get("PCAPNGSCAN_EXAMPLES", "400"))
@@ -78,36 +80,7 @@ SEEDS = [
 INTERESTING = [0, 1, 3, 4, 5, 6, 11, 12, 13, 16, 20, 24, 28, 31, 32, 33, 0x7F, 0xFF, 0xFFFF, 0x10000,
                0x7FFFFFFF, 0x80000000, 0xFFFFFFF0, 0xFFFFFFFC, 0xFFFFFFFF, 0x0A0D0D0A, 0x1A2B3C4D, 0x4D3C2B1A]
 
-mutation = st.one_of(
-    st.tuples(st.just("flip"), st.integers(0, 1 << 16), st.integers(1, 255)),
-    st.tuples(st.just("word"), st.integers(0, 1 << 16), st.sampled_from(INTERESTING)),
-    st.tuples(st.just("cut"), st.integers(0, 1 << 16)),
-    st.tuples(st.just("insert"), st.integers(0, 1 << 16), st.binary(min_size=1, max_size=16)),
-    st.tuples(st.just("delete"), st.integers(0, 1 << 16), st.integers(1, 16)),
-    st.tuples(st.just("dup"), st.integers(0, 1 << 16), st.integers(1, 128)),
-)
-
-
-def mutate(data: bytes, ops) -> bytes:
-    buf = bytearray(data)
-    for op in ops:
-        if not buf:
-            break
-        pos = op[1] % len(buf)
-        if op[0] == "flip":
-            buf[pos] ^= op[2]
-        elif op[0] == "word":
-            pos -= pos % 4
-            buf[pos:pos + 4] = struct.pack("<I", op[2])
-        elif op[0] == "cut":
-            del buf[pos:]
-        elif op[0] == "insert":
-            buf[pos:pos] = op[2]
-        elif op[0] == "delete":
-            del buf[pos:pos + op[2]]
-        elif op[0] == "dup":
-            buf[pos:pos] = buf[pos:pos + op[2]]
-    return bytes(buf)
+mutation = mutations(INTERESTING, max_pos=1 << 16, dup_max=128)
 
 
 def outcome(parse, data):

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 import capfiles
+from mutations import mutate, mutations
 from support import ROOT
 
 pytestmark = pytest.mark.timeout(120)
@@ -39,36 +40,7 @@ SEEDS = _seeds()
 INTERESTING = [0, 1, 3, 4, 11, 12, 13, 0x7F, 0x80, 0xFF, 0xFFFF, 0x10000, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF,
                0x0A0D0D0A, 0x1A2B3C4D, 0x4D3C2B1A, 16 << 20, (16 << 20) + 4]
 
-mutation = st.one_of(
-    st.tuples(st.just("flip"), st.integers(0, 1 << 20), st.integers(1, 255)),
-    st.tuples(st.just("word"), st.integers(0, 1 << 20), st.sampled_from(INTERESTING), st.booleans()),
-    st.tuples(st.just("cut"), st.integers(0, 1 << 20)),
-    st.tuples(st.just("insert"), st.integers(0, 1 << 20), st.binary(min_size=1, max_size=16)),
-    st.tuples(st.just("delete"), st.integers(0, 1 << 20), st.integers(1, 16)),
-    st.tuples(st.just("dup"), st.integers(0, 1 << 20), st.integers(1, 64)),
-)
-
-
-def mutate(data: bytes, ops) -> bytes:
-    buf = bytearray(data)
-    for op in ops:
-        if not buf:
-            break
-        pos = op[1] % len(buf)
-        if op[0] == "flip":
-            buf[pos] ^= op[2]
-        elif op[0] == "word":
-            pos -= pos % 4
-            buf[pos:pos + 4] = struct.pack(">I" if op[3] else "<I", op[2])
-        elif op[0] == "cut":
-            del buf[pos:]
-        elif op[0] == "insert":
-            buf[pos:pos] = op[2]
-        elif op[0] == "delete":
-            del buf[pos:pos + op[2]]
-        elif op[0] == "dup":
-            buf[pos:pos] = buf[pos:pos + op[2]]
-    return bytes(buf)
+mutation = mutations(INTERESTING, max_pos=1 << 20, dup_max=64, both_endians=True)
 
 
 def check_epbs(epbs: bytes, n_ifs: int, snaplen: int) -> int:
