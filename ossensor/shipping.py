@@ -65,6 +65,7 @@ class Pipeline:
         # CPU to ship one byte (digest, TLS, kernel), learnt from plain sends; start: measured here
         # for 4 MiB batches (bench/capture.py, 1500 B frames)
         self.ship_ns_per_byte = 1.2
+        self._plain_streak = 0  # batches since auto last found compression worth it (0: it did)
         self.spool: Spool | None = None
         spool_dir = getattr(settings, "spool_dir", None)
         if spool_dir:
@@ -158,6 +159,13 @@ class Pipeline:
         Encrypted or random payloads never qualify; headers-only traffic, text and repetitive
         payloads do when they compress fast and well."""
         body = batch.body
+        if self.compression == "auto" and self._plain_streak:
+            # the last batches did not pay: judge only every 2nd, 4th ... 16th batch (sampling costs
+            # ~0.2 ms per batch), and send the ones between as they are
+            self._plain_streak += 1
+            if self._plain_streak & min((1 << (self._plain_streak.bit_length() - 1)) - 1, 15):
+                self.compressed[1] += 1
+                return
         if self.compression == "auto" and len(body) > AUTO_SAMPLE:
             sample = memoryview(body)[len(body) // 2 - AUTO_SAMPLE // 2:][:AUTO_SAMPLE]  # past the IDBs
             t0 = time.thread_time_ns()
@@ -173,7 +181,9 @@ class Pipeline:
                                     f"shipping: {'sent as it is' if plain else 'zstd'}")
             if plain:
                 self.compressed[1] += 1
+                self._plain_streak = self._plain_streak or 1
                 return
+            self._plain_streak = 0
         packed = self._zstd.compress(body)
         if self.compression == "auto" and len(packed) * 3 > len(body) * 2:
             self.compressed[1] += 1  # a small batch, or the sample was not representative

@@ -308,6 +308,26 @@ def test_auto_compression_only_where_it_pays():
     assert view.encoding == "identity" and isinstance(view.body, bytes)
 
 
+def test_auto_compression_judges_less_often_while_it_does_not_pay():
+    """After batches that did not compress, auto samples only the 2nd, 4th, 8th, 16th, then every 16th
+    (a sample costs ~0.2 ms); a compressible batch among those judged switches compression back on."""
+    pipe, _, out = _pipeline(_Settings(queue_mb=1024, compression="auto"))
+    pipe.log = L.Log(4, stream=out)
+    for seq in range(1, 41):
+        b = _batch(seq, 1 << 20)
+        b.body = os.urandom(1 << 20)
+        pipe.enqueue(b)
+        pipe.queue.drain()
+    judged = [int(l.split("seq=")[1].split()[0]) for l in out.getvalue().splitlines() if "compression auto" in l]
+    assert judged == [1, 2, 4, 8, 16, 32], judged
+    text = _batch(48, 1 << 20)  # the next one judged
+    for seq in range(41, 48):
+        pipe.enqueue(_batch(seq, 1 << 20))  # compressible, but not judged: sent as they are
+        pipe.queue.drain()
+    pipe.enqueue(text)
+    assert text.encoding == "zstd" and pipe._plain_streak == 0
+
+
 def test_pooled_buffer_views_are_copied_when_small():
     pipe, _, _ = _pipeline(_Settings(queue_mb=64))
     buf = bytearray(4 << 20)
