@@ -68,6 +68,8 @@ class LiveCapture:
         self.acct = accounting
         self.ring = Ring(ring_bytes=ring_bytes, block_size=BLOCK_SIZE, block_timeout_ms=block_timeout_ms,
                          snaplen=snaplen, batch_bytes=batch_bytes)
+        self._settle_s = 2 * block_timeout_ms / 1000 + 0.02  # a filter swap's last packets are read by then
+        self._compact_after = 0.0
         self.ring.attach_filter([(bpf.BPF_RET_K, 0, 0, 0)])  # nothing until interfaces are set
         self._table: list[Interface] = []      # id order of the batch being filled
         self._delivered = delivered if delivered is not None else Delivered()  # per interface name
@@ -151,7 +153,13 @@ class LiveCapture:
         if self._pending is None:
             return
         wanted = {i.index: i for i in self._pending}
-        if self.ring.batch_packets:
+        now = time.monotonic()
+        if self._pending_prog is not None and self._started:
+            # the new filter goes in now; packets of removed interfaces that the kernel captured
+            # before it can still sit in a block it has not retired yet (up to one block timeout):
+            # keep their table entries until those are read, or they would be skipped as stale
+            self._compact_after = now + self._settle_s
+        if self.ring.batch_packets or now < self._compact_after:
             known = {i.index: i.linktype for i in self._table}
             table = self._table + [i for i in self._pending if i.index not in known]
         else:
