@@ -5,9 +5,10 @@ Outcomes are classified so the caller can count them: acknowledged (200, or 409
 key, stale clock, malformed — retrying cannot help), or retry (connection errors,
 timeouts, 5xx).
 
-Batches and hellos go through urllib3 directly: requests, built on it, cost more CPU per signed POST
-(shipping thread, local vSensor over TLS: 109 KB 0.7-0.8 -> 0.4 ms, 4 MiB 5.4-7.2 -> 4.6-4.9 ms). The Antigena exchange (rare) keeps a requests session
-(`Shipper.session`) with the same proxy, TLS settings and no environment.
+Everything goes through urllib3 directly: requests, built on it, cost more CPU per signed POST
+(shipping thread, local vSensor over TLS: 109 KB 0.7-0.8 -> 0.4 ms, 4 MiB 5.4-7.2 -> 4.6-4.9 ms) and
+~5 MiB of memory. The Antigena exchange posts on its own Shipper (`Shipper.request`): the same proxy,
+TLS settings, and nothing from the environment.
 """
 
 from __future__ import annotations
@@ -56,8 +57,6 @@ class Shipper:
         self.boot = boot
         self.proxy = proxy or None
         self.client_cert = client_cert
-        # verify: as requests took it (kept for the exchange's requests session): the CA file, or True.
-        self.verify = ca_file if ca_file else True
         self.timeout = (connect_timeout, read_timeout)
         self.user_agent = f"ossensor/{__version__}"
         # TLS as requests set it up before (trust_env off): the CA file (or directory) given, else the
@@ -77,26 +76,16 @@ class Shipper:
             self._manager = urllib3.PoolManager(num_pools=1, maxsize=1, block=False, **tls)
         self._pool = self._manager.connection_from_url(self.base)
         self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
-        self._session = None
 
-    @property
-    def session(self):
-        """A requests session with this link's settings, for the Antigena exchange: the proxy given
-        (or none), trust_env off (no proxy nor CA bundle from the environment), the client certificate.
-        Pass `verify=self.verify` with each request (a session-level `verify` loses to
-        REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE, requests issue #3829). Built at first use."""
-        if self._session is None:
-            import requests
-
-            session = requests.Session()
-            session.trust_env = False
-            if self.proxy:
-                session.proxies = {"https": self.proxy}
-            if self.client_cert:
-                session.cert = self.client_cert
-            session.headers["User-Agent"] = self.user_agent
-            self._session = session
-        return self._session
+    def request(self, path: str, body: bytes, headers: dict[str, str], timeout: float | None = None):
+        """POST `body` with `headers` (already signed) on this link: same connection pool, proxy, TLS
+        and client certificate as the batches, nothing from the environment. Returns urllib3's
+        response (status, headers, data); raises urllib3's exceptions (one attempt, no redirects).
+        For the Antigena exchange, which verifies the signed answer itself."""
+        headers = {**headers, "User-Agent": self.user_agent}
+        t = self._timeout if timeout is None else urllib3.Timeout(connect=timeout, read=timeout)
+        return self._pool.urlopen("POST", path, body=body, headers=headers, timeout=t, retries=False,
+                                  redirect=False, preload_content=True)
 
     def _post(self, path: str, seq: int, body: bytes, *, boot: str | None = None, sensor: str | None = None,
               encoding: str = "identity") -> Outcome:
@@ -157,8 +146,6 @@ class Shipper:
 
     def close(self) -> None:
         self._manager.clear()
-        if self._session is not None:
-            self._session.close()
 
 
 def _default_ca_bundle() -> str | None:

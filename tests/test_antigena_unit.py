@@ -438,7 +438,7 @@ def test_exchange_uses_the_sensors_proxy_choice_not_requests(real_vsensor, monke
         target = f"127.0.0.1:{real_vsensor.port}"
         monkeypatch.setenv("HTTPS_PROXY", proxy.url)
         ag = Antigena(_settings(real_vsensor), L.Log(level=0, stream=io.StringIO()), XBOOT)
-        assert ag.exchange.session.trust_env is False
+        assert ag.exchange._link.proxy == proxy.url  # the proxy ossensor.proxy.choose picked, nothing else
         assert ag.exchange.exchange_once() and proxy.targets == [target]
         ag.exchange.close()
 

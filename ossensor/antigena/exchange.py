@@ -19,7 +19,7 @@ import json
 import threading
 import time
 
-import requests
+import urllib3
 
 from ossensor import protocol
 from ossensor import log as L
@@ -45,8 +45,6 @@ class Exchange:
         self._link = Shipper(host=host, port=port, key=key, sensor=sensor, boot=boot, ca_file=ca_file,
                              client_cert=client_cert, proxy=proxy)
         self.base = self._link.base
-        self.session = self._link.session
-        self.verify = self._link.verify
         self.seq = 0
         self.ok = 0
         self.failed = 0
@@ -90,21 +88,22 @@ class Exchange:
         headers = protocol.sign(self._key, sensor=self.sensor, boot=self.boot, seq=self.seq,
                                 timestamp=signed_at, body=body, path=protocol.PATH_ANTIGENA)
         try:
-            resp = self.session.post(self.base + protocol.PATH_ANTIGENA, data=body, headers=headers,
-                                     timeout=(timeout or 5.0, timeout or max(5.0, self.period)),
-                                     verify=self.verify)
-        except requests.exceptions.RequestException as err:
+            resp = self._link.request(protocol.PATH_ANTIGENA, body, headers,
+                                      timeout=timeout or max(5.0, self.period))
+        except (urllib3.exceptions.HTTPError, OSError) as err:
             return self._fail(f"cannot reach the vSensor: {_root_cause(err)}")
+        content = resp.data or b""
         try:
-            answer = json.loads(resp.content[:MAX_ANSWER]) if resp.content else {}
+            answer = json.loads(content[:MAX_ANSWER]) if content else {}
         except ValueError:
             answer = None
-        if resp.status_code != 200:
-            reason = answer.get("reason") if isinstance(answer, dict) else resp.text[:200]
-            hint = " (is VSENSOR_HMAC_KEY the vSensor's key? is the clock right?)" if resp.status_code == 401 else ""
-            return self._fail(f"vSensor answered HTTP {resp.status_code}: {reason}{hint}")
+        if resp.status != 200:
+            reason = (answer.get("reason") if isinstance(answer, dict)
+                      else content[:200].decode("utf-8", "replace"))
+            hint = " (is VSENSOR_HMAC_KEY the vSensor's key? is the clock right?)" if resp.status == 401 else ""
+            return self._fail(f"vSensor answered HTTP {resp.status}: {reason}{hint}")
         try:  # before anything of the answer is believed: is it the vSensor's answer to this request?
-            protocol.verify_response(self._key, status=resp.status_code, headers=resp.headers, body=resp.content,
+            protocol.verify_response(self._key, status=resp.status, headers=resp.headers, body=content,
                                      sensor=self.sensor, boot=self.boot, seq=self.seq, timestamp=signed_at)
         except protocol.ResponseError as err:
             self.answers_refused += 1
@@ -134,4 +133,4 @@ class Exchange:
         return False
 
     def close(self) -> None:
-        self.session.close()
+        self._link.close()
