@@ -233,3 +233,65 @@ def vsensor_packets(out: Path) -> list:
             for p in sec.packets:
                 pkts.append((sec.interfaces[p.if_id].name, p))
     return pkts
+
+
+class ConnectProxy:
+    """A plain HTTP CONNECT proxy on loopback: tunnels (mode "ok") or answers 403 Forbidden
+    ("refuse"); records the host:port of every CONNECT it was asked for (`targets`)."""
+
+    def __init__(self, mode: str = "ok"):
+        self.mode = mode
+        self.targets: list[str] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def connects(self) -> int:
+        return len(self.targets)
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        with c:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = c.recv(4096)
+                if not chunk:
+                    return
+                head += chunk
+            target = head.split(b" ")[1].decode()
+            self.targets.append(target)
+            if self.mode == "refuse":
+                c.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+                time.sleep(0.2)
+                return
+            host, port = target.rsplit(":", 1)
+            with socket.create_connection((host, int(port)), timeout=10) as up:
+                c.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                pipe = threading.Thread(target=self._pipe, args=(up, c), daemon=True)
+                pipe.start()
+                self._pipe(c, up)
+                pipe.join(5)
+
+    @staticmethod
+    def _pipe(a, b):
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        try:
+            b.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self):
+        self.sock.close()

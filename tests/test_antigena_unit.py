@@ -235,8 +235,6 @@ def test_block_then_actions_lists_it(tmp_path):
 
 import io  # noqa: E402
 import json  # noqa: E402
-import socket  # noqa: E402
-import ssl  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
@@ -245,6 +243,7 @@ from types import SimpleNamespace  # noqa: E402
 from ossensor import log as L  # noqa: E402
 from ossensor.antigena import Antigena  # noqa: E402
 from ossensor.antigena.exchange import Exchange  # noqa: E402
+from support import ConnectProxy  # noqa: E402
 
 XKEY = b"exchange-test-key-0451"
 XBOOT = "0123456789abcdef"
@@ -362,61 +361,6 @@ def test_exchange_with_the_reference_vsensor_verifies_its_answers(real_vsensor):
     assert ex.exchange_once() and ex.answers_refused == 0
     assert [(r["id"], r["state"]) for r in book.reports()] == [("q1", "active")]
     real_vsensor.wait_for(r"antigena sensor=node-1 boot=0123456789abcdef seq=2 reports=1 actions_sent=1")
-
-
-class ConnectProxy:
-    """A plain HTTP CONNECT proxy on loopback that records what it was asked to reach."""
-
-    def __init__(self):
-        self.targets: list[str] = []
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
-
-    def _serve(self, c):
-        with c:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = c.recv(4096)
-                if not chunk:
-                    return
-                head += chunk
-            target = head.split(b" ")[1].decode()
-            self.targets.append(target)
-            host, port = target.rsplit(":", 1)
-            with socket.create_connection((host, int(port)), timeout=10) as up:
-                c.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                pipe = threading.Thread(target=self._pipe, args=(up, c), daemon=True)
-                pipe.start()
-                self._pipe(c, up)
-                pipe.join(5)
-
-    @staticmethod
-    def _pipe(a, b):
-        try:
-            while True:
-                d = a.recv(65536)
-                if not d:
-                    break
-                b.sendall(d)
-        except OSError:
-            pass
-        try:
-            b.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def close(self):
-        self.sock.close()
 
 
 def _settings(vs) -> SimpleNamespace:

@@ -11,6 +11,7 @@ import pytest
 
 from ossensor import pcapng
 from ossensor.ship import Shipper
+from support import ConnectProxy
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -51,62 +52,6 @@ def _shipper(vs, boot: str, **kw) -> Shipper:
     return Shipper(**args)
 
 
-class Proxy:
-    """A loopback CONNECT proxy that tunnels (mode "ok") or answers 403 Forbidden ("refuse");
-    counts the CONNECTs it was asked for."""
-
-    def __init__(self, mode: str = "ok"):
-        self.mode = mode
-        self.connects = 0
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
-
-    def _serve(self, c):
-        with c:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = c.recv(4096)
-                if not chunk:
-                    return
-                head += chunk
-            self.connects += 1
-            if self.mode == "refuse":
-                c.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
-                time.sleep(0.2)
-                return
-            host, port = head.split(b" ")[1].decode().rsplit(":", 1)
-            with socket.create_connection((host, int(port)), timeout=10) as up:
-                c.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                t = threading.Thread(target=self._pipe, args=(up, c), daemon=True)
-                t.start()
-                self._pipe(c, up)
-                t.join(5)
-
-    @staticmethod
-    def _pipe(a, b):
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-        try:
-            b.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def close(self):
-        self.sock.close()
-
-
 def test_batches_reuse_one_connection(vs):
     sh = _shipper(vs, BOOT)
     body = _section()
@@ -121,7 +66,7 @@ def test_batches_reuse_one_connection(vs):
 
 
 def test_through_a_proxy_one_connect_for_all_batches_and_the_environment_ignored(vs, monkeypatch):
-    proxy = Proxy()
+    proxy = ConnectProxy()
     # what a library reading the environment would use: a dead proxy, a missing CA bundle
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
     monkeypatch.setenv("ALL_PROXY", "http://127.0.0.1:9")
@@ -144,7 +89,7 @@ def test_through_a_proxy_one_connect_for_all_batches_and_the_environment_ignored
 
 
 def test_proxy_refusing_connect_gives_the_same_reason(vs):
-    proxy = Proxy("refuse")
+    proxy = ConnectProxy("refuse")
     try:
         sh = _shipper(vs, "00000000000000b4", proxy=proxy.url)
         out = sh.send(0, _section(1))
@@ -176,7 +121,7 @@ def test_unknown_ca_gives_the_same_reason_direct_and_through_a_proxy(vs, tmp_pat
     out = sh.send(0, _section(1))
     assert (out.kind, out.status, out.reason) == ("retry", None, UNKNOWN_CA), out
     sh.close()
-    proxy = Proxy()
+    proxy = ConnectProxy()
     try:
         sh = _shipper(vs, "00000000000000b6", ca_file=str(other / "ca.pem"), proxy=proxy.url)
         assert sh.send(0, _section(1)).reason == UNKNOWN_CA
