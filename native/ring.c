@@ -22,7 +22,6 @@
 #include <linux/if_ether.h>
 #include <linux/if_packet.h>
 #include <poll.h>
-#include <time.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -95,6 +94,16 @@ typedef struct {
 
 #include "antigena.h"
 
+/* The batch being filled is empty again (a new buffer, or the last one handed to Python). */
+static void start_batch(Ring *self)
+{
+    self->buf_len = 0;
+    self->batch_packets = 0;
+    self->first_ns = self->last_ns = 0;
+    self->batch_full = 0;
+    self->hdr_ifs = 0;
+}
+
 /* Start a new batch buffer. A bytearray handed to Python earlier is reused as soon as
  * only the pool still references it (its memoryview is gone): no fresh pages to fault in
  * for every batch. */
@@ -135,11 +144,7 @@ static PyObject *new_buffer(Ring *self)
     self->buf = b;
     self->buf_taken = 0;
     self->buf_size = (size_t)PyByteArray_GET_SIZE(b);
-    self->buf_len = 0;
-    self->batch_packets = 0;
-    self->first_ns = self->last_ns = 0;
-    self->batch_full = 0;
-    self->hdr_ifs = 0;
+    start_batch(self);
     return b;
 }
 
@@ -709,11 +714,7 @@ static PyObject *Ring_take(Ring *self, PyObject *args)
     /* The next buffer is chosen at the next read(), not now: by then Python has usually let go of
      * this one (compressed, or sent), and the same buffer serves again: one buffer's pages
      * resident instead of two. */
-    self->buf_len = 0;
-    self->batch_packets = 0;
-    self->first_ns = self->last_ns = 0;
-    self->batch_full = 0;
-    self->hdr_ifs = 0;
+    start_batch(self);
     self->buf_taken = 1;
     return Py_BuildValue("(NKKKN)", view, pk, f, l, per_if);
 }

@@ -84,6 +84,8 @@ class Shipper:
         For the Antigena exchange, which verifies the signed answer itself."""
         headers = {**headers, "User-Agent": self.user_agent}
         t = self._timeout if timeout is None else urllib3.Timeout(connect=timeout, read=timeout)
+        # retries=False: one attempt, urllib3's own exception (the caller retries, re-signed);
+        # redirect=False: a 3xx is not an answer of this protocol
         return self._pool.urlopen("POST", path, body=body, headers=headers, timeout=t, retries=False,
                                   redirect=False, preload_content=True)
 
@@ -93,14 +95,10 @@ class Shipper:
         headers = protocol.sign(self._key, sensor=sensor or self.sensor, boot=boot or self.boot, seq=seq,
                                 timestamp=int(time.time()), body=body, path=path, content_encoding=encoding,
                                 digest_algorithm="blake3")
-        headers["User-Agent"] = self.user_agent
         cert = self.client_cert is not None
         t0 = time.monotonic()
         try:
-            # retries=False: one attempt, urllib3's own exception (the caller retries, re-signed);
-            # redirect=False: a 3xx is not an answer of this protocol
-            resp = self._pool.urlopen("POST", path, body=body, headers=headers, timeout=self._timeout,
-                                      retries=False, redirect=False, preload_content=True)
+            resp = self.request(path, body, headers)
         except U3.SSLError as err:
             return Outcome("retry", None, tls_explain(_root_cause(err), cert), time.monotonic() - t0)
         except U3.ProxyError as err:

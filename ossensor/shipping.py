@@ -62,7 +62,7 @@ class Pipeline:
             # level 1: about 1-3 GB/s here, most of level 3's ratio on packet data
             self._zstd = zstandard.ZstdCompressor(level=1)
             self._zstd.compress(bytes(AUTO_SAMPLE))  # its context is allocated now: the first sample's timing is fair
-        self.compressed = [0, 0, 0]  # batches compressed, batches sent as they are (auto), bytes saved
+        self.zstd_batches = self.plain_batches = self.zstd_saved_bytes = 0  # what compression did
         # CPU to ship one byte (digest, TLS, kernel), learnt from plain sends; start: measured here
         # for 4 MiB batches (bench/capture.py, 1500 B frames)
         self.ship_ns_per_byte = 1.2
@@ -153,7 +153,7 @@ class Pipeline:
             return False
 
     def _compress(self, batch: Batch) -> None:
-        """zstd always; or, with "auto", only where it saves CPU. A 256 KiB sample from the middle
+        """zstd always; or, with "auto", only where it saves CPU. A 128 KiB sample from the middle
         of the batch is compressed first, timed: the whole batch is compressed only when it shrinks
         to 2/3 or less *and* compressing a byte costs less CPU than shipping the bytes it saves
         (digest, encryption, the kernel's TCP; `ship_ns_per_byte`, measured on plain sends).
@@ -165,7 +165,7 @@ class Pipeline:
             # ~0.2 ms per batch), and send the ones between as they are
             self._plain_streak += 1
             if self._plain_streak & min((1 << (self._plain_streak.bit_length() - 1)) - 1, 15):
-                self.compressed[1] += 1
+                self.plain_batches += 1
                 return
         if self.compression == "auto" and len(body) > AUTO_SAMPLE:
             sample = memoryview(body)[len(body) // 2 - AUTO_SAMPLE // 2:][:AUTO_SAMPLE]  # past the IDBs
@@ -181,16 +181,16 @@ class Pipeline:
                                     f"{packed_len // 1024} KiB in {cost:.2f} ns/B; saves {saved:.2f} ns/B of "
                                     f"shipping: {'sent as it is' if plain else 'zstd'}")
             if plain:
-                self.compressed[1] += 1
+                self.plain_batches += 1
                 self._plain_streak = self._plain_streak or 1
                 return
             self._plain_streak = 0
         packed = self._zstd.compress(body)
         if self.compression == "auto" and len(packed) * 3 > len(body) * 2:
-            self.compressed[1] += 1  # a small batch, or the sample was not representative
+            self.plain_batches += 1  # a small batch, or the sample was not representative
             return
-        self.compressed[0] += 1
-        self.compressed[2] += len(body) - len(packed)
+        self.zstd_batches += 1
+        self.zstd_saved_bytes += len(body) - len(packed)
         batch.body = packed
         batch.encoding = "zstd"
 
@@ -365,6 +365,6 @@ class Pipeline:
     def stats_fields(self) -> str:
         sp = (f" spool_files={len(self.spool)} spool_mb={self.spool.nbytes / 2**20:.1f}"
               if self.spool is not None else "")
-        z = (f" zstd_batches={self.compressed[0]} plain_batches={self.compressed[1]} "
-             f"zstd_saved_mb={self.compressed[2] / 2**20:.1f}" if self._zstd is not None else "")
+        z = (f" zstd_batches={self.zstd_batches} plain_batches={self.plain_batches} "
+             f"zstd_saved_mb={self.zstd_saved_bytes / 2**20:.1f}" if self._zstd is not None else "")
         return f"in_queue={len(self.queue)} queue_mb={self.queue.nbytes / 2**20:.1f}{sp}{z}"

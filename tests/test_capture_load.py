@@ -172,3 +172,35 @@ def test_filter_that_cannot_match_raw_ip_still_captures_ethernet(topo, tmp_path)
     sensor.wait_for(r"acked=10 ", timeout=20)
     assert sensor.stop() == 0
     assert "Traceback" not in sensor.output
+
+
+def test_ring_wake_ends_a_wait_once_and_take_needs_a_new_batch():
+    """Ring.wake() (interface changes, new Antigena rules, stop) ends the reader's wait at once; an
+    early wake ends the next wait, once. take() hands out a batch once; a second take() without a
+    read in between is an error, not the same buffer twice."""
+    import threading
+    import time
+
+    from ossensor._native import Ring
+
+    ring = Ring(ring_bytes=1 << 21, block_size=1 << 20, snaplen=2048, batch_bytes=1 << 16)  # not bound: no traffic
+    try:
+        t = threading.Thread(target=ring.read, args=(5000, 40))
+        t.start()
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        ring.wake()
+        t.join(3)
+        assert not t.is_alive() and time.monotonic() - t0 < 1.0
+        ring.wake()  # before the read: that read returns at once ...
+        t0 = time.monotonic()
+        assert ring.read(3000) == 0 and time.monotonic() - t0 < 1.0
+        t0 = time.monotonic()  # ... and the wake-up is consumed: the next one waits its timeout
+        assert ring.read(300) == 0 and time.monotonic() - t0 >= 0.25
+        ring.take()
+        with pytest.raises(RuntimeError, match="no batch since the last take"):
+            ring.take()
+        ring.read(0)
+        ring.take()  # a read started a new batch
+    finally:
+        ring.close()
