@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -248,6 +249,10 @@ def main() -> int:
     ap.add_argument("--payload", choices=("random", "fill"), default="random",
                     help="frame payloads: random (as encrypted traffic; default) or fill (0x41 bytes: compresses "
                          "~100x, flatters ossensor's compression)")
+    ap.add_argument("--sensor-debug", type=int, default=1,
+                    help="OSSENSOR_DEBUG for the full path (its log: ossensor-full.log, see --keep)")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the temp directory (capturer logs, the vSensor's store); default: removed")
     ap.add_argument("--json", default="", help="write the results here")
     ap.add_argument("--plot", default="", help="write a PNG plot here")
     args = ap.parse_args()
@@ -278,7 +283,7 @@ def main() -> int:
                                    start_new_session=True)
         sensor_env = {"VSENSOR_HOSTNAME": "127.0.0.1", "VSENSOR_PORT": str(port), "VSENSOR_HMAC_KEY": KEY,
                       "OSSENSOR_TLS_CA_FILE": str(vs_out / "ca.pem"),
-                      "OSSENSOR_CONFIG_PATH": str(tmp / "ossensor.cfg"), "OSSENSOR_DEBUG": "1",
+                      "OSSENSOR_CONFIG_PATH": str(tmp / "ossensor.cfg"), "OSSENSOR_DEBUG": str(args.sensor_debug),
                       "OSSENSOR_STATS_INTERVAL": "3600", "OSSENSOR_NETWORK_DEVICE": CAP_IF,
                       "ANTIGENA_ENABLED": "false"}
         runs = [
@@ -333,6 +338,10 @@ def main() -> int:
                 os.killpg(p.pid, signal.SIGTERM)
                 p.wait(10)
         teardown()
+        if args.keep:  # the vSensor's store grows by gigabytes per run: kept only on request
+            print(f"bench: logs and the vSensor's store kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

@@ -816,7 +816,33 @@ static PyObject *Ring_get_buffers_made(Ring *self, void *Py_UNUSED(c))
     return PyLong_FromUnsignedLongLong(self->buffers_made);
 }
 
+/* ready() -> (blocks the kernel has handed over and the reader has not drained, blocks in the ring).
+ * How full the ring is: the reader may leave packets here while shipping catches up (the ring's
+ * memory is paid for already; a queued batch is more), and must not once half of it is taken. */
+static PyObject *Ring_ready(Ring *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->fd < 0) { /* no check_open(): a look from another thread while the reader reads is fine */
+        PyErr_SetString(PyExc_ValueError, "Ring is closed");
+        return NULL;
+    }
+    unsigned n = 0;
+    while (n < self->block_nr) {
+        struct tpacket_block_desc *bd = block_at(self, (self->block_cur + n) % self->block_nr);
+        if (!(__atomic_load_n(&bd->hdr.bh1.block_status, __ATOMIC_ACQUIRE) & TP_STATUS_USER))
+            break;
+        n++;
+    }
+    return Py_BuildValue("(II)", n, self->block_nr);
+}
+
+static PyObject *Ring_get_rules_active(Ring *self, void *Py_UNUSED(c))
+{
+    return PyBool_FromLong(self->n_rules != 0);
+}
+
 static PyGetSetDef Ring_getset[] = {
+    {"rules_active", (getter)Ring_get_rules_active, NULL,
+     "Antigena rules are set: packets must be read as they come", NULL},
     {"buffers_made", (getter)Ring_get_buffers_made, NULL,
      "batch buffers allocated, not reused from the pool (fresh pages to fault in)", NULL},
     {"ring_bytes", (getter)Ring_get_ring_bytes, NULL, "size of the kernel ring obtained", NULL},
@@ -840,6 +866,7 @@ static PyMethodDef Ring_methods[] = {
     {"kernel_stats", (PyCFunction)Ring_kernel_stats, METH_NOARGS, "(packets, drops, freezes) cumulative"},
     {"join_fanout", (PyCFunction)Ring_join_fanout, METH_VARARGS, "join_fanout(group, mode): PACKET_FANOUT"},
     {"fileno", (PyCFunction)Ring_fileno, METH_NOARGS, "socket file descriptor"},
+    {"ready", (PyCFunction)Ring_ready, METH_NOARGS, "(blocks ready for the reader, blocks in the ring)"},
     {"wake", (PyCFunction)Ring_wake, METH_NOARGS, "end the reader's wait in read() at once (any thread)"},
     {"close", (PyCFunction)Ring_close, METH_NOARGS, "unmap the ring and close the socket"},
     {"set_rules", (PyCFunction)Ring_set_rules, METH_O, "Antigena: set [(id, kind, family, a, b, pa, pb)]"},

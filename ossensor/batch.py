@@ -103,7 +103,9 @@ class BatchQueue:
         self.max_bytes = max_bytes
         self._items: collections.deque[Batch] = collections.deque()
         self._bytes = 0
-        self._cond = threading.Condition()  # an RLock inside: `lock` may be taken around other calls
+        lock = threading.RLock()  # re-entrant: `lock` may be taken around other calls
+        self._cond = threading.Condition(lock)  # the consumer waits for batches
+        self._taken = threading.Condition(lock)  # the producer waits for room (wait_below)
         self._closed = False
         self.in_hand: Batch | None = None  # taken by the consumer, not settled yet (guarded by lock)
 
@@ -134,6 +136,7 @@ class BatchQueue:
             batch = self._items.popleft()
             self._bytes -= batch.size
             self.in_hand = batch
+            self._taken.notify_all()
             return batch
 
     def requeue_front(self, batch: Batch) -> None:
@@ -150,13 +153,23 @@ class BatchQueue:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+            self._taken.notify_all()
 
     def drain(self) -> list[Batch]:
         with self._cond:
             items = list(self._items)
             self._items.clear()
             self._bytes = 0
+            self._taken.notify_all()
             return items
+
+    def wait_below(self, nbytes: int, timeout: float) -> bool:
+        """Wait until fewer than `nbytes` are queued in memory (or `timeout` s): the reader leaves
+        packets in the kernel ring meanwhile. True if there is room now."""
+        with self._cond:
+            if self._bytes >= nbytes and not self._closed:
+                self._taken.wait(timeout)
+            return self._bytes < nbytes
 
     @property
     def closed(self) -> bool:

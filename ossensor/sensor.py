@@ -226,7 +226,7 @@ class Sensor:
 
         def read() -> None:
             try:
-                self.capture.run(reader_stop, self.enqueue)
+                self.capture.run(reader_stop, self.enqueue, self.queue)
             except BaseException as err:  # noqa: BLE001 - reported by the main thread, exit status 1
                 reader_failed.append(err)
 
@@ -266,7 +266,7 @@ class Sensor:
         self.pipeline.finish(max(0.0, timeout - (time.monotonic() - t_stop)))  # flush; spool or count the rest
         log(L.BASIC, "final " + self.stats_line())
         log(L.BATCHES, f"batch buffers allocated: {self.capture.buffers_made} (fresh pages; the rest reused "
-                       f"from the pool)")
+                       f"from the pool); reader waits while shipping caught up: {self.capture.held}")
         lost = self.acct.snapshot()["dropped"]
         if any(lost.values()):
             log.warning(f"packets not delivered: {lost}")

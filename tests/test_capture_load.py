@@ -204,3 +204,75 @@ def test_ring_wake_ends_a_wait_once_and_take_needs_a_new_batch():
         ring.take()  # a read started a new batch
     finally:
         ring.close()
+
+
+HOLD = r"""
+import json, os, socket, struct, sys, threading, time
+from ossensor import log as L
+from ossensor.accounting import Accounting
+from ossensor.batch import Batch, BatchQueue
+from ossensor.capture.live import LiveCapture
+from ossensor.interfaces import enumerate_interfaces
+
+dev = sys.argv[1]
+log = L.Log(0, stream=open(os.devnull, "w"))
+MiB = 1 << 20
+cap = LiveCapture(ring_bytes=8 * MiB, block_timeout_ms=5, snaplen=2048, batch_bytes=MiB, batch_age_s=0.1,
+                  filter_expr="udp port 9999", log=log, accounting=Accounting())
+cap.set_interfaces([i for i in enumerate_interfaces() if i.name == dev])
+queue = BatchQueue(64 * MiB)
+def waiting():  # a full batch waits to be shipped: the reader should leave packets in the ring
+    queue.put(Batch(0, bytes(MiB), 1, MiB, 0, 0, time.monotonic()))
+batches, stop = [], threading.Event()
+read = lambda: sum(b.packets for b in batches)
+tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+frame = (b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + b"\x08\x00" +
+         struct.pack("!BBHHHBBH4s4s", 0x45, 0, 1000, 0, 0, 64, 17, 0, bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])) +
+         struct.pack("!HHHH", 1111, 9999, 980, 0) + bytes(972))
+def send(n):
+    for _ in range(n):
+        tx.sendto(frame, (dev, 0))
+
+waiting()
+cap.start()
+reader = threading.Thread(target=cap.run, args=(stop, batches.append, queue), daemon=True)
+reader.start()
+out = {}
+send(1000)                       # 1 MB: an eighth of the ring
+time.sleep(0.5)
+out["held"], out["read_while_held"], out["ring_blocks_ready"] = cap.held, read(), cap.ring.ready()[0]
+queue.get(0.1)                   # the shipper takes the waiting batch: the reader reads again
+time.sleep(0.5)
+out["read_after_take"] = read()
+waiting()
+send(6000)                       # 6 MB while a batch waits: past half the ring, read regardless
+time.sleep(0.5)
+out["read_past_half"] = read()
+out["ready_past_half"], out["blocks"] = cap.ring.ready()
+stop.set()
+reader.join()
+out["read_at_stop"] = read()
+out["kernel"] = cap.kernel_stats()
+print(json.dumps(out))
+"""
+
+
+def test_reader_leaves_packets_in_the_ring_while_a_batch_waits(topo):
+    """Back-pressure: while a full batch waits in the shipping queue, the reader leaves packets in
+    the kernel ring (no new batch memory); it reads them once the shipper takes a batch, and reads
+    regardless once the ring is half full. Nothing is lost on the way."""
+    import json
+    import os
+    import sys
+    from pathlib import Path
+
+    r = subprocess.run(["ip", "netns", "exec", topo.cap, sys.executable, "-c", HOLD, topo.cap_if],
+                       capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["held"] > 0 and out["read_while_held"] == 0 and out["ring_blocks_ready"] >= 1, out
+    assert out["read_after_take"] == 1000, out
+    # past half the ring (8 blocks of 1 MiB) the reader read on, down to under half again
+    assert 1000 < out["read_past_half"] < 7000 and 2 * out["ready_past_half"] < out["blocks"], out
+    assert out["read_at_stop"] == 7000 and out["kernel"] == [7000, 0], out

@@ -70,13 +70,13 @@ class FanoutCapture:
                 if m.program is not None:
                     m.ring.attach_filter(m.program)
 
-    def run(self, stop: threading.Event, emit: Callable) -> None:
-        threads = [threading.Thread(target=m.run, args=(stop, emit), name=f"reader-{i + 1}", daemon=True)
+    def run(self, stop: threading.Event, emit: Callable, backlog=None) -> None:
+        threads = [threading.Thread(target=m.run, args=(stop, emit, backlog), name=f"reader-{i + 1}", daemon=True)
                    for i, m in enumerate(self.members[1:])]
         for t in threads:
             t.start()
         try:
-            self.members[0].run(stop, emit)
+            self.members[0].run(stop, emit, backlog)
         finally:
             for t in threads:
                 t.join()
@@ -84,6 +84,10 @@ class FanoutCapture:
     @property
     def buffers_made(self) -> int:
         return sum(m.buffers_made for m in self.members)
+
+    @property
+    def held(self) -> int:
+        return sum(m.held for m in self.members)
 
     def wake(self) -> None:
         for m in self.members:
