@@ -34,7 +34,7 @@
 #define LINKTYPE_ETHERNET 1
 #define MIN_BLOCKS 2u
 #define HUGE_2M (2u << 20)
-#define POOL_SIZE 8 /* batch buffers kept for reuse: bursts queue several at once (fresh pages cost) */
+#define POOL_MAX 64 /* batch buffers kept for reuse: bursts queue several at once (fresh pages cost) */
 #define ISB_RESERVE(n) (256u + 256u * (n))
 
 typedef struct {
@@ -69,7 +69,8 @@ typedef struct {
     unsigned last_id;
 
     PyObject *buf; /* bytearray being filled with one pcapng section */
-    PyObject *pool[POOL_SIZE]; /* batch buffers handed out; reused once Python lets go of them */
+    PyObject *pool[POOL_MAX]; /* batch buffers handed out; reused once Python lets go of them */
+    unsigned pool_n;          /* slots in use: pool_buffers (as many as batches can wait to be sent) */
     PyObject *shb;             /* Section Header Block that opens every batch (bytes) */
     size_t buf_cap;  /* size of new batch buffers */
     size_t buf_size; /* size of the current one */
@@ -111,7 +112,7 @@ static PyObject *new_buffer(Ring *self)
 {
     PyObject *b = NULL;
     int slot = -1;
-    for (int i = 0; i < POOL_SIZE; i++) {
+    for (unsigned i = 0; i < self->pool_n; i++) {
         PyObject *c = self->pool[i];
         if (!c) {
             if (slot < 0)
@@ -136,8 +137,8 @@ static PyObject *new_buffer(Ring *self)
             (void)madvise((void *)hlo, hhi - hlo, MADV_HUGEPAGE);
         if (slot < 0) { /* every pooled buffer is still in use: let the oldest go */
             Py_DECREF(self->pool[0]);
-            memmove(self->pool, self->pool + 1, (POOL_SIZE - 1) * sizeof(PyObject *));
-            slot = POOL_SIZE - 1;
+            memmove(self->pool, self->pool + 1, (self->pool_n - 1) * sizeof(PyObject *));
+            slot = (int)self->pool_n - 1;
         }
         self->pool[slot] = b;
     }
@@ -182,7 +183,7 @@ static void Ring_dealloc(Ring *self)
 {
     ring_unmap(self);
     free_table(self->ifs, self->n_ifs);
-    for (int i = 0; i < POOL_SIZE; i++)
+    for (unsigned i = 0; i < POOL_MAX; i++)
         Py_XDECREF(self->pool[i]);
     Py_XDECREF(self->shb);
     ag_free(self);
@@ -191,13 +192,15 @@ static void Ring_dealloc(Ring *self)
 
 static int Ring_init(Ring *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"ring_bytes", "block_size", "block_timeout_ms", "snaplen", "batch_bytes", NULL};
+    static char *kwlist[] = {"ring_bytes", "block_size", "block_timeout_ms", "snaplen", "batch_bytes",
+                             "pool_buffers", NULL};
     unsigned long long ring_bytes = 64ull << 20;
     unsigned block_size = 1u << 20, timeout_ms = 10, snaplen = 262144;
     unsigned long long batch_bytes = 4ull << 20;
+    unsigned pool_buffers = 8;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|KIIIK", kwlist, &ring_bytes, &block_size, &timeout_ms,
-                                     &snaplen, &batch_bytes))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|KIIIKI", kwlist, &ring_bytes, &block_size, &timeout_ms,
+                                     &snaplen, &batch_bytes, &pool_buffers))
         return -1;
     long page = sysconf(_SC_PAGESIZE);
     if (block_size < (unsigned)page || block_size % (unsigned)page || (block_size & (block_size - 1))) {
@@ -213,6 +216,11 @@ static int Ring_init(Ring *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_RuntimeError, "Ring already initialised");
         return -1;
     }
+    if (pool_buffers < 2 || pool_buffers > POOL_MAX) {
+        PyErr_Format(PyExc_ValueError, "pool_buffers must be 2..%d", POOL_MAX);
+        return -1;
+    }
+    self->pool_n = pool_buffers;
     self->snaplen = snaplen;
     self->buf_cap = batch_bytes < snaplen + 1024u ? snaplen + 1024u : (size_t)batch_bytes;
     self->buf_cap = (self->buf_cap + 3) & ~(size_t)3;
@@ -816,6 +824,29 @@ static PyObject *Ring_get_buffers_made(Ring *self, void *Py_UNUSED(c))
     return PyLong_FromUnsignedLongLong(self->buffers_made);
 }
 
+/* trim(keep) -> buffers released. Lets go of pooled batch buffers nobody uses (their memory goes
+ * back to the system) until at most `keep` stay pooled: after a burst, the pool need not hold
+ * the queue's worth of memory for ever. */
+static PyObject *Ring_trim(Ring *self, PyObject *arg)
+{
+    long keep = PyLong_AsLong(arg);
+    if (keep == -1 && PyErr_Occurred())
+        return NULL;
+    unsigned held = 0, released = 0;
+    for (unsigned i = 0; i < self->pool_n; i++)
+        held += self->pool[i] != NULL;
+    for (unsigned i = 0; i < self->pool_n && (long)held > keep; i++) {
+        PyObject *c = self->pool[i];
+        if (c && c != self->buf && Py_REFCNT(c) == 1) {
+            self->pool[i] = NULL;
+            Py_DECREF(c);
+            held--;
+            released++;
+        }
+    }
+    return PyLong_FromUnsignedLong(released);
+}
+
 /* ready() -> (blocks the kernel has handed over and the reader has not drained, blocks in the ring).
  * How full the ring is: the reader may leave packets here while shipping catches up (the ring's
  * memory is paid for already; a queued batch is more), and must not once half of it is taken. */
@@ -866,6 +897,7 @@ static PyMethodDef Ring_methods[] = {
     {"kernel_stats", (PyCFunction)Ring_kernel_stats, METH_NOARGS, "(packets, drops, freezes) cumulative"},
     {"join_fanout", (PyCFunction)Ring_join_fanout, METH_VARARGS, "join_fanout(group, mode): PACKET_FANOUT"},
     {"fileno", (PyCFunction)Ring_fileno, METH_NOARGS, "socket file descriptor"},
+    {"trim", (PyCFunction)Ring_trim, METH_O, "trim(keep): release idle pooled batch buffers beyond keep"},
     {"ready", (PyCFunction)Ring_ready, METH_NOARGS, "(blocks ready for the reader, blocks in the ring)"},
     {"wake", (PyCFunction)Ring_wake, METH_NOARGS, "end the reader's wait in read() at once (any thread)"},
     {"close", (PyCFunction)Ring_close, METH_NOARGS, "unmap the ring and close the socket"},

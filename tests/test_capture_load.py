@@ -276,3 +276,34 @@ def test_reader_leaves_packets_in_the_ring_while_a_batch_waits(topo):
     # past half the ring (8 blocks of 1 MiB) the reader read on, down to under half again
     assert 1000 < out["read_past_half"] < 7000 and 2 * out["ready_past_half"] < out["blocks"], out
     assert out["read_at_stop"] == 7000 and out["kernel"] == [7000, 0], out
+
+
+def test_ring_pool_reuses_as_many_buffers_as_wait_and_trims_idle_ones():
+    """The ring keeps pool_buffers batch buffers for reuse: batches that wait to be sent and come
+    back cost no fresh pages; trim(keep) lets idle ones go once the queue is quiet."""
+    from ossensor._native import Ring
+
+    ring = Ring(ring_bytes=1 << 21, block_size=1 << 20, snaplen=2048, batch_bytes=1 << 16, pool_buffers=4)
+    try:
+        waiting = []
+        for _ in range(4):  # four batches wait in the queue at once
+            ring.read(0)
+            waiting.append(ring.take()[0])
+        assert ring.buffers_made == 4
+        waiting.clear()  # sent: their buffers come back
+        for _ in range(4):
+            ring.read(0)
+            waiting.append(ring.take()[0])
+        assert ring.buffers_made == 4  # all four reused
+        ring.read(0)
+        assert ring.buffers_made == 5  # all four still wait: a fifth is made (and the oldest leaves the pool)
+        waiting.clear()
+        assert ring.trim(1) == 3  # idle ones go; the batch being filled keeps its buffer (it is the one kept)
+        assert ring.trim(1) == 0
+        ring.take()
+        ring.read(0)
+        assert ring.buffers_made == 5
+    finally:
+        ring.close()
+    with pytest.raises(ValueError, match="pool_buffers"):
+        Ring(ring_bytes=1 << 21, block_size=1 << 20, snaplen=2048, batch_bytes=1 << 16, pool_buffers=1)

@@ -32,11 +32,18 @@ IDLE_WAIT_MS = 250
 # packets in the kernel ring (memory already paid for) instead of copying them into more batches
 # (fresh memory to fault in, more RSS). It reads again when the shipper takes a batch, or when the
 # ring is half full whatever the queue holds, so the ring does not overflow on account of waiting.
-# It does not wait when the queue is (nearly) full - shipping cannot keep up: the queue then bounds
-# and counts what is lost, as without waiting - nor while Antigena rules are active (they act as
-# packets are read). A burst then costs no memory beyond the ring and a few batches.
+# It does not wait once the queue has run (nearly) full, until it is almost empty again - shipping
+# cannot keep up: the queue then bounds and counts what is lost, as without waiting, and the ring
+# stays empty for the reader's stalls - nor while Antigena rules are active (they act as packets are
+# read). A burst then costs no memory beyond the ring and a few batches.
 HOLD_BATCHES = 1
 HOLD_WAIT_S = 0.01  # the longest wait before the ring is looked at again
+# Batch buffers: the ring keeps for reuse as many as can wait to be sent (pool_buffers: the queue's
+# worth + the one being filled + the one being sent), so a queue that stays full does not fault in
+# a fresh buffer for every batch (~2 ms per 4 MiB here). Once nothing has waited in the queue for
+# POOL_TRIM_AFTER_S, idle buffers beyond POOL_KEEP go back to the system.
+POOL_KEEP = 8
+POOL_TRIM_AFTER_S = 10.0
 
 
 class Delivered:
@@ -64,7 +71,7 @@ class LiveCapture:
                  batch_age_s: float, filter_expr: str, log: L.Log, accounting: Accounting,
                  seq_source: Iterator[int] | None = None,
                  totals: Callable[[], tuple[int, int, int]] | None = None,
-                 delivered: "Delivered | None" = None):
+                 delivered: "Delivered | None" = None, pool_buffers: int = POOL_KEEP):
         """seq_source, totals and delivered are shared by the readers of a fanout group
         (capture/fanout.py): one sequence of batch numbers, ring-wide counters summed over the
         group's rings, and one count per interface of the packets delivered into batches."""
@@ -77,7 +84,7 @@ class LiveCapture:
         self.log = log
         self.acct = accounting
         self.ring = Ring(ring_bytes=ring_bytes, block_size=BLOCK_SIZE, block_timeout_ms=block_timeout_ms,
-                         snaplen=snaplen, batch_bytes=batch_bytes)
+                         snaplen=snaplen, batch_bytes=batch_bytes, pool_buffers=pool_buffers)
         self._settle_s = 2 * block_timeout_ms / 1000 + 0.02  # a filter swap's last packets are read by then
         self._compact_after = 0.0
         self.ring.attach_filter([(bpf.BPF_RET_K, 0, 0, 0)])  # nothing until interfaces are set
@@ -94,6 +101,8 @@ class LiveCapture:
         self.program: list[bpf.Insn] | None = None  # what the kernel runs now
         self._batch_started = 0.0
         self.held = 0  # loop turns that left packets in the ring while shipping caught up
+        self._overloaded = False  # the queue ran (nearly) full and has not emptied since: no waiting
+        self._queue_busy_at = 0.0  # when a batch last waited in the queue (pool trimming)
         self._idbs: dict[tuple[str, int], bytes] = {}
         self.ring.set_interfaces([], pcapng.shb())
         # Ethernet's program is compiled now, while the process may still open the live libpcap
@@ -243,8 +252,9 @@ class LiveCapture:
             if self._batch_started:  # wake in time to cut the batch at its age
                 due = self._batch_started + self.batch_age_s - time.monotonic()
                 wait = max(1, min(wait, int(due * 1000) + 1))
-            if (backlog is not None and hold_bytes <= backlog.nbytes <= backlog.max_bytes - 2 * self.batch_bytes
-                    and not ring.rules_active and self._ring_has_room()):
+            if backlog is not None:
+                self._trim_pool(backlog)
+            if backlog is not None and self._may_hold(backlog, hold_bytes):
                 self.held += 1
                 backlog.wait_below(hold_bytes, min(HOLD_WAIT_S, wait / 1000))
             else:
@@ -269,6 +279,29 @@ class LiveCapture:
             elif not n:
                 break
         self._flush(emit)
+
+    def _trim_pool(self, backlog: BatchQueue) -> None:
+        now = time.monotonic()
+        if backlog.nbytes:
+            self._queue_busy_at = now
+        elif self._queue_busy_at and now - self._queue_busy_at > POOL_TRIM_AFTER_S:
+            self._queue_busy_at = 0.0  # once per quiet spell
+            released = self.ring.trim(POOL_KEEP)
+            if released:
+                self.log(L.BATCHES, f"released {released} idle batch buffers ({released * self.batch_bytes >> 20} MiB)")
+
+    def _may_hold(self, backlog: BatchQueue, hold_bytes: int) -> bool:
+        """Leave packets in the ring this turn? Only while a batch waits, the queue is not (nearly)
+        full and has not been since it last ran almost empty (shipping is not keeping up: waiting
+        would only move the losses from the queue into the ring), no Antigena rule is active, and
+        the ring is under half full."""
+        queued = backlog.nbytes
+        if queued > backlog.max_bytes - 2 * self.batch_bytes:
+            self._overloaded = True
+        elif queued < hold_bytes:
+            self._overloaded = False
+        return (queued >= hold_bytes and not self._overloaded and not self.ring.rules_active
+                and self._ring_has_room())
 
     def _ring_has_room(self) -> bool:
         """The ring may hold packets a while longer: under half full (the other half absorbs a
