@@ -235,6 +235,16 @@ class Collector:
                                     value=getattr(q, "nbytes", 0))
             yield GaugeMetricFamily("ossensor_queue_capacity_bytes", "queue bound (OSSENSOR_QUEUE_MB)",
                                     value=getattr(q, "max_bytes", 0))
+        cap = getattr(s, "capture", None)
+        if cap is not None and hasattr(cap, "ring_fill"):
+            try:
+                yield GaugeMetricFamily("ossensor_ring_fill_ratio", "share of the kernel ring holding packets "
+                                        "not read yet (the reader leaves them there while a batch waits to "
+                                        "be sent, up to 0.5)", value=cap.ring_fill())
+            except ValueError:  # the ring is closed (stopping)
+                pass
+            yield CounterMetricFamily("ossensor_reader_waits", "reader turns that left packets in the ring "
+                                      "while shipping caught up", value=cap.held)
         spool = getattr(s, "spool", None)
         if spool is not None:
             for attr, name, doc in (("nbytes", "ossensor_spool_bytes", "bytes in the disk spool"),

@@ -132,8 +132,19 @@ class Sensor:
                 f"batches={snap['batches']} recovered={snap['recovered']} queued={snap['queued']} "
                 f"spooled={snap['spooled']} sent={snap['sent_packets']} retries={snap['retries']} "
                 f"{self.pipeline.stats_fields() if self.pipeline else 'in_queue=0'} "
-                f"in_flight={self.acct.in_flight()} stale={snap['stale']} "
+                f"in_flight={self.acct.in_flight()} stale={snap['stale']} {self._ring_fields()}"
                 f"per_interface[{per_if}]")
+
+    def _ring_fields(self) -> str:
+        """How full the kernel ring is, and how often the reader left packets there while a batch
+        waited to be sent (the ring is the first buffer: capture/live.py)."""
+        if not self.capture:
+            return ""
+        try:
+            fill = self.capture.ring_fill()
+        except ValueError:  # closed at exit
+            return f"reader_waits={self.capture.held} "
+        return f"ring_fill_pct={round(fill * 100)} reader_waits={self.capture.held} "
 
     # -- lifecycle ------------------------------------------------------------------------
     def drop_privileges(self) -> None:

@@ -94,12 +94,14 @@ def test_metrics_match_the_accounting(topo, tmp_path):
     assert metric(text, "ossensor_in_flight_packets") == 0
     assert metric(text, "ossensor_queue_batches") == 0
     assert metric(text, "ossensor_queue_capacity_bytes") == 64 << 20  # OSSENSOR_QUEUE_MB default
+    assert metric(text, "ossensor_ring_fill_ratio") == 0  # everything read: nothing waits in the ring
+    assert metric(text, "ossensor_reader_waits_total") == 0  # no batch ever waited to be sent
     assert metric(text, "ossensor_vsensor_requests_total", outcome="acked", status="200") >= 1
     assert metric(text, "ossensor_vsensor_last_rtt_seconds") > 0
     assert metric(text, "ossensor_vsensor_rtt_seconds_count") >= 1
     assert metric(text, "ossensor_live") == 1
     # the same numbers as the sensor's own accounting line
-    sensor.wait_for(rf" stats captured={n} .*acked={n} ")
+    sensor.wait_for(rf" stats captured={n} .*acked={n} .* ring_fill_pct=0 reader_waits=0 ")
     sensor.wait_for(rf"L1 rate interface={topo.cap_if} packets_per_s=")
     assert sensor.stop() == 0
     final = [l for l in sensor.lines if "final stats" in l][-1]

@@ -89,6 +89,9 @@ class FanoutCapture:
     def held(self) -> int:
         return sum(m.held for m in self.members)
 
+    def ring_fill(self) -> float:
+        return max(m.ring_fill() for m in self.members)
+
     def wake(self) -> None:
         for m in self.members:
             m.wake()

@@ -280,6 +280,11 @@ class LiveCapture:
                 break
         self._flush(emit)
 
+    def ring_fill(self) -> float:
+        """Share of the ring's blocks holding packets not read yet (any thread)."""
+        ready, blocks = self.ring.ready()
+        return ready / blocks
+
     def _trim_pool(self, backlog: BatchQueue) -> None:
         now = time.monotonic()
         if backlog.nbytes:
