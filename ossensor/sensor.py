@@ -239,7 +239,9 @@ class Sensor:
 
         def read() -> None:
             try:
-                self.capture.run(reader_stop, self.enqueue, self.queue)
+                # back-pressure (packets wait in the ring while a batch waits to be sent) only without a spool:
+                # with one, every cut batch is on disk at once, and a SIGKILL must not take a half ring with it
+                self.capture.run(reader_stop, self.enqueue, self.queue, hold=self.spool is None)
             except BaseException as err:  # noqa: BLE001 - reported by the main thread, exit status 1
                 reader_failed.append(err)
 

@@ -249,6 +249,14 @@ send(6000)                       # 6 MB while a batch waits: past half the ring,
 time.sleep(0.5)
 out["read_past_half"] = read()
 out["ready_past_half"], out["blocks"] = cap.ring.ready()
+rules = [(9, 3, 4, bytes([10, 9, 9, 9]), b"", 0, 0)]  # an Antigena rule (for another host) is active:
+def hook(ring):                                          # packets are read as they come, batch waiting or not
+    if rules:
+        ring.set_rules([rules.pop()])
+cap.antigena_hook = hook
+send(500)
+time.sleep(0.5)
+out["read_with_rules"] = read()
 stop.set()
 reader.join()
 out["read_at_stop"] = read()
@@ -260,7 +268,7 @@ print(json.dumps(out))
 def test_reader_leaves_packets_in_the_ring_while_a_batch_waits(topo):
     """Back-pressure: while a full batch waits in the shipping queue, the reader leaves packets in
     the kernel ring (no new batch memory); it reads them once the shipper takes a batch, and reads
-    regardless once the ring is half full. Nothing is lost on the way."""
+    regardless once the ring is half full or while Antigena rules are active. Nothing is lost."""
     import json
     import os
     import sys
@@ -275,7 +283,8 @@ def test_reader_leaves_packets_in_the_ring_while_a_batch_waits(topo):
     assert out["read_after_take"] == 1000, out
     # past half the ring (8 blocks of 1 MiB) the reader read on, down to under half again
     assert 1000 < out["read_past_half"] < 7000 and 2 * out["ready_past_half"] < out["blocks"], out
-    assert out["read_at_stop"] == 7000 and out["kernel"] == [7000, 0], out
+    assert out["read_with_rules"] == 7500, out  # Antigena rules active: no waiting
+    assert out["read_at_stop"] == 7500 and out["kernel"] == [7500, 0], out
 
 
 def test_ring_pool_reuses_as_many_buffers_as_wait_and_trims_idle_ones():

@@ -349,6 +349,7 @@ def test_vsensor_down_30s_with_spool_every_packet_arrives(topo, tmp_path):
     assert sensor.stop() == 0
     fin = _final(sensor)
     assert fin["kernel_drops"] == "0" and fin["queue_drops"] == "0" and fin["spool_drops"] == "0", fin
+    assert fin["reader_waits"] == "0", fin  # with a spool, cut batches go to disk: packets never wait in the ring
     count, digest = payload_digest(out)
     assert count == n
     assert digest == expected_digest(0, n)
@@ -384,6 +385,7 @@ def test_vsensor_down_without_spool_memory_bounded_drops_exact(topo, tmp_path):
     fin = _final(sensor)
     captured, acked, qd, kd = (int(fin[k]) for k in ("captured", "acked", "queue_drops", "kernel_drops"))
     assert qd > n // 2, fin  # most of it could not be kept
+    assert int(fin["reader_waits"]) > 0, fin  # without a spool, packets waited in the ring first
     stored = len(stored_indices(out))
     assert stored == acked
     assert captured == acked + qd, fin                       # exact: nothing else lost

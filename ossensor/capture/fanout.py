@@ -70,13 +70,13 @@ class FanoutCapture:
                 if m.program is not None:
                     m.ring.attach_filter(m.program)
 
-    def run(self, stop: threading.Event, emit: Callable, backlog=None) -> None:
-        threads = [threading.Thread(target=m.run, args=(stop, emit, backlog), name=f"reader-{i + 1}", daemon=True)
-                   for i, m in enumerate(self.members[1:])]
+    def run(self, stop: threading.Event, emit: Callable, backlog=None, hold: bool = True) -> None:
+        threads = [threading.Thread(target=m.run, args=(stop, emit, backlog, hold), name=f"reader-{i + 1}",
+                                    daemon=True) for i, m in enumerate(self.members[1:])]
         for t in threads:
             t.start()
         try:
-            self.members[0].run(stop, emit, backlog)
+            self.members[0].run(stop, emit, backlog, hold)
         finally:
             for t in threads:
                 t.join()

@@ -242,9 +242,10 @@ class LiveCapture:
         return Batch(self._seq, body, packets, captured, first_ns, last_ns, time.monotonic(), per_if=per_name)
 
     def run(self, stop: threading.Event, emit: Callable[[Batch], None],
-            backlog: BatchQueue | None = None) -> None:
+            backlog: BatchQueue | None = None, hold: bool = True) -> None:
         """The reader loop; returns after a final drain once `stop` is set. `backlog`: the queue
-        `emit` feeds; while it holds HOLD_BATCHES batches' worth, packets wait in the ring."""
+        `emit` feeds (the pool is trimmed once it has been empty a while); with `hold`, while it
+        holds HOLD_BATCHES batches' worth, packets wait in the ring."""
         ring = self.ring
         hold_bytes = HOLD_BATCHES * self.batch_bytes
         while not stop.is_set():
@@ -254,7 +255,7 @@ class LiveCapture:
                 wait = max(1, min(wait, int(due * 1000) + 1))
             if backlog is not None:
                 self._trim_pool(backlog)
-            if backlog is not None and self._may_hold(backlog, hold_bytes):
+            if hold and backlog is not None and self._may_hold(backlog, hold_bytes):
                 self.held += 1
                 backlog.wait_below(hold_bytes, min(HOLD_WAIT_S, wait / 1000))
             else:
