@@ -127,7 +127,12 @@ class Shipper:
         if status >= 500 or status == 429:
             return Outcome("retry", status, reason or f"HTTP {status}", rtt,
                            _retry_after(resp.headers.get("Retry-After")))
-        if status < 400:  # 1xx/2xx/3xx other than 200: not an answer of this protocol
+        if 300 <= status < 400:  # not followed: a batch goes to the configured vSensor or nowhere
+            where = resp.headers.get("Location")
+            return Outcome("retry", status, f"unexpected answer: redirect{' to ' + where if where else ''} "
+                           f"({reason or 'no reason given'}); redirects are not followed: VSENSOR_HOSTNAME and "
+                           f"VSENSOR_PORT must name the vSensor itself", rtt)
+        if status < 400:  # 1xx/2xx other than 200: not an answer of this protocol
             return Outcome("retry", status, f"unexpected answer: {reason}", rtt)
         return Outcome("refused", status, reason, rtt)
 

@@ -175,5 +175,6 @@ def test_answers_classified_with_reason_and_retry_after(tmp_path):
         ("retry", 503, "busy", 7.0),
         ("acked", 409, "duplicate (already accepted)", None),
         ("refused", 401, "nope nope", None),
-        ("retry", 302, "unexpected answer: moved", None),
+        ("retry", 302, "unexpected answer: redirect to https://127.0.0.1:9/ (moved); redirects are not followed: "
+                       "VSENSOR_HOSTNAME and VSENSOR_PORT must name the vSensor itself", None),
         ("retry", None, "timed out", None)]
