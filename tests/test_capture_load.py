@@ -316,3 +316,63 @@ def test_ring_pool_reuses_as_many_buffers_as_wait_and_trims_idle_ones():
         ring.close()
     with pytest.raises(ValueError, match="pool_buffers"):
         Ring(ring_bytes=1 << 21, block_size=1 << 20, snaplen=2048, batch_bytes=1 << 16, pool_buffers=1)
+
+
+TRIM = r"""
+import io, json, os, socket, struct, sys, threading, time
+from ossensor import log as L
+from ossensor.accounting import Accounting
+from ossensor.batch import BatchQueue
+from ossensor.capture import live
+from ossensor.capture.live import LiveCapture
+from ossensor.interfaces import enumerate_interfaces
+
+live.POOL_TRIM_AFTER_S = 0.5  # instead of 10 s
+live.POOL_KEEP = 2
+dev = sys.argv[1]
+out = io.StringIO()
+log = L.Log(4, stream=out)
+cap = LiveCapture(ring_bytes=8 << 20, block_timeout_ms=5, snaplen=2048, batch_bytes=64 << 10, batch_age_s=0.05,
+                  filter_expr="udp port 9999", log=log, accounting=Accounting(), pool_buffers=8)
+cap.set_interfaces([i for i in enumerate_interfaces() if i.name == dev])
+queue = BatchQueue(1 << 20)
+stop = threading.Event()
+cap.start()
+reader = threading.Thread(target=cap.run, args=(stop, queue.put, queue, False), daemon=True)
+reader.start()
+tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+frame = (b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + b"\x08\x00" +
+         struct.pack("!BBHHHBBH4s4s", 0x45, 0, 1000, 0, 0, 64, 17, 0, bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])) +
+         struct.pack("!HHHH", 1111, 9999, 980, 0) + bytes(972))
+for _ in range(400):  # 400 KB: several 64 KiB batches wait in the queue at once
+    tx.sendto(frame, (dev, 0))
+time.sleep(0.3)
+waited = len(queue)
+made = cap.buffers_made
+while queue.get(0.01):  # the shipper sends them all
+    pass
+queue.in_hand = None
+time.sleep(1.5)        # a quiet queue for longer than POOL_TRIM_AFTER_S
+stop.set()
+reader.join()
+print(json.dumps({"waited": waited, "made": made, "log": [l for l in out.getvalue().splitlines() if "released" in l]}))
+"""
+
+
+def test_idle_pooled_batch_buffers_are_released_after_a_quiet_spell(topo):
+    """After a burst several batch buffers sit in the ring's pool; once the queue has been empty
+    for POOL_TRIM_AFTER_S the reader lets all but POOL_KEEP of them go (and says so at level 4)."""
+    import json
+    import os
+    import sys
+    from pathlib import Path
+
+    r = subprocess.run(["ip", "netns", "exec", topo.cap, sys.executable, "-c", TRIM, topo.cap_if],
+                       capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["waited"] >= 4 and out["made"] >= 4, out
+    assert len(out["log"]) == 1 and "released" in out["log"][0], out  # once per quiet spell
+    released = int(out["log"][0].split("released ")[1].split()[0])
+    assert released == min(out["made"], 8) - 2, out  # every pooled one (8 at most) beyond POOL_KEEP
