@@ -272,6 +272,20 @@ bad:
     return -1;
 }
 
+/* One pass of route() without the GIL; a malformed block raises ValueError. 0 on success. */
+static int route_or_raise(const Py_buffer *view, const uint32_t *group_of, const uint32_t *new_id, size_t nifs,
+                          size_t *sizes, unsigned char **dst)
+{
+    size_t err_off = 0;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = route(view->buf, (size_t)view->len, group_of, new_id, nifs, sizes, dst, &err_off);
+    Py_END_ALLOW_THREADS
+    if (rc)
+        PyErr_Format(PyExc_ValueError, "split: malformed block at byte %zu", err_off);
+    return rc;
+}
+
 static PyObject *split(PyObject *self, PyObject *args)
 {
     (void)self;
@@ -312,15 +326,8 @@ static PyObject *split(PyObject *self, PyObject *args)
         PyErr_NoMemory();
         goto out;
     }
-    size_t err_off = 0;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = route(view.buf, (size_t)view.len, group_of, new_id, (size_t)n1, sizes, NULL, &err_off);
-    Py_END_ALLOW_THREADS
-    if (rc) {
-        PyErr_Format(PyExc_ValueError, "split: malformed block at byte %zu", err_off);
+    if (route_or_raise(&view, group_of, new_id, (size_t)n1, sizes, NULL)) /* sizes per group */
         goto out;
-    }
     list = PyList_New(ngroups);
     if (!list)
         goto out;
@@ -331,13 +338,8 @@ static PyObject *split(PyObject *self, PyObject *args)
         PyList_SET_ITEM(list, g, b);
         dst[g] = (unsigned char *)PyBytes_AS_STRING(b);
     }
-    Py_BEGIN_ALLOW_THREADS
-    rc = route(view.buf, (size_t)view.len, group_of, new_id, (size_t)n1, sizes, dst, &err_off);
-    Py_END_ALLOW_THREADS
-    if (rc) {
-        PyErr_Format(PyExc_ValueError, "split: malformed block at byte %zu", err_off);
+    if (route_or_raise(&view, group_of, new_id, (size_t)n1, sizes, dst)) /* the copy */
         goto out;
-    }
     for (Py_ssize_t g = 0; g < ngroups; g++) {
         if (sizes[g] != 0) {
             PyErr_SetString(PyExc_ValueError, "split: the buffer changed during the copy");

@@ -287,12 +287,19 @@ fail:
     return -1;
 }
 
-static int check_open(Ring *self)
+static int check_not_closed(Ring *self)
 {
     if (self->fd < 0) {
         PyErr_SetString(PyExc_ValueError, "Ring is closed");
         return -1;
     }
+    return 0;
+}
+
+static int check_open(Ring *self)
+{
+    if (check_not_closed(self) < 0)
+        return -1;
     if (self->busy) {
         PyErr_SetString(PyExc_RuntimeError, "Ring is being read by another thread");
         return -1;
@@ -852,10 +859,8 @@ static PyObject *Ring_trim(Ring *self, PyObject *arg)
  * memory is paid for already; a queued batch is more), and must not once half of it is taken. */
 static PyObject *Ring_ready(Ring *self, PyObject *Py_UNUSED(ignored))
 {
-    if (self->fd < 0) { /* no check_open(): a look from another thread while the reader reads is fine */
-        PyErr_SetString(PyExc_ValueError, "Ring is closed");
+    if (check_not_closed(self) < 0) /* not check_open(): a look from another thread while the reader reads is fine */
         return NULL;
-    }
     unsigned n = 0;
     while (n < self->block_nr) {
         struct tpacket_block_desc *bd = block_at(self, (self->block_cur + n) % self->block_nr);

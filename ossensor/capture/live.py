@@ -312,8 +312,7 @@ class LiveCapture:
     def _ring_has_room(self) -> bool:
         """The ring may hold packets a while longer: under half full (the other half absorbs a
         stall of the reader: 32 MiB of a 64 MiB ring is 40 ms at 780 MB/s)."""
-        ready, blocks = self.ring.ready()
-        return 2 * ready < blocks
+        return self.ring_fill() < 0.5
 
     def _flush(self, emit: Callable[[Batch], None]) -> None:
         self._batch_started = 0.0
