@@ -311,10 +311,8 @@ static int check_open(Ring *self)
  * SO_ATTACH_FILTER replaces the previous program atomically. */
 static PyObject *Ring_attach_filter(Ring *self, PyObject *arg)
 {
-    if (self->fd < 0) {
-        PyErr_SetString(PyExc_ValueError, "Ring is closed");
+    if (check_not_closed(self) < 0)
         return NULL;
-    }
     PyObject *seq = PySequence_Fast(arg, "program must be a sequence of (code, jt, jf, k)");
     if (!seq)
         return NULL;
@@ -758,10 +756,8 @@ static PyObject *Ring_join_fanout(Ring *self, PyObject *args)
  * The kernel resets its counters on every read, so we accumulate. packets includes drops. */
 static PyObject *Ring_kernel_stats(Ring *self, PyObject *Py_UNUSED(ignored))
 {
-    if (self->fd < 0) {
-        PyErr_SetString(PyExc_ValueError, "Ring is closed");
+    if (check_not_closed(self) < 0)
         return NULL;
-    }
     struct tpacket_stats_v3 st;
     socklen_t len = sizeof st;
     memset(&st, 0, sizeof st);

@@ -6,6 +6,7 @@ conftest.py, even when a test fails; every wait is bounded.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -168,6 +169,27 @@ def start_vsensor(topo: Topology, out: Path, port: int | None = None, key: str =
                     "--out", str(out)] + (extra or []), netns=topo.cap, env={"VSENSOR_HMAC_KEY": key})
     p.wait_for(r"listening on")
     return p, port
+
+
+@contextlib.contextmanager
+def loopback_vsensor(out: Path, key: str = KEY):
+    """The reference vSensor in this namespace on an ephemeral loopback port: yields (proc, port);
+    killed on the way out, even on failure."""
+    p = Proc([sys.executable, "-m", "ossensor", "vsensor", "--listen", "127.0.0.1:0", "--out", str(out)],
+             env={"VSENSOR_HMAC_KEY": key})
+    try:
+        yield p, int(p.wait_for(r"listening on https://127\.0\.0\.1:(\d+)").group(1))
+    finally:
+        p.kill()
+
+
+def start_tcpdump(topo: Topology, dump: Path, expr: str) -> Proc:
+    """tcpdump on the capture side, writing `dump` (nanosecond stamps, unbuffered): the reference
+    the sensor's stored packets are compared with."""
+    td = topo.spawn(["tcpdump", "-i", topo.cap_if, "-U", "-n", "--time-stamp-precision=nano", "-w", str(dump), expr],
+                    netns=topo.cap)
+    td.wait_for("listening on")
+    return td
 
 
 def sensor_env(topo: Topology, tmp: Path, port: int, **overrides: str) -> dict[str, str]:

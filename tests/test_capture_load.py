@@ -7,7 +7,8 @@ import subprocess
 
 import pytest
 
-from support import Topology, read_pcap, send_udp, sensor_env, sh, start_sensor, start_vsensor, vsensor_packets
+from support import (Topology, read_pcap, send_udp, sensor_env, sh, start_sensor, start_tcpdump, start_vsensor,
+                     vsensor_packets)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -67,9 +68,7 @@ def test_vlan_tagged_frames_keep_their_tag(topo, tmp_path):
     # band (TP_STATUS_VLAN_VALID) and the reader must put it back, as tcpdump does
     vs, port = start_vsensor(topo, tmp_path / "vs")
     dump = tmp_path / "tcpdump.pcap"
-    td = topo.spawn(["tcpdump", "-i", topo.cap_if, "-U", "-n", "--time-stamp-precision=nano", "-w", str(dump),
-                     "vlan 100 and udp port 5678"], netns=topo.cap)
-    td.wait_for("listening on")
+    td = start_tcpdump(topo, dump, "vlan 100 and udp port 5678")
     sensor = start_sensor(topo, sensor_env(topo, tmp_path, port, BPF="vlan 100 and udp port 5678",
                                            ANTIGENA_ENABLED="false"))
     eth = "0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 0x02, 0x00, 0x00, 0x00, 0x00, 0x02"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from support import KEY, ROOT, Proc, free_port, vsensor_packets
+from support import KEY, ROOT, Proc, free_port, loopback_vsensor, vsensor_packets
 
 BASE = "localhost/ossensor-test-base:bookworm"
 TAG = f"localhost/ossensor-test:{os.getpid()}"
@@ -152,13 +152,8 @@ def veth():
 @pytest.fixture
 def vsensor(tmp_path):
     out = tmp_path / "vs"
-    p = Proc([sys.executable, "-m", "ossensor", "vsensor", "--listen", "127.0.0.1:0", "--out", str(out)],
-             env={"VSENSOR_HMAC_KEY": KEY})
-    try:
-        port = int(p.wait_for(r"listening on https://127\.0\.0\.1:(\d+)").group(1))
+    with loopback_vsensor(out) as (p, port):
         yield {"port": port, "out": out, "proc": p}
-    finally:
-        p.kill()
 
 
 def run_args(podman: Podman, image: str, tmp: Path, vs: dict, device: str, caps: list[str], name: str,

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import capfiles
-from support import KEY, ROOT, Proc, vsensor_packets
+from support import KEY, ROOT, Proc, loopback_vsensor, vsensor_packets
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -47,15 +47,10 @@ def epbs_of(path: Path) -> list[capfiles.Expected]:
 @pytest.fixture
 def vsensor(tmp_path):
     out = tmp_path / "vs"
-    p = Proc([sys.executable, "-m", "ossensor", "vsensor", "--listen", "127.0.0.1:0", "--out", str(out)],
-             env={"VSENSOR_HMAC_KEY": KEY})
-    try:
-        m = p.wait_for(r"listening on https://127\.0\.0\.1:(\d+)")
-        env = {"VSENSOR_HOSTNAME": "127.0.0.1", "VSENSOR_PORT": m.group(1), "VSENSOR_HMAC_KEY": KEY,
+    with loopback_vsensor(out) as (p, port):
+        env = {"VSENSOR_HOSTNAME": "127.0.0.1", "VSENSOR_PORT": str(port), "VSENSOR_HMAC_KEY": KEY,
                "OSSENSOR_TLS_CA_FILE": str(out / "ca.pem"), "OSSENSOR_DEBUG": "2"}
         yield out, env, p
-    finally:
-        p.kill()
 
 
 def pcap_packets(n: int = 40) -> list[tuple[int, bytes, int]]:

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from support import KEY, Topology, read_pcap, send_udp, sensor_env, start_sensor, start_vsensor, vsensor_packets
+from support import (KEY, Topology, read_pcap, send_udp, sensor_env, start_sensor, start_tcpdump, start_vsensor,
+                     vsensor_packets)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -42,9 +43,7 @@ def batches_log(out) -> list[dict]:
 def test_packets_arrive_identical_and_match_tcpdump(topo, tmp_path):
     vs, port = start_vsensor(topo, tmp_path / "vs")
     dump = tmp_path / "tcpdump.pcap"
-    td = topo.spawn(["tcpdump", "-i", topo.cap_if, "-U", "-n", "--time-stamp-precision=nano", "-w", str(dump),
-                     "udp port 9999"], netns=topo.cap)
-    td.wait_for("listening on")
+    td = start_tcpdump(topo, dump, "udp port 9999")
     sensor = start_sensor(topo, sensor_env(topo, tmp_path, port, BPF="udp port 9999"))
     n = 500
     send_udp(topo, n, size=300)
