@@ -7,13 +7,14 @@ setup(
         Extension(
             "ossensor._native",
             sources=["native/ring.c"],
-            depends=["native/antigena.h"],
+            depends=["native/antigena.h", "native/epb.h"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-std=gnu11"],
         ),
         # `ossensor replay`: pcap/pcapng files -> EPBs in batch buffers, BPF by libpcap's bpf_filter()
         Extension(
             "ossensor._filereader",
             sources=["native/filereader.c"],
+            depends=["native/epb.h"],
             libraries=["pcap"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-std=gnu11"],
         ),

@@ -29,8 +29,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define EPB_TYPE 6u
-#define EPB_OVERHEAD 32u
+#include "epb.h"
+
 #define READ_CHUNK (1u << 20)
 #define MAX_RECORD (16u << 20) /* largest pcap record / pcapng block accepted (libpcap: 16 MiB) */
 #define MAX_IFS 65535u
@@ -265,17 +265,13 @@ static int global_if(Reader *r, const char *name, uint32_t linktype, uint64_t of
 
 /* ---------------------------------------------------------------- output */
 
-struct epb_head {
-    uint32_t type, total, if_id, ts_hi, ts_lo, caplen, wirelen;
-};
-
 /* 1: handled (written or filtered out); 0: does not fit, batch full (nothing consumed). */
 static int emit(Reader *r, unsigned gid, uint64_t ns, const uint8_t *data, uint32_t caplen, uint32_t wirelen)
 {
     GlobalIf *g = &r->ifs[gid];
     Filter *f = &r->filters[g->filt];
     uint32_t outlen = caplen < r->snaplen ? caplen : r->snaplen;
-    uint32_t total = EPB_OVERHEAD + ((outlen + 3u) & ~3u);
+    uint32_t total = epb_total(outlen);
     if (r->buf_len + total > r->buf_cap)
         return 0;
     r->packets_read++;
@@ -284,16 +280,10 @@ static int emit(Reader *r, unsigned gid, uint64_t ns, const uint8_t *data, uint3
         return 1;
     if (outlen < caplen)
         r->truncated_by_snaplen++;
-    uint8_t *p = (uint8_t *)PyBytes_AS_STRING(r->buf) + r->buf_len;
-    struct epb_head eh = {EPB_TYPE, total, gid + r->id_base, (uint32_t)(ns >> 32), (uint32_t)ns, outlen, wirelen};
-    memcpy(p, &eh, sizeof eh);
-    p += sizeof eh;
+    uint8_t *p = epb_start((uint8_t *)PyBytes_AS_STRING(r->buf) + r->buf_len, total, gid + r->id_base, ns,
+                           outlen, wirelen);
     memcpy(p, data, outlen);
-    p += outlen;
-    uint32_t pad = ((outlen + 3u) & ~3u) - outlen;
-    memset(p, 0, pad);
-    p += pad;
-    memcpy(p, &total, 4);
+    epb_finish(p, outlen, total);
     r->buf_len += total;
     if (!r->batch_packets)
         r->first_ns = ns;

@@ -29,8 +29,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define EPB_TYPE 6u
-#define EPB_OVERHEAD 32u /* block header 8 + fixed fields 20 + trailer 4 */
 #define LINKTYPE_ETHERNET 1
 #define MIN_BLOCKS 2u
 #define HUGE_2M (2u << 20)
@@ -94,6 +92,7 @@ typedef struct {
 } Ring;
 
 #include "antigena.h"
+#include "epb.h"
 
 /* The batch being filled is empty again (a new buffer, or the last one handed to Python). */
 static void start_batch(Ring *self)
@@ -497,10 +496,6 @@ static inline int lookup_if(Ring *self, int ifindex, unsigned *id)
     return 0;
 }
 
-struct epb_head {
-    uint32_t type, total, if_id, ts_hi, ts_lo, caplen, wirelen;
-};
-
 /* Copy one packet into the batch as an EPB. Returns 0 when it does not fit. */
 static inline int write_epb(Ring *self, uint8_t *out, struct tpacket3_hdr *h)
 {
@@ -515,17 +510,13 @@ static inline int write_epb(Ring *self, uint8_t *out, struct tpacket3_hdr *h)
     int vlan = (h->tp_status & TP_STATUS_VLAN_VALID) && self->ifs[id].linktype == LINKTYPE_ETHERNET &&
                caplen >= 12;
     uint32_t outlen = caplen + (vlan ? 4u : 0u);
-    uint32_t total = EPB_OVERHEAD + ((outlen + 3u) & ~3u);
+    uint32_t total = epb_total(outlen);
     if (!self->buf_len)
         write_header(self, out);
     if (id >= self->hdr_ifs || self->buf_len + total + self->reserve > self->buf_size)
         return 0;
-    uint8_t *p = out + self->buf_len;
     uint64_t ns = (uint64_t)h->tp_sec * 1000000000ull + h->tp_nsec;
-    struct epb_head eh = {EPB_TYPE, total, id, (uint32_t)(ns >> 32), (uint32_t)ns, outlen,
-                          wirelen + (vlan ? 4u : 0u)};
-    memcpy(p, &eh, sizeof eh);
-    p += sizeof eh;
+    uint8_t *p = epb_start(out + self->buf_len, total, id, ns, outlen, wirelen + (vlan ? 4u : 0u));
     if (vlan) {
         /* The NIC or kernel stripped the 802.1Q tag into the ring header: put it back
          * after the MAC addresses so the frame is as it was on the wire. */
@@ -538,14 +529,9 @@ static inline int write_epb(Ring *self, uint8_t *out, struct tpacket3_hdr *h)
     } else {
         memcpy(p, data, caplen);
     }
-    /* zero the 0-3 padding bytes with one word store (the word after them is the trailing
-     * length, written next), not a memset call per packet */
-    uint32_t padded = (outlen + 3u) & ~3u, zero = 0;
-    memcpy(p + outlen, &zero, 4);
-    p += padded;
-    memcpy(p, &total, 4);
+    epb_finish(p, outlen, total);
     if (self->n_rules)
-        ag_match(self->ag, out + self->buf_len + sizeof eh, outlen, sll->sll_ifindex, self->ifs[id].linktype,
+        ag_match(self->ag, p, outlen, sll->sll_ifindex, self->ifs[id].linktype,
                  sll->sll_pkttype);
 
     self->buf_len += total;
