@@ -29,10 +29,8 @@ import socket
 import threading
 import time
 
-from pyroute2.netlink.rtnl import RTMGRP_LINK
-from pyroute2.netlink.rtnl.marshal import MarshalRtnl
-
 from ossensor import log as L
+from ossensor._pyroute2 import RTMGRP_LINK, MarshalRtnl  # pyroute2's rtnl parser, without all of pyroute2
 from ossensor.interfaces import Interface, Selector, enumerate_interfaces, from_link
 
 RTM_NEWLINK, RTM_DELLINK = 16, 17

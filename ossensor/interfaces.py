@@ -16,8 +16,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-from pyroute2 import IPRoute
-
+from ossensor._pyroute2 import IPRoute  # pyroute2's IPRoute, without all of pyroute2
 from ossensor.pcapng import linktype_for_arphrd
 
 IFF_UP = 0x1

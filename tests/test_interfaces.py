@@ -301,3 +301,51 @@ def test_kernel_filter_for_300_interfaces_selects_exactly(ns):
     assert out["n"] == 300 and out["prog"] > 256  # past the 8-bit jump range: the ja chain is used
     # every interface in A saw exactly its one 4242 frame, every one in B its one 4243 frame, no other
     assert out["seen"] == {**{f"{n}:4242": 1 for n in out["A"]}, **{f"{n}:4243": 1 for n in out["B"]}}
+
+
+# --------------------------------------------------------------------------- pyroute2, lean
+
+def _python(code: str) -> str:
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_the_sensor_imports_only_the_corners_of_pyroute2_it_uses():
+    # pyroute2/__init__ imports the whole library (~10 MiB on every node); the sensor needs IPRoute and
+    # the rtnl parser. Both work, the rest is not loaded, and asking pyroute2 for any of its names
+    # afterwards still works (its __init__ runs then).
+    out = _python(
+        "import sys, socket\n"
+        "import ossensor.sensor, ossensor.hotplug\n"
+        "from ossensor._pyroute2 import IPRoute\n"
+        "with IPRoute() as ip:\n"
+        "    names = [l.get_attr('IFLA_IFNAME') for l in ip.get_links()]\n"
+        "print('lo' in names, socket.if_nametoindex('lo') in [l['index'] for l in IPRoute().get_links()])\n"
+        "print(sorted({m.split('.')[1] for m in sys.modules if m.startswith('pyroute2.')} & {'ndb', 'ipdb', 'nftables', 'plan9'}))\n"
+        "import pyroute2\n"
+        "from pyroute2 import NDB, IPRoute as I2\n"
+        "print(I2 is IPRoute, NDB.__name__, pyroute2.IPRoute is IPRoute)\n")
+    assert out.splitlines() == ["True True", "[]", "True NDB True"]
+
+
+def test_pyroute2_imported_first_is_used_as_it_is():
+    out = _python("import pyroute2\nfrom ossensor._pyroute2 import IPRoute\nprint(IPRoute is pyroute2.IPRoute)\n")
+    assert out.strip() == "True"
+
+
+def test_pyroute2_falls_back_to_the_plain_import_when_the_lean_one_fails():
+    # a pyroute2 whose submodules cannot load without its __init__: the plain import, same classes
+    out = _python(
+        "import importlib.abc, sys\n"
+        "class Once(importlib.abc.MetaPathFinder):\n"
+        "    fired = False\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'pyroute2.netlink.rtnl.marshal' and not Once.fired:\n"
+        "            Once.fired = True\n"
+        "            raise ImportError('simulated')\n"
+        "sys.meta_path.insert(0, Once())\n"
+        "from ossensor._pyroute2 import IPRoute, MarshalRtnl\n"
+        "import pyroute2\n"
+        "print(Once.fired, IPRoute is pyroute2.IPRoute, 'pyroute2.ndb.main' in sys.modules)\n")
+    assert out.strip() == "True True True"
