@@ -16,10 +16,18 @@ Two formats (OSSENSOR_LOG_FORMAT), the same events in both:
 
 Belt and braces for the secret: a Log given ``secrets`` replaces each of them (and its hex form) in
 every line with ``<redacted>`` before it is written, whichever format.
+
+The capture readers never wait for the log output (``never_block_this_thread``): their lines go
+into a bounded queue that a writer thread empties. A log file on a disk busy with writeback, or a
+stdout pipe nobody reads, can stall a write() for tens of milliseconds, and a stalled reader lets
+the kernel ring overflow: packets would be lost for the sake of log lines. When the queue is full
+(level 5 prints every packet), lines are dropped instead, and a warning says how many.
 """
 
 from __future__ import annotations
 
+import atexit
+import collections
 import json
 import re
 import sys
@@ -35,6 +43,8 @@ REDACTED = "<redacted>"
 _PAIR = re.compile(r"(?<![\w.\-])([A-Za-z_][A-Za-z0-9_]*)=(\S+)")
 _NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?")
 _RESERVED = {"ts", "level", "msg", "event", "severity"}
+HOT_QUEUE_LINES = 10_000  # lines of non-blocking threads waiting for the output (~1.5 MB)
+HOT_FLUSH_S = 0.2  # the longest a queued line waits when the output is free
 
 
 def _timestamp(now: float) -> str:
@@ -84,6 +94,24 @@ class Log:
             self._own = open(path, "a", encoding="utf-8", buffering=1)
             stream = self._own
         self._out = stream or sys.stdout
+        # lines of the threads that must not wait for the output, oldest first; a writer thread empties it
+        self._hot: set[int] = set()
+        self._queued: collections.deque[str] = collections.deque()
+        self._dropped = 0
+        self._state_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._writer: threading.Thread | None = None
+        self._closed = False
+
+    def never_block_this_thread(self) -> None:
+        """From now on, this thread's lines are queued (bounded) and written by another thread:
+        for the capture readers, which must keep draining the kernel ring whatever the output does."""
+        with self._state_lock:  # not self._lock: a writer stuck in the output holds that one
+            self._hot.add(threading.get_ident())
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_queued, name="log-writer", daemon=True)
+                self._writer.start()
+                atexit.register(self.flush)  # a daemon thread dies with the interpreter: its lines must not
 
     def add_secret(self, secret: bytes | str) -> None:
         """Never print this (nor its hex): it is replaced by <redacted> in every line."""
@@ -102,19 +130,59 @@ class Log:
                 msg = msg.replace(s, REDACTED)
         return msg
 
-    def __call__(self, level: int, msg: str) -> None:
-        if level > self.level:
-            return
+    def _line(self, level: int, msg: str) -> str:
         if self._secrets:
             msg = self._scrub(msg)
         stamp = _timestamp(time.time())
         if self.fmt == "json":
-            line = json.dumps(json_record(stamp, level, msg), separators=(",", ":")) + "\n"
-        else:
-            line = f"{stamp} ossensor L{level} {msg}\n"
+            return json.dumps(json_record(stamp, level, msg), separators=(",", ":")) + "\n"
+        return f"{stamp} ossensor L{level} {msg}\n"
+
+    def __call__(self, level: int, msg: str) -> None:
+        if level > self.level:
+            return
+        line = self._line(level, msg)
+        if self._hot and threading.get_ident() in self._hot:
+            if len(self._queued) < HOT_QUEUE_LINES:
+                self._queued.append(line)
+                self._wake.set()
+            else:
+                with self._state_lock:
+                    self._dropped += 1
+            return
         with self._lock:
+            self._drain()  # queued lines first: the output stays in the order the lines were made
             self._out.write(line)
             self._out.flush()
+
+    def _drain(self) -> None:
+        """Write the queued lines, and how many were dropped (the caller holds the lock)."""
+        if not self._queued and not self._dropped:
+            return
+        while self._queued:
+            self._out.write(self._queued.popleft())
+        with self._state_lock:
+            n, self._dropped = self._dropped, 0
+        if n:
+            self._out.write(self._line(BASIC, f"WARNING log_output_behind: dropped={n} lines of the capture thread, "
+                                              "which does not wait for the log output (a slow disk under "
+                                              "OSSENSOR_LOGFILE_PATH, an unread stdout, or OSSENSOR_DEBUG=5 at a "
+                                              "high packet rate); no packet was lost for them"))
+        self._out.flush()
+
+    def _write_queued(self) -> None:
+        while not self._closed:
+            self._wake.wait(HOT_FLUSH_S)
+            self._wake.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what the non-blocking threads queued, now."""
+        try:
+            with self._lock:
+                self._drain()
+        except (OSError, ValueError):  # the output is gone (closed file, broken pipe): nothing to write to
+            self._queued.clear()
 
     def error(self, msg: str) -> None:
         self(BASIC, "ERROR " + msg)
@@ -123,5 +191,9 @@ class Log:
         self(BASIC, "WARNING " + msg)
 
     def close(self) -> None:
+        self.flush()
+        self._closed = True
+        self._wake.set()
+        atexit.unregister(self.flush)
         if self._own:
             self._own.close()

@@ -248,6 +248,9 @@ class LiveCapture:
         holds HOLD_BATCHES batches' worth, packets wait in the ring."""
         ring = self.ring
         hold_bytes = HOLD_BATCHES * self.batch_bytes
+        never_block = getattr(self.log, "never_block_this_thread", None)
+        if never_block is not None:  # a stalled log write must not stall the ring's reader (log.py)
+            never_block()
         while not stop.is_set():
             wait = IDLE_WAIT_MS
             if self._batch_started:  # wake in time to cut the batch at its age
