@@ -98,6 +98,7 @@ class Log:
         self._hot: set[int] = set()
         self._queued: collections.deque[str] = collections.deque()
         self._dropped = 0
+        self.lines_dropped = 0  # since start (the metric); _dropped: since the last warning
         self._state_lock = threading.Lock()
         self._wake = threading.Event()
         self._writer: threading.Thread | None = None
@@ -149,6 +150,7 @@ class Log:
             else:
                 with self._state_lock:
                     self._dropped += 1
+                    self.lines_dropped += 1
             return
         with self._lock:
             self._drain()  # queued lines first: the output stays in the order the lines were made

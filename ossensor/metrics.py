@@ -245,6 +245,11 @@ class Collector:
                 pass
             yield CounterMetricFamily("ossensor_reader_waits", "reader turns that left packets in the ring "
                                       "while shipping caught up", value=cap.held)
+        log = getattr(s, "log", None)
+        if isinstance(getattr(log, "lines_dropped", None), int):
+            yield CounterMetricFamily("ossensor_log_lines_dropped", "log lines of the capture thread dropped "
+                                      "because the log output did not keep up (no packet was lost for them)",
+                                      value=log.lines_dropped)
         spool = getattr(s, "spool", None)
         if spool is not None:
             for attr, name, doc in (("nbytes", "ossensor_spool_bytes", "bytes in the disk spool"),

@@ -85,6 +85,7 @@ def test_a_full_queue_drops_lines_and_says_how_many(monkeypatch):
     assert len(out.lines) == 101
     assert "L0 WARNING log_output_behind: dropped=50 lines of the capture thread" in out.lines[-1]
     assert "no packet was lost for them" in out.lines[-1]
+    assert log.lines_dropped == 50  # the metric's count: since start, not reset by the warning
 
 
 def test_the_dropped_count_is_an_event_in_json_and_the_secret_stays_out(monkeypatch):

@@ -96,6 +96,7 @@ def test_metrics_match_the_accounting(topo, tmp_path):
     assert metric(text, "ossensor_queue_capacity_bytes") == 64 << 20  # OSSENSOR_QUEUE_MB default
     assert metric(text, "ossensor_ring_fill_ratio") == 0  # everything read: nothing waits in the ring
     assert metric(text, "ossensor_reader_waits_total") == 0  # no batch ever waited to be sent
+    assert metric(text, "ossensor_log_lines_dropped_total") == 0  # the log output kept up
     assert metric(text, "ossensor_vsensor_requests_total", outcome="acked", status="200") >= 1
     assert metric(text, "ossensor_vsensor_last_rtt_seconds") > 0
     assert metric(text, "ossensor_vsensor_rtt_seconds_count") >= 1
