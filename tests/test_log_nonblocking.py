@@ -31,13 +31,16 @@ class StuckOutput:
         self.free.wait()
 
 
-def in_thread(fn) -> float:
-    """Run fn in a new thread; the seconds it took (it must not need the output)."""
+def log_as_reader(log: L.Log, level: int, messages) -> float:
+    """Log `messages` from a new thread marked as a capture reader; the seconds it took (it must not
+    need the output)."""
     took: list[float] = []
 
     def run():
         t0 = time.monotonic()
-        fn()
+        log.never_block_this_thread()
+        for m in messages:
+            log(level, m)
         took.append(time.monotonic() - t0)
 
     t = threading.Thread(target=run)
@@ -51,12 +54,7 @@ def test_a_reader_thread_does_not_wait_for_a_stuck_output_and_its_lines_come_in_
     out = StuckOutput()
     log = L.Log(level=5, stream=out)
 
-    def reader():
-        log.never_block_this_thread()
-        for i in range(500):
-            log(L.BATCHES, f"batch seq={i}")
-
-    assert in_thread(reader) < 2.0
+    assert log_as_reader(log, L.BATCHES, [f"batch seq={i}" for i in range(500)]) < 2.0
     other = threading.Thread(target=log, args=(L.BASIC, "after the batches"))  # a blocking writer
     other.start()
     time.sleep(0.1)
@@ -73,12 +71,7 @@ def test_a_full_queue_drops_lines_and_says_how_many(monkeypatch):
     out = StuckOutput()
     log = L.Log(level=5, stream=out)
 
-    def reader():
-        log.never_block_this_thread()
-        for i in range(150):
-            log(L.PACKETS, f"packet {i}")
-
-    in_thread(reader)
+    log_as_reader(log, L.PACKETS, [f"packet {i}" for i in range(150)])
     out.free.set()
     log.close()
     assert [line.split(" ossensor ")[1].strip() for line in out.lines[:100]] == [f"L5 packet {i}" for i in range(100)]
@@ -93,12 +86,7 @@ def test_the_dropped_count_is_an_event_in_json_and_the_secret_stays_out(monkeypa
     out = StuckOutput()
     log = L.Log(level=5, stream=out, fmt="json", secrets=["sekrit-key-123"])
 
-    def reader():
-        log.never_block_this_thread()
-        for _ in range(10):
-            log(L.PACKETS, "packet sekrit-key-123")
-
-    in_thread(reader)
+    log_as_reader(log, L.PACKETS, ["packet sekrit-key-123"] * 10)
     out.free.set()
     log.close()
     records = [json.loads(line) for line in out.lines]
@@ -112,11 +100,7 @@ def test_queued_lines_are_written_soon_without_anyone_else_logging():
     out.free.set()
     log = L.Log(level=4, stream=out)
 
-    def reader():
-        log.never_block_this_thread()
-        log(L.BATCHES, "batch seq=1")
-
-    in_thread(reader)
+    log_as_reader(log, L.BATCHES, ["batch seq=1"])
     deadline = time.monotonic() + 2
     while not out.lines and time.monotonic() < deadline:
         time.sleep(0.01)
