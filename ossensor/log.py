@@ -44,7 +44,6 @@ _PAIR = re.compile(r"(?<![\w.\-])([A-Za-z_][A-Za-z0-9_]*)=(\S+)")
 _NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?")
 _RESERVED = {"ts", "level", "msg", "event", "severity"}
 HOT_QUEUE_LINES = 10_000  # lines of non-blocking threads waiting for the output (~1.5 MB)
-HOT_FLUSH_S = 0.2  # the longest a queued line waits when the output is free
 
 
 def _timestamp(now: float) -> str:
@@ -173,8 +172,9 @@ class Log:
         self._out.flush()
 
     def _write_queued(self) -> None:
+        # woken by each queued line (and by close): no timer, an idle sensor stays asleep
         while not self._closed:
-            self._wake.wait(HOT_FLUSH_S)
+            self._wake.wait()
             self._wake.clear()
             self.flush()
 
