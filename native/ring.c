@@ -919,7 +919,8 @@ PyMODINIT_FUNC PyInit__native(void)
     if (!m)
         return NULL;
     Py_INCREF(&RingType);
-    if (PyModule_AddObject(m, "Ring", (PyObject *)&RingType) < 0) {
+    if (PyModule_AddIntConstant(m, "POOL_MAX", POOL_MAX) < 0 ||
+        PyModule_AddObject(m, "Ring", (PyObject *)&RingType) < 0) {
         Py_DECREF(&RingType);
         Py_DECREF(m);
         return NULL;

@@ -39,22 +39,25 @@ def _bare_package(spec) -> types.ModuleType:
     return pkg
 
 
+def _names():
+    # pyroute2.IPRoute is pyroute2.iproute.IPRoute: this works under either package object
+    from pyroute2.iproute import IPRoute
+    from pyroute2.netlink.rtnl import RTMGRP_LINK
+    from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+
+    return IPRoute, RTMGRP_LINK, MarshalRtnl
+
+
 def _load():
     spec = None if "pyroute2" in sys.modules else importlib.util.find_spec("pyroute2")
     if spec is not None and spec.submodule_search_locations and spec.loader is not None:
         sys.modules["pyroute2"] = _bare_package(spec)
         try:
-            from pyroute2.iproute import IPRoute
-            from pyroute2.netlink.rtnl import RTMGRP_LINK
-            from pyroute2.netlink.rtnl.marshal import MarshalRtnl
-            return IPRoute, RTMGRP_LINK, MarshalRtnl
+            return _names()
         except Exception:  # noqa: BLE001 - any surprise: forget the attempt, import the usual way
             for name in [n for n in sys.modules if n == "pyroute2" or n.startswith("pyroute2.")]:
                 del sys.modules[name]
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.rtnl import RTMGRP_LINK
-    from pyroute2.netlink.rtnl.marshal import MarshalRtnl
-    return IPRoute, RTMGRP_LINK, MarshalRtnl
+    return _names()  # with pyroute2's own __init__
 
 
 IPRoute, RTMGRP_LINK, MarshalRtnl = _load()

@@ -163,13 +163,12 @@ class BatchQueue:
             self._taken.notify_all()
             return items
 
-    def wait_below(self, nbytes: int, timeout: float) -> bool:
+    def wait_below(self, nbytes: int, timeout: float) -> None:
         """Wait until fewer than `nbytes` are queued in memory (or `timeout` s): the reader leaves
-        packets in the kernel ring meanwhile. True if there is room now."""
+        packets in the kernel ring meanwhile."""
         with self._cond:
             if self._bytes >= nbytes and not self._closed:
                 self._taken.wait(timeout)
-            return self._bytes < nbytes
 
     @property
     def closed(self) -> bool:

@@ -178,13 +178,12 @@ class Sensor:
         config.write_config_file(s, [i.name for i in chosen])
         log(L.BASIC, f"wrote generated configuration to {s.config_path}")
         try:
-            from ossensor.capture.live import LiveCapture
+            from ossensor.capture.live import LiveCapture, pool_buffers_for
 
             params = dict(ring_bytes=s.ring_mb << 20, block_timeout_ms=s.block_timeout_ms, snaplen=s.snaplen,
                           batch_bytes=s.batch_max_bytes, batch_age_s=s.batch_max_age_ms / 1000,
                           filter_expr=expr, log=log, accounting=self.acct,
-                          # reusable batch buffers: as many as can wait in the queue, + filling + sending
-                          pool_buffers=min(64, max(8, (s.queue_mb << 20) // s.batch_max_bytes + 2)))
+                          pool_buffers=pool_buffers_for(s.queue_mb << 20, s.batch_max_bytes))
             if s.capture_threads > 1:  # several rings in a PACKET_FANOUT group, a reader each
                 from ossensor.capture.fanout import FanoutCapture
 

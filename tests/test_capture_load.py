@@ -315,6 +315,16 @@ def test_ring_pool_reuses_as_many_buffers_as_wait_and_trims_idle_ones():
         ring.close()
     with pytest.raises(ValueError, match="pool_buffers"):
         Ring(ring_bytes=1 << 21, block_size=1 << 20, snaplen=2048, batch_bytes=1 << 16, pool_buffers=1)
+    # the sensor's choice: the queue's worth + filling + sending, within POOL_KEEP..the ring's limit
+    from ossensor._native import POOL_MAX
+    from ossensor.capture.live import POOL_KEEP, pool_buffers_for
+
+    MiB = 1 << 20
+    assert pool_buffers_for(64 * MiB, 4 * MiB) == 18  # the defaults
+    assert pool_buffers_for(1 * MiB, 4 * MiB) == POOL_KEEP
+    assert pool_buffers_for(1 << 30, 4 * MiB) == POOL_MAX == 64
+    with pytest.raises(ValueError, match="pool_buffers"):
+        Ring(ring_bytes=1 << 21, block_size=1 << 20, snaplen=2048, batch_bytes=1 << 16, pool_buffers=POOL_MAX + 1)
 
 
 TRIM = r"""
