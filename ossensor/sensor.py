@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import socket
 import sys
 import threading
@@ -24,6 +23,7 @@ from ossensor.batch import Batch, BatchQueue
 from ossensor.capture import bpf
 from ossensor.ship import Shipper, url_host
 from ossensor.shipping import Pipeline
+from ossensor.stop_signals import StopSignals
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -108,6 +108,7 @@ class Sensor:
         self.capture = None
         self.shipper = None
         self.pipeline = None  # shipping.Pipeline, built in run()
+        self.signals: StopSignals | None = None  # installed in run(), until it returns
 
     # -- stages --------------------------------------------------------------------------
     def enqueue(self, batch: Batch) -> None:
@@ -158,6 +159,13 @@ class Sensor:
                              f"{', '.join(report.threads_with_caps)}")
 
     def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            if self.signals is not None:
+                self.signals.restore()
+
+    def _run(self) -> int:
         s, log = self.s, self.log
         log(L.BASIC, f"ossensor {__version__} starting: sensor={s.sensor_name} boot={self.boot} pid={os.getpid()}")
         for name, value in s.summary():
@@ -231,8 +239,8 @@ class Sensor:
         # Every socket that needs a capability is open by now (open new ones above this line):
         # give up all capabilities before any thread starts (capabilities are per thread).
         self.drop_privileges()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.stop.set())
+        # SIGTERM/SIGINT end the loop below; one during the flush after it is noted, not fatal
+        self.signals = signals = StopSignals().install()
         reader_stop = threading.Event()
         reader_failed: list[BaseException] = []
 
@@ -257,8 +265,8 @@ class Sensor:
             self.antigena.start()
 
             next_stats = time.monotonic() + s.stats_interval
-            while not self.stop.wait(min(1.0, max(0.05, next_stats - time.monotonic()))):
-                if not reader.is_alive():
+            while not signals.wait(min(1.0, max(0.05, next_stats - time.monotonic()))):
+                if not reader.is_alive() or self.stop.is_set():
                     break
                 if time.monotonic() >= next_stats:
                     log(L.STATS, self.stats_line())

@@ -25,7 +25,6 @@ import ipaddress
 import json
 import math
 import os
-import signal
 import socket
 import socketserver
 import ssl
@@ -37,6 +36,7 @@ from pathlib import Path
 
 from ossensor import __version__, protocol
 from ossensor.pcapng import PcapngError
+from ossensor.stop_signals import StopSignals
 from ossensor.vsensor import antigena as _antigena
 from ossensor.vsensor import store as _store
 from ossensor.vsensor import tls as _tls
@@ -602,16 +602,6 @@ def main(args: argparse.Namespace) -> int:
         store.close()
         return _fail(f"cannot listen on {args.listen}: {err.strerror or err}")
 
-    stopping = threading.Event()
-
-    def _stop(signum, _frame):
-        if not stopping.is_set():
-            stopping.set()
-            threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-
     bound_host, bound_port = server.server_address[:2]
     ca_text = str(ca_path) if ca_path else "(given certificate)"
     app.log(f"listening on https://{_url_host(bound_host)}:{bound_port} out={out} ca={ca_text}")
@@ -619,10 +609,22 @@ def main(args: argparse.Namespace) -> int:
         app.log(f"sensors trust this vSensor with OSSENSOR_TLS_CA_FILE={ca_path.resolve()}")
     if args.client_ca:
         app.log(f"client certificates required, signed by {args.client_ca}")
+    # The server runs in a thread, the main thread waits for SIGTERM/SIGINT: a handler that stopped the
+    # server itself would take locks the main thread may hold at that instant (stop_signals.py).
+    serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5}, name="serve")
+    failed = False
     try:
-        server.serve_forever(poll_interval=0.5)
+        with StopSignals() as stop:
+            serving.start()
+            while not stop.wait(1.0):
+                if not serving.is_alive():  # serve_forever raised (its traceback is printed)
+                    failed = True
+                    break
+            if serving.is_alive():
+                server.shutdown()  # returns once serve_forever has
+            serving.join()
     finally:
         server.server_close()
         store.close()
         app.log("stopped")
-    return 0
+    return 1 if failed else 0
