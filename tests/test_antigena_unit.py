@@ -406,3 +406,27 @@ def test_exchange_uses_the_sensors_proxy_choice_not_requests(real_vsensor, monke
         ag.exchange.close()
     finally:
         proxy.close()
+
+
+def test_a_restarted_vsensor_refuses_recorded_exchanges_and_remembers_final_reports(tmp_path):
+    """The reference vSensor's Desk re-reads its reports file: a replayed exchange is not recorded twice,
+    and an action this sensor boot reported final is not sent to it again."""
+    from ossensor.vsensor.antigena import REPORTS_FILE, Desk
+
+    lines = []
+    issued = {"action": {"id": "q1", "target": {"type": "host", "address": "10.0.0.9"}, "expires_in": 300}}
+    (tmp_path / "antigena-actions.jsonl").write_text(json.dumps(issued) + "\n")
+    req = protocol.Verified("node-1", XBOOT, 1, int(time.time()), "identity")
+    body = json.dumps({"reports": [{"id": "q1", "state": "expired", "final": True}]}).encode()
+    desk = Desk(tmp_path, lines.append)
+    assert desk.exchange(req, body, "peer")[0] == 200
+    (tmp_path / REPORTS_FILE).open("a").write("not json\n[1]\n")  # damaged lines are skipped, not fatal
+    again = Desk(tmp_path, lines.append)  # the vSensor restarted
+    status, answer = again.exchange(req, body, "peer")
+    assert status == 409 and answer["status"] == "duplicate"
+    assert len((tmp_path / REPORTS_FILE).read_text().splitlines()) == 3  # recorded once
+    status, answer = again.exchange(protocol.Verified("node-1", XBOOT, 2, int(time.time()), "identity"),
+                                    b'{"reports": []}', "peer")
+    assert status == 200 and answer["actions"] == []  # q1 was final for this boot
+    other_boot = protocol.Verified("node-1", "fedcba9876543210", 1, int(time.time()), "identity")
+    assert [a["id"] for a in again.exchange(other_boot, b'{"reports": []}', "peer")[1]["actions"]] == ["q1"]

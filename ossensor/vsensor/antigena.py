@@ -26,6 +26,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from ossensor import protocol
+from ossensor.vsensor import store as _store
 
 ACTIONS_FILE = "antigena-actions.jsonl"
 REPORTS_FILE = "antigena-reports.jsonl"
@@ -45,6 +46,23 @@ class Desk:
         self._stamp = None
         self._actions: list[dict] = []
         self._done: OrderedDict[tuple[str, str], set[str]] = OrderedDict()
+        self._recover()
+
+    def _recover(self) -> None:
+        """After a restart: the exchanges already recorded are refused as replays (a sensor re-signs a
+        retry with a fresh seq), and actions a sensor boot reported final are not sent to it again.
+        From the end of the reports file, bounded; an exchange without reports left no line, and its
+        replay records nothing either."""
+        for r in _store.tail_entries(self.out / REPORTS_FILE, MAX_FILE, _store.SEED_MAX_ENTRIES):
+            sensor, boot, seq = r.get("sensor"), r.get("boot"), r.get("seq")
+            if not (isinstance(sensor, str) and isinstance(boot, str) and isinstance(seq, int)):
+                continue
+            self.guard.accept(sensor, boot, seq)
+            if r.get("final") and isinstance(r.get("id"), str):
+                self._done.setdefault((sensor, boot), set()).add(r["id"])
+                self._done.move_to_end((sensor, boot))
+        while len(self._done) > FINAL_STREAMS:
+            self._done.popitem(last=False)
 
     def _load(self) -> list[dict]:
         path = self.out / ACTIONS_FILE

@@ -405,22 +405,11 @@ class Store:
         """
         tail_bytes = SEED_TAIL_BYTES if tail_bytes is None else tail_bytes
         max_entries = SEED_MAX_ENTRIES if max_entries is None else max_entries
-        path = self.out_dir / BATCH_LOG
         out: list[tuple[str, str, int]] = []
-        try:
-            with open(path, "rb") as fh:
-                size = fh.seek(0, os.SEEK_END)
-                fh.seek(max(0, size - tail_bytes))
-                if size > tail_bytes:
-                    fh.readline()  # a partial line
-                lines = fh.read().splitlines()
-        except OSError:
-            return out
-        for line in lines[-max_entries:] if max_entries > 0 else []:
+        for entry in tail_entries(self.out_dir / BATCH_LOG, tail_bytes, max_entries):
             try:
-                entry = json.loads(line)
                 out.append((str(entry["sensor"]), str(entry["boot"]), int(entry["seq"])))
-            except (ValueError, KeyError, TypeError):
+            except (KeyError, TypeError, ValueError):
                 continue
         return out
 
@@ -435,3 +424,27 @@ class Store:
                         pass
             self._streams.clear()
             self._log.close()
+
+
+def tail_entries(path: Path, tail_bytes: int, max_entries: int) -> list[dict]:
+    """The JSON objects on the last lines of a .jsonl file, oldest first: at most the last `tail_bytes`
+    of it (a partial first line skipped) and of those the last `max_entries`; unreadable lines skipped,
+    a missing file gives none."""
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - tail_bytes))
+            if size > tail_bytes:
+                fh.readline()  # a partial line
+            lines = fh.read().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines[-max_entries:] if max_entries > 0 else []:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            out.append(entry)
+    return out
