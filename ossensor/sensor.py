@@ -36,6 +36,10 @@ class Fatal(Exception):
         self.status = status
 
 
+class StoppedEarly(Exception):
+    """SIGTERM/SIGINT before capture started (waiting for an interface): nothing to flush, exit 0."""
+
+
 def resolve(host: str, port: int) -> list[str]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -72,7 +76,8 @@ def own_traffic_filter(settings) -> str:
     return bpf.own_traffic(endpoints)
 
 
-def choose_interfaces(settings, log: L.Log, selector: interfaces.Selector | None = None) -> list[interfaces.Interface]:
+def choose_interfaces(settings, log: L.Log, selector: interfaces.Selector | None = None,
+                      stop: StopSignals | None = None) -> list[interfaces.Interface]:
     if selector is None:
         selector = interfaces.Selector.from_settings(settings)
         for note in selector.notes:
@@ -90,7 +95,11 @@ def choose_interfaces(settings, log: L.Log, selector: interfaces.Selector | None
                 else "interface matching the selection")
         if left:
             log.warning(f"no {what} yet; waiting {settings.interface_wait_secs:g} s, {left} attempts left")
-            time.sleep(settings.interface_wait_secs)
+            if stop is None:
+                time.sleep(settings.interface_wait_secs)
+            elif stop.wait(settings.interface_wait_secs):
+                raise StoppedEarly(f"stopped by {stop.received_name} while waiting for "
+                                   f"{'' if selector.device else 'an '}{what}")
     if selector.device:
         raise Fatal(f"OSSENSOR_NETWORK_DEVICE: no such interface {selector.device!r}", EXIT_USAGE)
     raise Fatal("no interface to capture: every interface is loopback or excluded "
@@ -168,6 +177,9 @@ class Sensor:
     def _run(self) -> int:
         s, log = self.s, self.log
         log(L.BASIC, f"ossensor {__version__} starting: sensor={s.sensor_name} boot={self.boot} pid={os.getpid()}")
+        # SIGTERM/SIGINT from now on: while waiting for an interface they end the wait; once capturing, the
+        # main loop below; during the final flush they are noted, not fatal
+        self.signals = signals = StopSignals().install()
         for name, value in s.summary():
             log(L.BASIC, f"config {name}={value}")
         for w in s.warnings:
@@ -179,7 +191,7 @@ class Sensor:
         self.selector = interfaces.Selector.from_settings(s)
         for note in self.selector.notes:
             log(L.BASIC, note)
-        chosen = choose_interfaces(s, log, self.selector)
+        chosen = choose_interfaces(s, log, self.selector, stop=signals)
         exclusion = own_traffic_filter(s)
         expr = bpf.combine(exclusion, s.bpf)
         log(L.BASIC, f"kernel filter: {expr or '(all packets)'}")
@@ -239,8 +251,6 @@ class Sensor:
         # Every socket that needs a capability is open by now (open new ones above this line):
         # give up all capabilities before any thread starts (capabilities are per thread).
         self.drop_privileges()
-        # SIGTERM/SIGINT end the loop below; one during the flush after it is noted, not fatal
-        self.signals = signals = StopSignals().install()
         reader_stop = threading.Event()
         reader_failed: list[BaseException] = []
 
@@ -314,6 +324,9 @@ def run(settings) -> int:
             if settings.logfile:
                 print(f"ossensor: {p}", file=sys.stderr)
         return EXIT_USAGE
+    except StoppedEarly as err:
+        log(L.BASIC, str(err))
+        return EXIT_OK
     except Fatal as err:
         log.error(str(err))
         if settings.logfile:  # the log is in a file: say it where the user looks too

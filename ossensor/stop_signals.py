@@ -35,6 +35,10 @@ class StopSignals:
         if self.received is None:  # a plain attribute store: no lock, safe wherever the main thread was
             self.received = signum
 
+    @property
+    def received_name(self) -> str:
+        return signal.Signals(self.received).name if self.received else "-"
+
     def install(self) -> "StopSignals":
         self._prev_fd = signal.set_wakeup_fd(self._w.fileno(), warn_on_full_buffer=False)
         for s in self.signals:

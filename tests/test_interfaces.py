@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -220,6 +221,22 @@ def test_unknown_device_waits_then_exits_2(ns, tmp_path):
     assert "no interface 'nosuch0' (OSSENSOR_NETWORK_DEVICE) yet; waiting 0.1 s, 1 attempts left" in r.stdout
     assert "OSSENSOR_NETWORK_DEVICE: no such interface 'nosuch0'" in r.stdout
     assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_sigterm_while_waiting_for_the_device_stops_at_once_with_status_0(ns, tmp_path):
+    from support import Proc
+
+    env = _run_env(tmp_path, OSSENSOR_NETWORK_DEVICE="nosuch0", INTERFACE_WAIT_SECS="60")
+    p = Proc([sys.executable, "-m", "ossensor", "run"], env=env, netns=ns)
+    try:
+        p.wait_for(r"no interface 'nosuch0' \(OSSENSOR_NETWORK_DEVICE\) yet; waiting 60 s")
+        t0 = time.monotonic()
+        assert p.stop(timeout=10) == 0, p.output
+        assert time.monotonic() - t0 < 5, "the 60 s wait was not cut short"
+        assert "L0 stopped by SIGTERM while waiting for interface 'nosuch0' (OSSENSOR_NETWORK_DEVICE)" in p.output
+        assert "Traceback" not in p.output and "ERROR" not in p.output
+    finally:
+        p.kill()
 
 
 def test_device_default_without_default_route_falls_back_to_lists(ns, tmp_path):
