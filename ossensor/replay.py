@@ -342,6 +342,8 @@ class Replay:
         if self.interrupted:  # a second Ctrl-C: stop waiting for the vSensor
             raise KeyboardInterrupt
         self.interrupted = True
+        # sets the shipping pipeline's stop Event: safe in a handler because the main thread never waits on
+        # that Event (only the shipper thread does), so it cannot be holding its lock here (stop_signals.py)
         self.sink.interrupt()
 
     def _one_file(self, index: int, path: str, sink, done_before: int) -> str | None:
