@@ -11,14 +11,8 @@ PCAPNGSCAN_SO=path loads the module from that file instead of ossensor._pcapngsc
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import shutil
 import struct
-import subprocess
-import sys
-import sysconfig
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -27,25 +21,12 @@ from ossensor import pcapng
 from ossensor.pcapng import PcapngError
 from ossensor.vsensor import store as store_mod
 
+import asan
 from mutations import mutate, mutations
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(300)
 EXAMPLES = int(os.environ.get("PCAPNGSCAN_EXAMPLES", "400"))
-
-
-def _load():
-    path = os.environ.get("PCAPNGSCAN_SO")
-    if not path:
-        from ossensor import _pcapngscan
-        return _pcapngscan
-    spec = importlib.util.spec_from_file_location("ossensor._pcapngscan", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-scan_mod = _load()
+scan_mod = asan.load("PCAPNGSCAN_SO", "ossensor._pcapngscan")
 
 
 @pytest.fixture(autouse=True)
@@ -240,24 +221,8 @@ def test_store_same_bytes_with_and_without_c(tmp_path):
 def test_fuzz_under_asan(tmp_path):
     """This file's tests again, with the module built with -fsanitize=address (out-of-bounds reads
     or writes abort the subprocess)."""
-    gcc = shutil.which("gcc")
-    libasan = subprocess.run([gcc or "gcc", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
-    if os.environ.get("PCAPNGSCAN_SO"):
-        pytest.skip("already the ASan run")
-    if not gcc or not os.path.isabs(libasan) or not os.path.exists(libasan):
-        pytest.skip("gcc with libasan needed")
-    so = tmp_path / ("_pcapngscan" + sysconfig.get_config_var("EXT_SUFFIX"))
-    cmd = [gcc, "-shared", "-fPIC", "-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer",
-           "-Wall", "-Wextra", "-Werror", "-std=gnu11", f"-I{sysconfig.get_paths()['include']}",
-           str(ROOT / "native" / "pcapng_scan.c"), "-o", str(so)]
-    subprocess.run(cmd, check=True)
-    env = dict(os.environ, PCAPNGSCAN_SO=str(so), LD_PRELOAD=libasan, PCAPNGSCAN_EXAMPLES="300",
-               ASAN_OPTIONS="detect_leaks=0:abort_on_error=1", PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
-                        str(Path(__file__)), "-k", "not asan"],
-                       capture_output=True, text=True, env=env, cwd=str(ROOT / "tests"), timeout=280)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "passed" in r.stdout
+    so, libasan = asan.build(tmp_path, "ossensor._pcapngscan", ["pcapng_scan.c"])
+    asan.rerun(__file__, "PCAPNGSCAN_SO", so, libasan, {"PCAPNGSCAN_EXAMPLES": "300"})
 
 
 def test_store_drop_behind_keeps_the_bytes(tmp_path):

@@ -4,6 +4,8 @@ the file, and everything written before is well-formed.
 
 In-process examples run the C reader directly (a memory error would kill pytest itself); a few run
 the command line in a subprocess, which must exit 0 or 2 with one line and no traceback.
+test_fuzz_under_asan runs the in-process ones again with the reader built with AddressSanitizer
+(FILEREADER_SO=path loads the module from that file instead of ossensor._filereader).
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ import sys
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
+import asan
 import capfiles
 from mutations import mutate, mutations
 from support import ROOT
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(300)
+EXAMPLES = int(os.environ.get("FILEREADER_EXAMPLES", "2000"))
+reader_mod = asan.load("FILEREADER_SO", "ossensor._filereader")
 
 
 def _seeds() -> list[bytes]:
@@ -60,8 +65,7 @@ def run_reader(path: str, data: bytes, expr: str, snaplen: int, until: int | Non
                direct: bool = False) -> None:
     """Read the whole file; direct: the batches go through write_to(fd) (the --out path) into a
     file that is checked afterwards, else through take()."""
-    from ossensor._filereader import FileFormatError, Reader
-
+    FileFormatError, Reader = reader_mod.FileFormatError, reader_mod.Reader
     r = Reader(path, expr, snaplen, 64 << 10)
     total = 0
     out_path = path + ".epbs"
@@ -96,7 +100,7 @@ def run_reader(path: str, data: bytes, expr: str, snaplen: int, until: int | Non
         assert r.offset == len(data)
 
 
-@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.sampled_from(range(len(SEEDS))), ops=st.lists(mutation, min_size=1, max_size=6),
        expr=st.sampled_from(["", "udp", "ip and len > 50", "port 53 or arp"]),
        snaplen=st.sampled_from([64, 262144]), paced=st.booleans(), direct=st.booleans())
@@ -137,3 +141,11 @@ def test_mutated_files_through_the_command_line(tmp_path_factory, seed, ops):
     from ossensor import pcapng
 
     pcapng.read_sections((d / "o.pcapng").read_bytes())  # what was written before the damage is readable
+
+
+def test_fuzz_under_asan(tmp_path):
+    """The in-process tests again, the reader built with -fsanitize=address and leak checking: an
+    out-of-bounds access, a use after free or a leaked buffer aborts the subprocess."""
+    so, libasan = asan.build(tmp_path, "ossensor._filereader", ["filereader.c"], libraries=("pcap",))
+    asan.rerun(__file__, "FILEREADER_SO", so, libasan, {"FILEREADER_EXAMPLES": "600"},
+               select="not asan and not command_line", leaks_in="filereader.c")

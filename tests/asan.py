@@ -1,0 +1,77 @@
+"""C extensions built with AddressSanitizer, and test files run again against them.
+
+A test file that supports it loads its module through `load(env_var, name)`: the normal build, or the
+file named by `env_var` (the ASan build). `rerun(test_file, ...)` builds `sources` with
+-fsanitize=address and runs that file's other tests in a subprocess with libasan preloaded: an
+out-of-bounds read or write, a use after free (or, with leaks=True, a leak) aborts it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load(env_var: str, name: str):
+    """The extension module `name` (e.g. "ossensor._filereader"): the ASan build when env_var names one."""
+    path = os.environ.get(env_var)
+    if not path:
+        return importlib.import_module(name)
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    sys.modules[name] = mod  # code under test importing it by name gets this build too
+    return mod
+
+
+def build(tmp_path: Path, name: str, sources: list[str], libraries: tuple[str, ...] = ()) -> tuple[Path, str]:
+    """(the ASan-built module file, libasan's path); skips the test without gcc and libasan."""
+    gcc = shutil.which("gcc")
+    if not gcc:
+        pytest.skip("gcc with libasan needed")
+    libasan = subprocess.run([gcc, "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    if not os.path.isabs(libasan) or not os.path.exists(libasan):
+        pytest.skip("gcc with libasan needed")
+    so = tmp_path / (name.rsplit(".", 1)[-1] + sysconfig.get_config_var("EXT_SUFFIX"))
+    cmd = [gcc, "-shared", "-fPIC", "-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer",
+           "-Wall", "-Wextra", "-Werror", "-std=gnu11", f"-I{sysconfig.get_paths()['include']}",
+           *[str(ROOT / "native" / s) for s in sources], "-o", str(so), *[f"-l{lib}" for lib in libraries]]
+    subprocess.run(cmd, check=True)
+    return so, libasan
+
+
+def rerun(test_file: str, env_var: str, so: Path, libasan: str, extra_env: dict[str, str] | None = None,
+          select: str = "not asan", leaks_in: str | None = None, timeout: float = 280) -> None:
+    """Run `test_file`'s tests matching `select` with env_var=so under ASan; fail with their output.
+    Processes those tests start inherit the settings: each writes its report to a file of its own.
+
+    leaks_in: a source file (e.g. "filereader.c"): LeakSanitizer runs at exit, and any leak allocated
+    from that file fails the test. The interpreter's own leftovers at exit are not ours to judge, and
+    Python's small objects are invisible to it: the check is for the extension's malloc()s."""
+    if os.environ.get(env_var):
+        pytest.skip("already the ASan run")
+    reports = so.parent / "asan-reports"
+    reports.mkdir(exist_ok=True)
+    env = dict(os.environ, LD_PRELOAD=libasan, PYTHONPATH=str(ROOT), **{env_var: str(so)}, **(extra_env or {}),
+               ASAN_OPTIONS=f"detect_leaks={int(bool(leaks_in))}:abort_on_error=1:log_path={reports}/report",
+               LSAN_OPTIONS="exitcode=0")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
+                        str(Path(test_file).resolve()), "-k", select],
+                       capture_output=True, text=True, env=env, cwd=str(ROOT / "tests"), timeout=timeout)
+    text = "\n\n".join(f.read_text(errors="replace") for f in sorted(reports.iterdir()))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:] + text[-3000:]
+    assert "passed" in r.stdout
+    assert "ERROR: AddressSanitizer" not in text, text[-4000:]
+    if leaks_in:
+        ours = [block for block in text.split("\n\n") if "leak of" in block and f"/{leaks_in}:" in block]
+        assert not ours, "\n\n".join(ours)[-4000:]
