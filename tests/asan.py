@@ -56,15 +56,16 @@ def rerun(test_file: str, env_var: str, so: Path, libasan: str, extra_env: dict[
     Processes those tests start inherit the settings: each writes its report to a file of its own.
 
     leaks_in: a source file (e.g. "filereader.c"): LeakSanitizer runs at exit, and any leak allocated
-    from that file fails the test. The interpreter's own leftovers at exit are not ours to judge, and
-    Python's small objects are invisible to it: the check is for the extension's malloc()s."""
+    from that file fails the test (with PYTHONMALLOC=malloc, so that its PyMem_* allocations are seen
+    too). The interpreter's own leftovers at exit are not ours to judge: only stacks through that file count."""
     if os.environ.get(env_var):
         pytest.skip("already the ASan run")
     reports = so.parent / "asan-reports"
     reports.mkdir(exist_ok=True)
     env = dict(os.environ, LD_PRELOAD=libasan, PYTHONPATH=str(ROOT), **{env_var: str(so)}, **(extra_env or {}),
                ASAN_OPTIONS=f"detect_leaks={int(bool(leaks_in))}:abort_on_error=1:log_path={reports}/report",
-               LSAN_OPTIONS="exitcode=0")
+               LSAN_OPTIONS="exitcode=0",
+               PYTHONMALLOC="malloc")  # PyMem_* straight to malloc: visible to ASan and LeakSanitizer
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
                         str(Path(test_file).resolve()), "-k", select],
                        capture_output=True, text=True, env=env, cwd=str(ROOT / "tests"), timeout=timeout)

@@ -7,10 +7,15 @@ import subprocess
 
 import pytest
 
-from support import (Topology, read_pcap, send_udp, sensor_env, sh, start_sensor, start_tcpdump, start_vsensor,
-                     vsensor_packets)
+import asan
+from support import (ROOT, Topology, read_pcap, send_udp, sensor_env, sh, start_sensor, start_tcpdump,
+                     start_vsensor, vsensor_packets)
 
 pytestmark = pytest.mark.timeout(180)
+asan.load("NATIVE_SO", "ossensor._native")  # the ring built with ASan in test_ring_under_asan's rerun
+# the same for the scripts below, which run in a namespace of their own
+SCRIPT_PRELUDE = f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); import asan; " \
+                 "asan.load('NATIVE_SO', 'ossensor._native')\n"
 
 
 def trafgen_udp_cfg(size: int = 64) -> str:
@@ -205,7 +210,7 @@ def test_ring_wake_ends_a_wait_once_and_take_needs_a_new_batch():
         ring.close()
 
 
-HOLD = r"""
+HOLD = SCRIPT_PRELUDE + r"""
 import json, os, socket, struct, sys, threading, time
 from ossensor import log as L
 from ossensor.accounting import Accounting
@@ -327,7 +332,7 @@ def test_ring_pool_reuses_as_many_buffers_as_wait_and_trims_idle_ones():
         Ring(ring_bytes=1 << 21, block_size=1 << 20, snaplen=2048, batch_bytes=1 << 16, pool_buffers=POOL_MAX + 1)
 
 
-TRIM = r"""
+TRIM = SCRIPT_PRELUDE + r"""
 import io, json, os, socket, struct, sys, threading, time
 from ossensor import log as L
 from ossensor.accounting import Accounting
@@ -385,3 +390,14 @@ def test_idle_pooled_batch_buffers_are_released_after_a_quiet_spell(topo):
     assert len(out["log"]) == 1 and "released" in out["log"][0], out  # once per quiet spell
     released = int(out["log"][0].split("released ")[1].split()[0])
     assert released == min(out["made"], 8) - 2, out  # every pooled one (8 at most) beyond POOL_KEEP
+
+
+RING_UNDER_ASAN = "ring_wake or ring_pool or leaves_packets or idle_pooled"
+
+
+def test_ring_under_asan(tmp_path):
+    """The ring's tests above (wake, take, pool, trim, back-pressure with real packets, Antigena rules)
+    again with ring.c built with -fsanitize=address and leak checking: an out-of-bounds access, a use
+    after free or a leaked buffer allocated in ring.c fails."""
+    so, libasan = asan.build(tmp_path, "ossensor._native", ["ring.c"])
+    asan.rerun(__file__, "NATIVE_SO", so, libasan, select=RING_UNDER_ASAN, leaks_in="ring.c")
