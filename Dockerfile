@@ -22,7 +22,7 @@ RUN python3 -m venv /opt/ossensor \
  && /opt/ossensor/bin/pip install ${PIP_OPTS} --find-links /src/wheelhouse /src \
  && /opt/ossensor/bin/python -m pip uninstall -q -y pip setuptools wheel \
  && find /opt/ossensor -name '__pycache__' -prune -exec rm -rf {} + \
- && /opt/ossensor/bin/python -c 'import ossensor._native, pcapy; from ossensor.cli import main'
+ && /opt/ossensor/bin/python -c 'import ossensor._native, ossensor._filereader; from ossensor.cli import main'
 
 FROM ${BASE_IMAGE} AS runtime
 ARG VERSION=0.1.0

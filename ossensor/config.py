@@ -21,7 +21,7 @@ Rules worth knowing:
 * Booleans accept ``true/false``, ``1/0``, ``yes/no``, ``on/off`` (any case).
 * ``NETWORK_DEVICE_BLACKLIST``/``NETWORK_DEVICE_WHITELIST`` are still accepted for the exclude/include
   lists, with a warning (``Settings.warnings``); setting the old and the new name of one list is an error.
-* ``BPF`` is compiled with libpcap (through pcapy) for an Ethernet link at ``OSSENSOR_SNAPLEN``, so a
+* ``BPF`` is compiled with libpcap (capture/pcapcompile.py) for an Ethernet link at ``OSSENSOR_SNAPLEN``, so a
   filter that libpcap refuses is reported at start with libpcap's reason.
 """
 
@@ -211,13 +211,13 @@ def _parse_regex_list(value: Any) -> list[ERE]:
 
 
 def _check_bpf(expr: str, snaplen: int) -> None:
+    from ossensor.capture import pcapcompile
+
     try:
-        import pcapy
-    except ImportError:  # pragma: no cover - pcapy-ng is a dependency
+        pcapcompile.compile_dead(expr, pcapcompile.DLT_EN10MB, snaplen)
+    except OSError:  # no libpcap: the capture will say so
         return
-    try:
-        pcapy.compile(pcapy.DLT_EN10MB, snaplen, expr, 1, 0xFFFFFFFF)
-    except Exception as err:  # pcapy.PcapError / pcapy.BPFError
+    except ValueError as err:  # libpcap's message
         reason = " ".join(str(err).split()) or type(err).__name__
         raise ValueError(f"does not compile: {reason} (filter: {_show(expr, 120)})") from None
 

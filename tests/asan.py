@@ -34,45 +34,58 @@ def load(env_var: str, name: str):
     return mod
 
 
+def libasan() -> str:
+    """The path of gcc's libasan (to preload); skips the test without gcc and libasan."""
+    gcc = shutil.which("gcc")
+    path = subprocess.run([gcc, "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip() \
+        if gcc else ""
+    if not os.path.isabs(path) or not os.path.exists(path):
+        pytest.skip("gcc with libasan needed")
+    return path
+
+
+def env(libasan_path: str, **extra: str) -> dict[str, str]:
+    """The environment of a process run under ASan: libasan preloaded, PyMem_* straight to malloc."""
+    return dict(os.environ, LD_PRELOAD=libasan_path, PYTHONPATH=str(ROOT), PYTHONMALLOC="malloc",
+                ASAN_OPTIONS="detect_leaks=0:abort_on_error=1", **extra)
+
+
 def build(tmp_path: Path, name: str, sources: list[str], libraries: tuple[str, ...] = ()) -> tuple[Path, str]:
     """(the ASan-built module file, libasan's path); skips the test without gcc and libasan."""
+    libasan_path = libasan()
     gcc = shutil.which("gcc")
-    if not gcc:
-        pytest.skip("gcc with libasan needed")
-    libasan = subprocess.run([gcc, "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
-    if not os.path.isabs(libasan) or not os.path.exists(libasan):
-        pytest.skip("gcc with libasan needed")
     so = tmp_path / (name.rsplit(".", 1)[-1] + sysconfig.get_config_var("EXT_SUFFIX"))
     cmd = [gcc, "-shared", "-fPIC", "-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer",
            "-Wall", "-Wextra", "-Werror", "-std=gnu11", f"-I{sysconfig.get_paths()['include']}",
            *[str(ROOT / "native" / s) for s in sources], "-o", str(so), *[f"-l{lib}" for lib in libraries]]
     subprocess.run(cmd, check=True)
-    return so, libasan
+    return so, libasan_path
 
 
-def rerun(test_file: str, env_var: str, so: Path, libasan: str, extra_env: dict[str, str] | None = None,
-          select: str = "not asan", leaks_in: str | None = None, timeout: float = 280) -> None:
-    """Run `test_file`'s tests matching `select` with env_var=so under ASan; fail with their output.
+def rerun(test_files: str | list[str], env_var: str, so: Path, libasan: str, extra_env: dict[str, str] | None = None,
+          select: str = "not asan", leaks_in: str | tuple[str, ...] = (), timeout: float = 280) -> None:
+    """Run the tests of `test_files` matching `select` with env_var=so under ASan; fail with their output.
     Processes those tests start inherit the settings: each writes its report to a file of its own.
 
-    leaks_in: a source file (e.g. "filereader.c"): LeakSanitizer runs at exit, and any leak allocated
-    from that file fails the test (with PYTHONMALLOC=malloc, so that its PyMem_* allocations are seen
-    too). The interpreter's own leftovers at exit are not ours to judge: only stacks through that file count."""
+    leaks_in: source files (e.g. "filereader.c"): LeakSanitizer runs at exit, and any leak allocated
+    from one of them fails the test (with PYTHONMALLOC=malloc, so that its PyMem_* allocations are seen
+    too). The interpreter's own leftovers at exit are not ours to judge: only stacks through those files count."""
     if os.environ.get(env_var):
         pytest.skip("already the ASan run")
     reports = so.parent / "asan-reports"
     reports.mkdir(exist_ok=True)
-    env = dict(os.environ, LD_PRELOAD=libasan, PYTHONPATH=str(ROOT), **{env_var: str(so)}, **(extra_env or {}),
-               ASAN_OPTIONS=f"detect_leaks={int(bool(leaks_in))}:abort_on_error=1:log_path={reports}/report",
-               LSAN_OPTIONS="exitcode=0",
-               PYTHONMALLOC="malloc")  # PyMem_* straight to malloc: visible to ASan and LeakSanitizer
+    run_env = env(libasan, **{env_var: str(so)}, **(extra_env or {}), LSAN_OPTIONS="exitcode=0")
+    run_env["ASAN_OPTIONS"] = f"detect_leaks={int(bool(leaks_in))}:abort_on_error=1:log_path={reports}/report"
+    files = [test_files] if isinstance(test_files, str) else test_files
+    leaks_in = (leaks_in,) if isinstance(leaks_in, str) else leaks_in
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
-                        str(Path(test_file).resolve()), "-k", select],
-                       capture_output=True, text=True, env=env, cwd=str(ROOT / "tests"), timeout=timeout)
+                        *[str(Path(f).resolve()) for f in files], "-k", select],
+                       capture_output=True, text=True, env=run_env, cwd=str(ROOT / "tests"), timeout=timeout)
     text = "\n\n".join(f.read_text(errors="replace") for f in sorted(reports.iterdir()))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:] + text[-3000:]
     assert "passed" in r.stdout
     assert "ERROR: AddressSanitizer" not in text, text[-4000:]
     if leaks_in:
-        ours = [block for block in text.split("\n\n") if "leak of" in block and f"/{leaks_in}:" in block]
+        ours = [block for block in text.split("\n\n")
+                if "leak of" in block and any(f"/{name}:" in block for name in leaks_in)]
         assert not ours, "\n\n".join(ours)[-4000:]

@@ -208,8 +208,16 @@ def sensor_env(topo: Topology, tmp: Path, port: int, **overrides: str) -> dict[s
     return env
 
 
+# In an ASan rerun of the ring's tests (tests/asan.py, NATIVE_SO set), processes started here load that
+# build of ossensor._native; otherwise this loads the installed one.
+NATIVE_PRELUDE = (f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); import asan; "
+                  "asan.load('NATIVE_SO', 'ossensor._native')\n")
+
+
 def start_sensor(topo: Topology, env: dict[str, str]) -> Proc:
-    p = topo.spawn([sys.executable, "-m", "ossensor", "run"], netns=topo.cap, env=env)
+    argv = ([sys.executable, "-c", NATIVE_PRELUDE + "from ossensor.cli import main; raise SystemExit(main())", "run"]
+            if os.environ.get("NATIVE_SO") else [sys.executable, "-m", "ossensor", "run"])
+    p = topo.spawn(argv, netns=topo.cap, env=env)
     p.wait_for(r"capturing on")
     return p
 

@@ -8,14 +8,11 @@ import subprocess
 import pytest
 
 import asan
-from support import (ROOT, Topology, read_pcap, send_udp, sensor_env, sh, start_sensor, start_tcpdump,
-                     start_vsensor, vsensor_packets)
+from support import (NATIVE_PRELUDE, ROOT, Topology, read_pcap, send_udp, sensor_env, sh, start_sensor,
+                     start_tcpdump, start_vsensor, vsensor_packets)
 
 pytestmark = pytest.mark.timeout(180)
 asan.load("NATIVE_SO", "ossensor._native")  # the ring built with ASan in test_ring_under_asan's rerun
-# the same for the scripts below, which run in a namespace of their own
-SCRIPT_PRELUDE = f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); import asan; " \
-                 "asan.load('NATIVE_SO', 'ossensor._native')\n"
 
 
 def trafgen_udp_cfg(size: int = 64) -> str:
@@ -210,7 +207,7 @@ def test_ring_wake_ends_a_wait_once_and_take_needs_a_new_batch():
         ring.close()
 
 
-HOLD = SCRIPT_PRELUDE + r"""
+HOLD = NATIVE_PRELUDE + r"""
 import json, os, socket, struct, sys, threading, time
 from ossensor import log as L
 from ossensor.accounting import Accounting
@@ -332,7 +329,7 @@ def test_ring_pool_reuses_as_many_buffers_as_wait_and_trims_idle_ones():
         Ring(ring_bytes=1 << 21, block_size=1 << 20, snaplen=2048, batch_bytes=1 << 16, pool_buffers=POOL_MAX + 1)
 
 
-TRIM = SCRIPT_PRELUDE + r"""
+TRIM = NATIVE_PRELUDE + r"""
 import io, json, os, socket, struct, sys, threading, time
 from ossensor import log as L
 from ossensor.accounting import Accounting
@@ -392,12 +389,11 @@ def test_idle_pooled_batch_buffers_are_released_after_a_quiet_spell(topo):
     assert released == min(out["made"], 8) - 2, out  # every pooled one (8 at most) beyond POOL_KEEP
 
 
-RING_UNDER_ASAN = "ring_wake or ring_pool or leaves_packets or idle_pooled"
-
-
 def test_ring_under_asan(tmp_path):
-    """The ring's tests above (wake, take, pool, trim, back-pressure with real packets, Antigena rules)
-    again with ring.c built with -fsanitize=address and leak checking: an out-of-bounds access, a use
-    after free or a leaked buffer allocated in ring.c fails."""
+    """This file's tests and the Antigena ones (the ring's reader with real traffic at a high rate,
+    VLAN tags, fanout, mixed link types, back-pressure, the pool, wake and take, rules and resets) again
+    with ring.c built with -fsanitize=address and leak checking: an out-of-bounds access, a use after
+    free or a leaked buffer allocated in ring.c (or antigena.h, which it includes) fails."""
     so, libasan = asan.build(tmp_path, "ossensor._native", ["ring.c"])
-    asan.rerun(__file__, "NATIVE_SO", so, libasan, select=RING_UNDER_ASAN, leaks_in="ring.c")
+    asan.rerun([__file__, str(ROOT / "tests" / "test_antigena.py")], "NATIVE_SO", so, libasan,
+               leaks_in=("ring.c", "antigena.h"), timeout=600)

@@ -2,7 +2,7 @@
 
 One socket is bound to every interface, so the program attached to it first
 selects interfaces by index (ancillary load SKF_AD_IFINDEX) and then runs the
-user's filter compiled by libpcap (pcapy-ng) for that interface's link type.
+user's filter compiled by libpcap (pcapcompile.py) for that interface's link type.
 libpcap's jumps are relative, so its programs can be placed after our prefix
 unchanged. Conditional jumps only reach 255 instructions ahead; longer hops go
 through an unconditional `ja`.
@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import ipaddress
 
-import pcapy
-
-Insn = tuple[int, int, int, int]
+from ossensor.capture import pcapcompile
+from ossensor.capture.pcapcompile import Insn
 
 # classic BPF opcodes (linux/filter.h)
 BPF_LD_W_ABS = 0x20
@@ -24,7 +23,6 @@ BPF_RET_K = 0x06
 SKF_AD_OFF = -0x1000
 SKF_AD_IFINDEX = 8
 MAX_INSNS = 4096
-NETMASK_UNKNOWN = 0xFFFFFFFF
 LINKTYPE_TO_DLT = {101: 12}  # LINKTYPE_RAW -> DLT_RAW
 
 
@@ -36,22 +34,16 @@ def compile_expr(expr: str, linktype: int, snaplen: int, live: bool = False) -> 
     """libpcap's program for `expr` on a link type; the accept return value is the snaplen.
 
     live=True: for a Linux packet socket, where 802.1Q tags arrive out of band (see
-    livecompile.py); files (replay) keep tags inline and use live=False, as `tcpdump -r` does."""
-    if live and linktype == 1:
-        from ossensor.capture.livecompile import compile_ethernet_live
-
-        try:
-            prog = compile_ethernet_live(expr, snaplen)
-        except ValueError as err:
-            raise FilterError(str(err)) from None
-        if prog is not None:
-            return prog
+    pcapcompile.py); files (replay) keep tags inline and use live=False, as `tcpdump -r` does."""
     try:
+        if live and linktype == 1:
+            prog = pcapcompile.compile_ethernet_live(expr, snaplen)
+            if prog is not None:
+                return prog
         # libpcap wants a DLT_ value: they equal the LINKTYPE_ values except raw IP (101 -> DLT_RAW 12)
-        prog = pcapy.compile(LINKTYPE_TO_DLT.get(linktype, linktype), snaplen, expr, 1, NETMASK_UNKNOWN)
-    except Exception as err:  # pcapy raises PcapError / BPFError with libpcap's message
-        raise FilterError(str(err).strip() or "does not compile") from None
-    return [tuple(i) for i in prog.get_bpf()]
+        return pcapcompile.compile_dead(expr, LINKTYPE_TO_DLT.get(linktype, linktype), snaplen)
+    except (ValueError, OSError) as err:  # libpcap's message
+        raise FilterError(str(err)) from None
 
 
 def combine(exclusion: str, user: str) -> str:
