@@ -19,10 +19,10 @@ RING_MB = int(os.environ.get("BENCH_RING_MB", "64"))
 
 
 def ossensor_null(dev: str) -> None:
-    from ossensor import log as L
-    from ossensor.accounting import Accounting
+    from ossensor.ops import log as L
+    from ossensor.ship.accounting import Accounting
     from ossensor.capture.live import LiveCapture
-    from ossensor.interfaces import enumerate_interfaces
+    from ossensor.interfaces.netlink import enumerate_interfaces
 
     acct = Accounting()
     cap = LiveCapture(ring_bytes=RING_MB << 20, block_timeout_ms=10, snaplen=262144, batch_bytes=4 << 20,

@@ -4,7 +4,7 @@
     python3 bench/vsensor.py [--batches 40] [--sizes 64,1500] [--mb 4] [--cpu 0] [--mixed]
 
 Starts `ossensor vsensor` on loopback (pinned to --cpu, -1: not pinned), sends it signed batches
-with ossensor.ship.Shipper (one connection, one batch after another, as the sensor's shipper does),
+with ossensor.ship.client.Shipper (one connection, one batch after another, as the sensor's shipper does),
 each a section like the sensor's (--zstd: compressed, as OSSENSOR_COMPRESSION does): SHB, two Ethernet IDBs, EPBs of the given frame size alternating
 between the two interfaces, one ISB per interface. --mixed adds a raw-IP interface whose packets the
 store must move to a second file (interface ids renumbered). Prints, per frame size, the vSensor's
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ossensor import pcapng  # noqa: E402
-from ossensor.ship import Shipper  # noqa: E402
+from ossensor.ship.client import Shipper  # noqa: E402
 
 KEY = "bench-vsensor-key-0123456789"
 TICKS = os.sysconf("SC_CLK_TCK")

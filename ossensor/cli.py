@@ -10,8 +10,8 @@ import argparse
 import sys
 
 from ossensor import __version__
+from ossensor.exits import EXIT_USAGE
 
-EXIT_USAGE = 2
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -29,13 +29,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_interfaces(args: argparse.Namespace) -> int:
-    from ossensor.interfaces_report import main
+    from ossensor.interfaces.report import main
 
     return main(as_json=args.json)
 
 
 def _cmd_diagnose(args: argparse.Namespace) -> int:
-    from ossensor.diagnose import main
+    from ossensor.ops.diagnose import main
 
     return main()
 

@@ -25,13 +25,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
 
-from ossensor import log as L
+from ossensor.exits import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from ossensor.ops import log as L
 from ossensor import pcapng
-from ossensor.batch import Batch, BatchQueue, packet_hex, section
+from ossensor.ship.batch import Batch, packet_hex, section
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 WAIT_SLICE = 0.2  # longest sleep while pacing: progress and Ctrl-C stay responsive
 
 
@@ -185,15 +184,15 @@ class FileSink:
 
 class VSensorSink:
     """Batches as pcapng sections, handed to the same shipping stage as live capture
-    (ossensor.shipping.Pipeline: bounded queue, signing and retries by ossensor.ship.Shipper).
+    (ossensor.ship.pipeline.Pipeline: bounded queue, signing and retries by ossensor.ship.client.Shipper).
     Replay is not live: a full queue slows reading down (enqueue(block=True)), it never drops.
     The disk spool is not used: a replay's leftovers must not be sent later by the live sensor."""
 
     def __init__(self, settings, boot: str, totals: Totals, log: L.Log, send_timeout: float):
-        from ossensor import proxy as P
-        from ossensor.accounting import Accounting
-        from ossensor.ship import Shipper
-        from ossensor.shipping import Pipeline
+        from ossensor.ship import proxy as P
+        from ossensor.ship.accounting import Accounting
+        from ossensor.ship.client import Shipper
+        from ossensor.ship.pipeline import Pipeline
 
         s = settings
         try:

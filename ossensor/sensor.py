@@ -15,26 +15,18 @@ import sys
 import threading
 import time
 
-from ossensor import __version__, config, interfaces, privileges
-from ossensor import log as L
-from ossensor.accounting import Accounting
+from ossensor import __version__, config
+from ossensor.exits import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Fatal
+from ossensor.interfaces import netlink, selection
+from ossensor.ops import privileges
+from ossensor.ops import log as L
+from ossensor.ship.accounting import Accounting
 from ossensor.antigena import Antigena  # block actions: exchange with the vSensor, TCP resets
-from ossensor.batch import Batch, BatchQueue
+from ossensor.ship.batch import Batch, BatchQueue
 from ossensor.capture import bpf
-from ossensor.ship import Shipper, url_host
-from ossensor.shipping import Pipeline
-from ossensor.stop_signals import StopSignals
-
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-
-
-class Fatal(Exception):
-    """A start-up failure: one line, then exit with `status`."""
-
-    def __init__(self, msg: str, status: int = EXIT_FAIL):
-        super().__init__(msg)
-        self.status = status
-
+from ossensor.ship.client import Shipper
+from ossensor.ship.pipeline import Pipeline
+from ossensor.ops.stop_signals import StopSignals
 
 class StoppedEarly(Exception):
     """SIGTERM/SIGINT before capture started (waiting for an interface): nothing to flush, exit 0."""
@@ -49,8 +41,8 @@ def resolve(host: str, port: int) -> list[str]:
 
 
 def proxy_endpoint(host: str, port: int) -> tuple[str, int] | None:
-    """The HTTPS proxy used for the vSensor, if any (HTTPS_PROXY, NO_PROXY: ossensor/proxy.py)."""
-    from ossensor import proxy as P
+    """The HTTPS proxy used for the vSensor, if any (HTTPS_PROXY, NO_PROXY: ossensor/ship/proxy.py)."""
+    from ossensor.ship import proxy as P
 
     try:
         chosen = P.choose(host, port)
@@ -60,7 +52,7 @@ def proxy_endpoint(host: str, port: int) -> tuple[str, int] | None:
 
 
 def _proxy_choice(settings):
-    from ossensor import proxy as P
+    from ossensor.ship import proxy as P
 
     try:
         return P.choose(settings.vsensor_hostname, settings.vsensor_port)
@@ -76,15 +68,15 @@ def own_traffic_filter(settings) -> str:
     return bpf.own_traffic(endpoints)
 
 
-def choose_interfaces(settings, log: L.Log, selector: interfaces.Selector | None = None,
-                      stop: StopSignals | None = None) -> list[interfaces.Interface]:
+def choose_interfaces(settings, log: L.Log, selector: selection.Selector | None = None,
+                      stop: StopSignals | None = None) -> list[netlink.Interface]:
     if selector is None:
-        selector = interfaces.Selector.from_settings(settings)
+        selector = selection.Selector.from_settings(settings)
         for note in selector.notes:
             log(L.BASIC, note)
     attempts = max(1, settings.interface_wait_attempts)
     for attempt in range(1, attempts + 1):
-        sel = selector.select(interfaces.enumerate_interfaces())
+        sel = selector.select(netlink.enumerate_interfaces())
         if sel.selected:
             for v in sel.verdicts:
                 log(L.BASIC, f"interface {v.interface.name} index={v.interface.index} "
@@ -188,7 +180,7 @@ class Sensor:
             privileges.require(antigena=s.antigena_enabled, metrics_port=getattr(s, "metrics_port", None))
         except privileges.MissingCapability as err:
             raise Fatal(str(err), EXIT_USAGE) from None
-        self.selector = interfaces.Selector.from_settings(s)
+        self.selector = selection.Selector.from_settings(s)
         for note in self.selector.notes:
             log(L.BASIC, note)
         chosen = choose_interfaces(s, log, self.selector, stop=signals)
@@ -237,11 +229,11 @@ class Sensor:
         self.queue, self.spool = self.pipeline.queue, self.pipeline.spool  # for metrics
         self.pipeline.recover()
 
-        from ossensor.metrics import Observer  # metrics, probes, rate lines (docs/troubleshooting.md)
+        from ossensor.ops.metrics import Observer  # metrics, probes, rate lines (docs/troubleshooting.md)
 
         self.obs = Observer(self, s, log)
         self.obs.bind()
-        from ossensor.hotplug import Watcher  # netlink link events: interfaces coming and going
+        from ossensor.interfaces.hotplug import Watcher  # netlink link events: interfaces coming and going
 
         try:
             self.watcher = Watcher(self.capture, self.selector, chosen, hotplug=s.device_any, log=log).open()

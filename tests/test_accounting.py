@@ -2,7 +2,7 @@
 per-interface counters stay bounded under pod churn without losing what is in flight, and the
 invariant captured + recovered = acknowledged + dropped + in flight holds at every step."""
 
-import ossensor.accounting as A
+import ossensor.ship.accounting as A
 
 
 def _balanced(acct: A.Accounting) -> bool:

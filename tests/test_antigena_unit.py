@@ -240,7 +240,7 @@ import time  # noqa: E402
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
-from ossensor import log as L  # noqa: E402
+from ossensor.ops import log as L  # noqa: E402
 from ossensor.antigena import Antigena  # noqa: E402
 from ossensor.antigena.exchange import Exchange  # noqa: E402
 from support import ConnectProxy  # noqa: E402
@@ -372,7 +372,7 @@ def _settings(vs) -> SimpleNamespace:
 
 
 def test_exchange_uses_the_sensors_proxy_choice_not_requests(real_vsensor, monkeypatch):
-    """The exchange goes where the batches go: through the proxy ossensor.proxy.choose picked (which the
+    """The exchange goes where the batches go: through the proxy ossensor.ship.proxy.choose picked (which the
     capture filter excludes), or direct when NO_PROXY says so - never a proxy requests finds by itself."""
     for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy",
                 "NO_PROXY", "no_proxy", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
@@ -382,7 +382,7 @@ def test_exchange_uses_the_sensors_proxy_choice_not_requests(real_vsensor, monke
         target = f"127.0.0.1:{real_vsensor.port}"
         monkeypatch.setenv("HTTPS_PROXY", proxy.url)
         ag = Antigena(_settings(real_vsensor), L.Log(level=0, stream=io.StringIO()), XBOOT)
-        assert ag.exchange._link.proxy == proxy.url  # the proxy ossensor.proxy.choose picked, nothing else
+        assert ag.exchange._link.proxy == proxy.url  # the proxy ossensor.ship.proxy.choose picked, nothing else
         assert ag.exchange.exchange_once() and proxy.targets == [target]
         ag.exchange.close()
 

@@ -209,11 +209,11 @@ def test_ring_wake_ends_a_wait_once_and_take_needs_a_new_batch():
 
 HOLD = NATIVE_PRELUDE + r"""
 import json, os, socket, struct, sys, threading, time
-from ossensor import log as L
-from ossensor.accounting import Accounting
-from ossensor.batch import Batch, BatchQueue
+from ossensor.ops import log as L
+from ossensor.ship.accounting import Accounting
+from ossensor.ship.batch import Batch, BatchQueue
 from ossensor.capture.live import LiveCapture
-from ossensor.interfaces import enumerate_interfaces
+from ossensor.interfaces.netlink import enumerate_interfaces
 
 dev = sys.argv[1]
 log = L.Log(0, stream=open(os.devnull, "w"))
@@ -331,12 +331,12 @@ def test_ring_pool_reuses_as_many_buffers_as_wait_and_trims_idle_ones():
 
 TRIM = NATIVE_PRELUDE + r"""
 import io, json, os, socket, struct, sys, threading, time
-from ossensor import log as L
-from ossensor.accounting import Accounting
-from ossensor.batch import BatchQueue
+from ossensor.ops import log as L
+from ossensor.ship.accounting import Accounting
+from ossensor.ship.batch import BatchQueue
 from ossensor.capture import live
 from ossensor.capture.live import LiveCapture
-from ossensor.interfaces import enumerate_interfaces
+from ossensor.interfaces.netlink import enumerate_interfaces
 
 live.POOL_TRIM_AFTER_S = 0.5  # instead of 10 s
 live.POOL_KEEP = 2

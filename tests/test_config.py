@@ -14,7 +14,7 @@ import pytest
 
 from ossensor import config
 from ossensor.config import ConfigError, load, read_hmac_key, write_config_file
-from ossensor.egrep import ERE
+from ossensor.interfaces.egrep import ERE
 
 SECRET = "s3cr3t-Key-0123456789abcdef"
 REPO = Path(__file__).resolve().parent.parent
@@ -326,7 +326,7 @@ for expr, linktype in (("tcp prt 80", 1), ("port 99999999", 1), ("ether host 1:2
     except bpf.FilterError as err:
         print("compile", linktype, err)
     try:
-        config._check_bpf(expr, 262144)
+        config.values.check_bpf(expr, 262144)
     except ValueError as err:
         print("check", err)
 """

@@ -1,4 +1,4 @@
-"""ossensor.egrep.ERE must match like `grep -E` (compared against the real grep on this host)."""
+"""ossensor.interfaces.egrep.ERE must match like `grep -E` (compared against the real grep on this host)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ossensor.egrep import ERE, compile_list
+from ossensor.interfaces.egrep import ERE, compile_list
 
 GREP = shutil.which("grep")
 pytestmark = pytest.mark.skipif(GREP is None, reason="grep not installed")
 
 # Patterns grep -E accepts (with a warning or as literals) but POSIX regcomp rejects; documented in
-# the ossensor.egrep docstring. Everything else must agree exactly.
+# the ossensor.interfaces.egrep docstring. Everything else must agree exactly.
 KNOWN_STRICTER = {"Invalid preceding regular expression", "Unmatched \\{"}
 
 
@@ -68,7 +68,7 @@ def test_known_differences_are_stricter_and_documented(pattern):
     with pytest.raises(ValueError) as info:
         ERE(pattern)
     assert str(info.value) in KNOWN_STRICTER
-    import ossensor.egrep as mod
+    import ossensor.interfaces.egrep as mod
     assert f"``{pattern}``" in mod.__doc__
 
 

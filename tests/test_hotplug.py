@@ -259,12 +259,14 @@ def test_churn_200_cycles_no_leak(topo, tmp_path):
 
 SECTIONS = r"""
 import json, os, socket, struct, subprocess, sys, threading, time
-from ossensor import log as L, pcapng
-from ossensor.accounting import Accounting
+from ossensor.ops import log as L
+from ossensor import pcapng
+from ossensor.ship.accounting import Accounting
 from ossensor.capture.live import LiveCapture
-from ossensor.egrep import ERE
-from ossensor.hotplug import Watcher
-from ossensor.interfaces import Selector, enumerate_interfaces
+from ossensor.interfaces.egrep import ERE
+from ossensor.interfaces.hotplug import Watcher
+from ossensor.interfaces.netlink import enumerate_interfaces
+from ossensor.interfaces.selection import Selector
 
 a, b = sys.argv[1], sys.argv[2]
 log = L.Log(0, stream=open(os.devnull, "w"))

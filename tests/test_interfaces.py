@@ -18,8 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ossensor.egrep import ERE
-from ossensor.interfaces import Interface, Selector, select
+from ossensor.interfaces.egrep import ERE
+from ossensor.interfaces.netlink import Interface
+from ossensor.interfaces.selection import Selector, select
 from support import KEY, ROOT, sh
 
 pytestmark = pytest.mark.timeout(60)
@@ -123,7 +124,7 @@ def in_ns(ns: str, argv: list[str], env: dict | None = None, timeout: float = 30
                           timeout=timeout)
 
 
-DEFAULT_DEV = "from ossensor.interfaces import default_route_device as d; print(d())"
+DEFAULT_DEV = "from ossensor.interfaces.netlink import default_route_device as d; print(d())"
 
 
 def test_default_route_device_ipv4_then_ipv6_then_none(ns):
@@ -254,7 +255,7 @@ def test_device_default_without_default_route_falls_back_to_lists(ns, tmp_path):
 FILTER_300 = r"""
 import ctypes, json, socket, struct, sys, time
 from ossensor.capture import bpf
-from ossensor.interfaces import enumerate_interfaces
+from ossensor.interfaces.netlink import enumerate_interfaces
 
 prefix = sys.argv[1]
 ifs = [i for i in enumerate_interfaces(addresses=False) if i.name.startswith(prefix)]
@@ -334,8 +335,8 @@ def test_the_sensor_imports_only_the_corners_of_pyroute2_it_uses():
     # afterwards still works (its __init__ runs then).
     out = _python(
         "import sys, socket\n"
-        "import ossensor.sensor, ossensor.hotplug\n"
-        "from ossensor._pyroute2 import IPRoute\n"
+        "import ossensor.sensor, ossensor.interfaces.hotplug\n"
+        "from ossensor.interfaces._pyroute2 import IPRoute\n"
         "with IPRoute() as ip:\n"
         "    names = [l.get_attr('IFLA_IFNAME') for l in ip.get_links()]\n"
         "print('lo' in names, socket.if_nametoindex('lo') in [l['index'] for l in IPRoute().get_links()])\n"
@@ -347,7 +348,7 @@ def test_the_sensor_imports_only_the_corners_of_pyroute2_it_uses():
 
 
 def test_pyroute2_imported_first_is_used_as_it_is():
-    out = _python("import pyroute2\nfrom ossensor._pyroute2 import IPRoute\nprint(IPRoute is pyroute2.IPRoute)\n")
+    out = _python("import pyroute2\nfrom ossensor.interfaces._pyroute2 import IPRoute\nprint(IPRoute is pyroute2.IPRoute)\n")
     assert out.strip() == "True"
 
 
@@ -362,7 +363,7 @@ def test_pyroute2_falls_back_to_the_plain_import_when_the_lean_one_fails():
         "            Once.fired = True\n"
         "            raise ImportError('simulated')\n"
         "sys.meta_path.insert(0, Once())\n"
-        "from ossensor._pyroute2 import IPRoute, MarshalRtnl\n"
+        "from ossensor.interfaces._pyroute2 import IPRoute, MarshalRtnl\n"
         "import pyroute2\n"
         "print(Once.fired, IPRoute is pyroute2.IPRoute, 'pyroute2.ndb.main' in sys.modules)\n")
     assert out.strip() == "True True True"

@@ -111,11 +111,11 @@ def test_slow_vsensor_acknowledging_after_shutdown_counts_the_batch_once(tmp_pat
     import sys
     from types import SimpleNamespace
 
-    from ossensor import log as L
-    from ossensor.accounting import Accounting
-    from ossensor.batch import Batch
-    from ossensor.ship import Shipper
-    from ossensor.shipping import Pipeline
+    from ossensor.ops import log as L
+    from ossensor.ship.accounting import Accounting
+    from ossensor.ship.batch import Batch
+    from ossensor.ship.client import Shipper
+    from ossensor.ship.pipeline import Pipeline
 
     ca_path, ca, ca_key = make_ca(tmp_path / "pki", "fakeca")
     cert, key = make_leaf(tmp_path / "pki", "fake", ca, ca_key, ["127.0.0.1"])
@@ -256,7 +256,7 @@ def test_tls_failures_explained_expired_and_name_mismatch(topo, tmp_path):
              "mismatch": make_leaf(tmp_path / "pki", "other", ca, ca_key, ["vsensor.other.example"])}
     code = r"""
 import sys
-from ossensor.ship import Shipper
+from ossensor.ship.client import Shipper
 sh = Shipper(host="127.0.0.1", port=int(sys.argv[1]), key=b"k", sensor="s", boot="0"*16, ca_file=sys.argv[2],
              connect_timeout=3, read_timeout=3)
 print(sh.send(1, b"").reason)

@@ -1,4 +1,4 @@
-"""The capture reader never waits for the log output (ossensor/log.py): its lines are queued and
+"""The capture reader never waits for the log output (ossensor/ops/log.py): its lines are queued and
 written by another thread, in order; when the queue is full they are dropped and counted, never the
 packets. Unit tests with an output whose write() blocks until released."""
 
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from ossensor import log as L
+from ossensor.ops import log as L
 
 pytestmark = pytest.mark.timeout(30)
 

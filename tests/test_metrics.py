@@ -144,7 +144,7 @@ def test_probes_flip_with_the_vsensor(topo, tmp_path):
 
 
 def _fake_sensor():
-    from ossensor.accounting import Accounting
+    from ossensor.ship.accounting import Accounting
 
     return types.SimpleNamespace(stop=threading.Event(), capture=None, acct=Accounting(),
                                  s=types.SimpleNamespace(sensor_name="t"), boot="b")
@@ -155,7 +155,7 @@ def test_liveness_flips_when_the_capture_loop_stops_turning():
     # with it (SIGSTOP stops every thread), so the liveness rule is checked on its inputs.
     from prometheus_client import CollectorRegistry
 
-    from ossensor import metrics
+    from ossensor.ops import metrics
 
     sensor = _fake_sensor()
     h = metrics.Health(sensor, 60.0, CollectorRegistry())
@@ -177,7 +177,7 @@ def test_liveness_flips_when_the_capture_loop_stops_turning():
 def test_antigena_counters_are_exported_when_present():
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from ossensor import metrics
+    from ossensor.ops import metrics
 
     sensor = _fake_sensor()
     sensor.antigena = types.SimpleNamespace(counters=lambda: {"received": 3, "enforced": 2, "note": "x",

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from ossensor import pcapng
-from ossensor.ship import Shipper
+from ossensor.ship.client import Shipper
 from support import ConnectProxy
 
 pytestmark = pytest.mark.timeout(60)

@@ -11,13 +11,13 @@ import threading
 import pytest
 
 from ossensor import config
-from ossensor import log as L
-from ossensor.accounting import Accounting
-from ossensor.batch import Batch, BatchQueue
-from ossensor.proxy import ProxyError, choose
-from ossensor.ship import Outcome, tls_explain
-from ossensor.shipping import BACKOFF_CAP, Pipeline, backoff
-from ossensor.spool import Spool, SpoolFull
+from ossensor.ops import log as L
+from ossensor.ship.accounting import Accounting
+from ossensor.ship.batch import Batch, BatchQueue
+from ossensor.ship.proxy import ProxyError, choose
+from ossensor.ship.client import Outcome, tls_explain
+from ossensor.ship.pipeline import BACKOFF_CAP, Pipeline, backoff
+from ossensor.ship.spool import Spool, SpoolFull
 
 BOOT = "0123456789abcdef"
 
@@ -446,7 +446,7 @@ def test_queue_smaller_than_two_batches_exits_2(tmp_path):
 
 def test_unusable_spool_dir_is_one_config_line(tmp_path):
     from ossensor.config import ConfigError
-    from ossensor.spool import Spool
+    from ossensor.ship.spool import Spool
 
     blocker = tmp_path / "file"
     blocker.write_text("")

@@ -1,4 +1,4 @@
-"""SIGTERM/SIGINT reach the sensor's main loop without a lock in the handler (ossensor/stop_signals.py)."""
+"""SIGTERM/SIGINT reach the sensor's main loop without a lock in the handler (ossensor/ops/stop_signals.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from ossensor.stop_signals import StopSignals
+from ossensor.ops.stop_signals import StopSignals
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -50,7 +50,7 @@ def test_other_signals_wake_it_but_do_not_stop_it():
 CHILD = textwrap.dedent("""
     import os, signal, sys, threading
     sys.path.insert(0, {root!r})
-    from ossensor.stop_signals import StopSignals
+    from ossensor.ops.stop_signals import StopSignals
     with StopSignals((signal.SIGUSR1,)) as stop:
         i = 0
         while True:

@@ -13,23 +13,23 @@ from __future__ import annotations
 
 import threading
 
-from ossensor import log as L
+from ossensor.ops import log as L
 from ossensor.antigena.book import Book
 from ossensor.antigena.enforcer import Enforcer
 from ossensor.antigena.exchange import Exchange
 
-_CHOOSE = object()  # Antigena(proxy=...) not given: ossensor.proxy.choose decides
+_CHOOSE = object()  # Antigena(proxy=...) not given: ossensor.ship.proxy.choose decides
 
 
 class Antigena:
     """What sensor.py starts: the exchange always (to report), the enforcer only when enabled."""
 
     def __init__(self, settings, log: L.Log, boot: str, proxy=_CHOOSE):
-        """proxy: the ossensor.proxy.Proxy batches go through, or None (direct); by default decided
-        here exactly as the sensor decides it for batches (ossensor.proxy.choose), never by requests."""
+        """proxy: the ossensor.ship.proxy.Proxy batches go through, or None (direct); by default decided
+        here exactly as the sensor decides it for batches (ossensor.ship.proxy.choose), never by requests."""
         s = settings
         if proxy is _CHOOSE:
-            from ossensor import proxy as P
+            from ossensor.ship import proxy as P
 
             proxy = P.choose(s.vsensor_hostname, s.vsensor_port)  # ProxyError: the sensor refused it already
         self.log = log

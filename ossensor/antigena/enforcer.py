@@ -24,7 +24,7 @@ import threading
 import time
 from collections import OrderedDict
 
-from ossensor import log as L
+from ossensor.ops import log as L
 from ossensor.antigena import rst
 from ossensor.antigena.book import Book
 

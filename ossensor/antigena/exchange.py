@@ -9,7 +9,7 @@ refused - no action from it is installed, its reports count as undelivered - cou
 action ends within 0.2 s of its time.
 
 The HTTPS link is a `ship.Shipper`'s (its session, built once): no proxy nor CA bundle from the
-environment, the proxy ossensor.proxy.choose decided (the one excluded from capture), the same TLS
+environment, the proxy ossensor.ship.proxy.choose decided (the one excluded from capture), the same TLS
 verification and client certificate as batches.
 """
 
@@ -22,9 +22,9 @@ import time
 import urllib3
 
 from ossensor import protocol
-from ossensor import log as L
+from ossensor.ops import log as L
 from ossensor.antigena.book import Book
-from ossensor.ship import Shipper, _root_cause
+from ossensor.ship.client import Shipper, _root_cause
 
 MAX_ANSWER = 4 << 20
 
@@ -33,7 +33,7 @@ class Exchange:
     def __init__(self, *, book: Book, log: L.Log, host: str, port: int, key: bytes, sensor: str, boot: str,
                  period: float, ca_file: str | None = None, client_cert: tuple[str, str] | None = None,
                  stats=None, proxy: str | None = None):
-        """proxy: the http:// proxy URL (ossensor.proxy.choose, as for batches) or None: direct."""
+        """proxy: the http:// proxy URL (ossensor.ship.proxy.choose, as for batches) or None: direct."""
         self.book = book
         self.log = log
         self._key = key

@@ -13,12 +13,12 @@ import threading
 import time
 from typing import Callable, Iterator
 
-from ossensor import log as L
-from ossensor.accounting import Accounting
+from ossensor.ops import log as L
+from ossensor.ship.accounting import Accounting
 from ossensor import pcapng
-from ossensor.batch import Batch, BatchQueue, packet_hex, trailer
+from ossensor.ship.batch import Batch, BatchQueue, packet_hex, trailer
 from ossensor.capture import bpf
-from ossensor.interfaces import Interface
+from ossensor.interfaces.netlink import Interface
 
 BLOCK_SIZE = 1 << 20  # ring block: a power of two, a multiple of any page size (4 KiB .. 64 KiB)
 # While packets flow (and no Antigena rule is active), the reader sleeps this long between drains

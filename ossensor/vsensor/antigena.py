@@ -26,6 +26,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from ossensor import protocol
+from ossensor.exits import EXIT_USAGE
 from ossensor.vsensor import store as _store
 
 ACTIONS_FILE = "antigena-actions.jsonl"
@@ -34,7 +35,6 @@ MAX_BODY = 4 << 20
 MAX_ACTIONS = 4096
 MAX_FILE = 16 << 20
 FINAL_STREAMS = 4096
-EXIT_USAGE = 2
 
 
 class Desk:

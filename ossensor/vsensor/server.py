@@ -35,13 +35,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from ossensor import __version__, protocol
+from ossensor.exits import EXIT_USAGE
 from ossensor.pcapng import PcapngError
-from ossensor.stop_signals import StopSignals
+from ossensor.ops.stop_signals import StopSignals
 from ossensor.vsensor import antigena as _antigena
 from ossensor.vsensor import store as _store
 from ossensor.vsensor import tls as _tls
 
-EXIT_USAGE = 2
 DEFAULT_LISTEN = "0.0.0.0:443"
 DEFAULT_OUT = "./vsensor-out"
 HELLO_MAX_BODY = 64 * 1024
@@ -525,7 +525,7 @@ def _url_host(host: str) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ossensor.config import read_hmac_key
+    from ossensor.config.key import read_hmac_key
 
     try:
         host, port = parse_listen(args.listen)

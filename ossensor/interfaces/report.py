@@ -12,17 +12,17 @@ import os
 import sys
 from typing import Mapping, TextIO
 
-from ossensor import interfaces
+from ossensor.exits import EXIT_FAIL, EXIT_OK, EXIT_USAGE
+from ossensor.interfaces import netlink, selection
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
 def report(environ: Mapping[str, str]) -> dict:
     """What `--json` prints. Raises config.ConfigError for bad variables."""
-    settings = interfaces.selection_settings(environ)
-    selector = interfaces.Selector.from_settings(settings)
-    default_dev, default_how = interfaces.default_route_device()
-    sel = selector.select(interfaces.enumerate_interfaces())
+    settings = selection.selection_settings(environ)
+    selector = selection.Selector.from_settings(settings)
+    default_dev, default_how = netlink.default_route_device()
+    sel = selector.select(netlink.enumerate_interfaces())
     return {
         "rules": {
             "OSSENSOR_NETWORK_DEVICE": settings.network_device,

@@ -2,7 +2,7 @@
 
 A thread listens on an rtnetlink socket bound to the link group (RTMGRP_LINK), waiting in
 select() on it and on a stop pipe: no polling. Each event is decoded with pyroute2 and judged
-by the same rules as at start (interfaces.Selector):
+by the same rules as at start (selection.Selector):
 
 * NETWORK_DEVICE_ANY=1: an interface that appears (created, or moved into this namespace) and is
   selected is captured; one renamed is judged again by its new name (captured, kept, or dropped);
@@ -29,9 +29,10 @@ import socket
 import threading
 import time
 
-from ossensor import log as L
-from ossensor._pyroute2 import RTMGRP_LINK, MarshalRtnl  # pyroute2's rtnl parser, without all of pyroute2
-from ossensor.interfaces import Interface, Selector, enumerate_interfaces, from_link
+from ossensor.ops import log as L
+from ossensor.interfaces._pyroute2 import RTMGRP_LINK, MarshalRtnl  # pyroute2's rtnl parser, without all of pyroute2
+from ossensor.interfaces.netlink import Interface, enumerate_interfaces, from_link
+from ossensor.interfaces.selection import Selector
 
 RTM_NEWLINK, RTM_DELLINK = 16, 17
 RCVBUF = 4 << 20  # many events at once (a node starting 100 pods) must not overflow

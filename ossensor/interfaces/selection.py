@@ -1,4 +1,4 @@
-"""Interfaces: what the host has (netlink, pyroute2) and which of them we capture.
+"""Which interfaces are captured, and why (the include/exclude lists, OSSENSOR_NETWORK_DEVICE).
 
 Selection rules (SPEC, docs/configuration.md "Interface selection"):
   * OSSENSOR_NETWORK_DEVICE set to a name: exactly that device; the lists are not consulted.
@@ -7,36 +7,18 @@ Selection rules (SPEC, docs/configuration.md "Interface selection"):
   * otherwise, neither list set: every interface except loopback;
   * include list set: only interfaces matching one of its regexes;
   * exclude list: never an interface matching one of its regexes (wins over include).
-Regexes are egrep's (POSIX ERE, unanchored), see ossensor.egrep.
+Regexes are egrep's (POSIX ERE, unanchored), see ossensor.interfaces.egrep.
 """
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
-from ossensor._pyroute2 import IPRoute  # pyroute2's IPRoute, without all of pyroute2
-from ossensor.pcapng import linktype_for_arphrd
+if TYPE_CHECKING:
+    from ossensor.interfaces.netlink import Interface
 
-IFF_UP = 0x1
-IFF_LOOPBACK = 0x8
-ARPHRD_LOOPBACK = 772
 DEFAULT_ROUTE = "default"  # OSSENSOR_NETWORK_DEVICE value meaning "the device of the default route"
-
-
-@dataclass(frozen=True)
-class Interface:
-    index: int
-    name: str
-    arphrd: int
-    up: bool
-    loopback: bool
-    addresses: tuple[str, ...] = ()
-
-    @property
-    def linktype(self) -> int:
-        return linktype_for_arphrd(self.arphrd)
 
 
 @dataclass
@@ -55,53 +37,8 @@ class Selection:
         return [v.interface for v in self.verdicts if v.selected]
 
 
-def from_link(link, addresses: tuple[str, ...] = ()) -> Interface:
-    """An Interface from a pyroute2 ifinfmsg (a dump answer or an RTM_NEWLINK event)."""
-    flags = link["flags"]
-    return Interface(
-        index=link["index"],
-        name=link.get_attr("IFLA_IFNAME"),
-        arphrd=link["ifi_type"],
-        up=bool(flags & IFF_UP),
-        loopback=bool(flags & IFF_LOOPBACK) or link["ifi_type"] == ARPHRD_LOOPBACK,
-        addresses=addresses,
-    )
-
-
-def enumerate_interfaces(addresses: bool = True) -> list[Interface]:
-    with IPRoute() as ipr:
-        addrs: dict[int, list[str]] = {}
-        if addresses:
-            for msg in ipr.get_addr():
-                addr = msg.get_attr("IFA_ADDRESS")
-                if addr:
-                    addrs.setdefault(msg["index"], []).append(f"{addr}/{msg['prefixlen']}")
-        out = [from_link(link, tuple(addrs.get(link["index"], ()))) for link in ipr.get_links()]
-    return sorted(out, key=lambda i: i.index)
-
-
-def default_route_device() -> tuple[str | None, str]:
-    """(name, how) of the default route's device: IPv4 first, else IPv6; the lowest metric wins.
-    (None, why) when there is no default route."""
-    with IPRoute() as ipr:
-        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
-        for family, label in ((socket.AF_INET, "IPv4"), (socket.AF_INET6, "IPv6")):
-            best: tuple[int, int] | None = None
-            for route in ipr.get_default_routes(family=family):
-                metric = route.get_attr("RTA_PRIORITY") or 0
-                oif = route.get_attr("RTA_OIF")
-                if oif is None:  # multipath: the first hop's device
-                    hops = route.get_attr("RTA_MULTIPATH") or []
-                    oif = hops[0]["oif"] if hops else None
-                if oif in names and (best is None or metric < best[0]):
-                    best = (metric, oif)
-            if best:
-                return names[best[1]], f"{label} default route"
-    return None, "no default route (IPv4 or IPv6)"
-
-
 def judge(iface: Interface, *, device: str | None, include: list, exclude: list) -> Verdict:
-    """Why one interface is or is not captured. include/exclude hold ossensor.egrep.ERE objects."""
+    """Why one interface is or is not captured. include/exclude hold ossensor.interfaces.egrep.ERE objects."""
     if device:
         if iface.name == device:
             return Verdict(iface, True, "OSSENSOR_NETWORK_DEVICE")
@@ -136,7 +73,9 @@ class Selector:
     def from_settings(cls, settings, resolve: Callable[[], tuple[str | None, str]] | None = None) -> "Selector":
         device, notes = settings.network_device, []
         if device == DEFAULT_ROUTE:
-            name, how = (resolve or default_route_device)()
+            if resolve is None:
+                from ossensor.interfaces.netlink import default_route_device as resolve  # netlink only when asked
+            name, how = resolve()
             if name:
                 notes.append(f"OSSENSOR_NETWORK_DEVICE=default: {name} (device of the {how})")
                 device = name

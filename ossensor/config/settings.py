@@ -1,40 +1,18 @@
-"""Configuration from environment variables (read once at start).
+"""The settings model: every environment variable `ossensor run` reads, checked, typed and defaulted.
 
 ``load()`` reads the variables of docs/SPEC (``VSENSOR_HOSTNAME``, ``VSENSOR_HMAC_KEY`` ...), checks every
-one of them and raises a single :class:`ConfigError` listing *all* the problems, one line each, in the
-form ``VARIABLE_NAME: reason``. The CLI prints those lines and exits with status 2.
-
+one of them and raises a single ConfigError (problems.py) listing *all* the problems, one line each.
 Validation runs through a pydantic-settings ``BaseSettings`` model (:class:`Settings`) whose fields are
 aliased to the environment variable names; ``load()`` feeds it from a mapping (``os.environ`` by default,
-a plain dict in tests) and turns pydantic's errors into the one-line messages.
-
-Rules worth knowing:
-
-* An empty (or all-blank) variable counts as not set: its default applies.
-* ``VSENSOR_HMAC_KEY`` is used verbatim; ``VSENSOR_HMAC_KEY_FILE`` is read as bytes and trailing
-  whitespace/newlines are stripped (``echo key > file`` and ``kubectl create secret --from-file`` leave
-  a newline). Setting both is an error. The key never appears in a problem, ``repr``, ``str``, the
-  summary or the generated file.
-* ``VSENSOR_HOSTNAME`` is a DNS name, an IPv4 address, or an IPv6 address (bare ``fd00::5`` or in brackets
-  ``[fd00::5]``, the brackets are removed). A port inside it (``host:443``, ``1.2.3.4:80``,
-  ``[::1]:443``) is an error: the port goes in ``VSENSOR_PORT``.
-* Booleans accept ``true/false``, ``1/0``, ``yes/no``, ``on/off`` (any case).
-* ``NETWORK_DEVICE_BLACKLIST``/``NETWORK_DEVICE_WHITELIST`` are still accepted for the exclude/include
-  lists, with a warning (``Settings.warnings``); setting the old and the new name of one list is an error.
-* ``BPF`` is compiled with libpcap (capture/pcapcompile.py) for an Ethernet link at ``OSSENSOR_SNAPLEN``, so a
-  filter that libpcap refuses is reported at start with libpcap's reason.
+a plain dict in tests). The parsers and their wording are in values.py, the key in key.py.
 """
 
 from __future__ import annotations
 
-import configparser
-import io
 import ipaddress
-import math
 import os
 import re
 import socket
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
@@ -42,14 +20,13 @@ from typing import Any, Optional
 from pydantic import Field, SecretBytes, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from ossensor.egrep import ERE, compile_list
-
-__all__ = ["ConfigError", "Settings", "load", "read_hmac_key", "write_config_file",
-           "DEFAULT_CONFIG_PATH", "REDACTED"]
+from ossensor.config.key import REDACTED, read_hmac_key, redact
+from ossensor.config.problems import problem_from_error, raise_problems
+from ossensor.config.values import (check_bpf, env_value, parse_bool, parse_float, parse_hostname, parse_ifname,
+                                    parse_int, parse_regex_list, readable_file, show)
+from ossensor.interfaces.egrep import ERE
 
 DEFAULT_CONFIG_PATH = Path("/etc/darktrace/ossensor.cfg")
-REDACTED = "<redacted>"
-KEY_FILE_MAX_BYTES = 64 * 1024
 
 # Order in which problems are reported (the order of the documentation table).
 VARIABLES = [
@@ -74,167 +51,8 @@ VARIABLES = [
 _LIST_NAMES = [("NETWORK_DEVICE_EXCLUDELIST", "NETWORK_DEVICE_BLACKLIST"),
                ("NETWORK_DEVICE_INCLUDELIST", "NETWORK_DEVICE_WHITELIST")]
 
-_TRUE = {"1", "true", "yes", "on", "y", "t"}
-_FALSE = {"0", "false", "no", "off", "n", "f"}
-
 _SENSOR_NAME_RE = re.compile(r"[A-Za-z0-9._:-]{1,253}")
-_DNS_LABEL_RE = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
-_IFNAME_MAX = 15  # IFNAMSIZ - 1
 
-
-class ConfigError(Exception):
-    """One or more configuration problems; ``problems`` holds one line each, ``"VARIABLE: reason"``."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = list(problems)
-        super().__init__("\n".join(self.problems))
-
-    def __str__(self) -> str:
-        return "\n".join(self.problems)
-
-
-# --------------------------------------------------------------------------- value parsers
-# Each raises ValueError(reason); the variable name is added by load().
-
-def _show(value: Any, limit: int = 80) -> str:
-    """Quote a user value for a one-line message (never used for the key)."""
-    text = str(value)
-    if len(text) > limit:
-        text = text[:limit] + "..."
-    return repr(text)
-
-
-def _parse_int(value: Any, lo: int, hi: int | None) -> int:
-    what = f"an integer {lo}-{hi}" if hi is not None else f"an integer >= {lo}"
-    if isinstance(value, bool):
-        raise ValueError(f"must be {what}, got {_show(value)}")
-    if isinstance(value, int):
-        number = value
-    else:
-        text = str(value).strip()
-        if not re.fullmatch(r"[+-]?[0-9]+", text):
-            raise ValueError(f"must be {what}, got {_show(value)}")
-        number = int(text, 10)
-    if number < lo or (hi is not None and number > hi):
-        raise ValueError(f"must be {what}, got {_show(value)}")
-    return number
-
-
-def _parse_float(value: Any, *, minimum: float = 0.0, strict_min: bool = True,
-                 maximum: float | None = None) -> float:
-    op = ">" if strict_min else ">="
-    what = f"a number of seconds {op} {minimum:g}"
-    if maximum is not None:
-        what += f" and <= {maximum:g}"
-    if isinstance(value, bool):
-        raise ValueError(f"must be {what}, got {_show(value)}")
-    try:
-        number = float(str(value).strip()) if not isinstance(value, (int, float)) else float(value)
-    except ValueError:
-        raise ValueError(f"must be {what}, got {_show(value)}") from None
-    if (not math.isfinite(number) or number < minimum or (strict_min and number == minimum)
-            or (maximum is not None and number > maximum)):
-        raise ValueError(f"must be {what}, got {_show(value)}")
-    return number
-
-
-def _parse_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ValueError(f"must be a boolean (true/false, 1/0, yes/no), got {_show(value)}")
-
-
-def _parse_hostname(value: Any) -> str:
-    text = str(value).strip()
-    if not text:
-        raise ValueError("required, not set")
-    if "://" in text or "/" in text:
-        raise ValueError(f"must be a host name or IP address, not a URL or path, got {_show(text)}")
-    if any(ch.isspace() for ch in text):
-        raise ValueError(f"must be a host name or IP address, got {_show(text)}")
-    if text.startswith("["):
-        m = re.fullmatch(r"\[([^\]]*)\](?::(.*))?", text)
-        if not m:
-            raise ValueError(f"unbalanced brackets in {_show(text)}")
-        inner, port = m.group(1), m.group(2)
-        if port is not None:
-            raise ValueError(f"must not contain a port ({_show(text)}): set VSENSOR_HOSTNAME={inner} "
-                             f"and VSENSOR_PORT={port}")
-        try:
-            ipaddress.IPv6Address(inner)
-        except ValueError:
-            raise ValueError(f"{_show(text)}: brackets are only for an IPv6 address") from None
-        return inner
-    if ":" in text:
-        if text.count(":") == 1:
-            host, port = text.split(":")
-            raise ValueError(f"must not contain a port ({_show(text)}): set VSENSOR_HOSTNAME={host} "
-                             f"and VSENSOR_PORT={port}")
-        try:
-            ipaddress.IPv6Address(text)
-        except ValueError:
-            raise ValueError(f"{_show(text)} is neither a host name nor an IPv6 address "
-                             f"(a port goes in VSENSOR_PORT; an IPv6 address with a port is "
-                             f"written [addr]:port, which is not allowed here either)") from None
-        return text
-    # IPv4 address or DNS name
-    if re.fullmatch(r"[0-9.]+", text):
-        try:
-            ipaddress.IPv4Address(text)
-        except ValueError:
-            raise ValueError(f"{_show(text)} is not a valid IPv4 address") from None
-        return text
-    name = text[:-1] if text.endswith(".") else text
-    if len(name) > 253 or not all(_DNS_LABEL_RE.fullmatch(label) for label in name.split(".")):
-        raise ValueError(f"{_show(text)} is not a valid host name")
-    return text
-
-
-def _parse_ifname(value: Any) -> str:
-    text = str(value).strip()
-    if (len(text) > _IFNAME_MAX or "/" in text or ":" in text or text in (".", "..")
-            or any(ch.isspace() or not ch.isprintable() for ch in text)):
-        raise ValueError(f"must be a network interface name (at most {_IFNAME_MAX} characters, "
-                         f"no '/', ':' or spaces), got {_show(text)}")
-    return text
-
-
-def _parse_regex_list(value: Any) -> list[ERE]:
-    if isinstance(value, list):
-        return [v if isinstance(v, ERE) else ERE(str(v)) for v in value]
-    return compile_list(str(value))
-
-
-def _check_bpf(expr: str, snaplen: int) -> None:
-    from ossensor.capture import pcapcompile
-
-    try:
-        pcapcompile.compile_dead(expr, pcapcompile.DLT_EN10MB, snaplen)
-    except OSError:  # no libpcap: the capture will say so
-        return
-    except ValueError as err:  # libpcap's message
-        reason = " ".join(str(err).split()) or type(err).__name__
-        raise ValueError(f"does not compile: {reason} (filter: {_show(expr, 120)})") from None
-
-
-def _readable_file(value: Any) -> Path:
-    path = Path(str(value).strip())
-    try:
-        with open(path, "rb"):
-            pass
-    except OSError as err:
-        raise ValueError(f"cannot read {path}: {err.strerror or err}") from None
-    if not path.is_file():
-        raise ValueError(f"{path} is not a regular file")
-    return path
-
-
-# --------------------------------------------------------------------------- the model
 
 class Settings(BaseSettings):
     """Validated configuration. Field aliases are the environment variable names."""
@@ -291,12 +109,12 @@ class Settings(BaseSettings):
     @field_validator("vsensor_hostname", mode="before")
     @classmethod
     def _v_hostname(cls, v):
-        return _parse_hostname(v)
+        return parse_hostname(v)
 
     @field_validator("vsensor_port", mode="before")
     @classmethod
     def _v_port(cls, v):
-        return _parse_int(v, 1, 65535)
+        return parse_int(v, 1, 65535)
 
     @field_validator("hmac_key", mode="before")
     @classmethod
@@ -312,7 +130,7 @@ class Settings(BaseSettings):
     @field_validator("network_device", mode="before")
     @classmethod
     def _v_device(cls, v):
-        return None if v is None else _parse_ifname(v)
+        return None if v is None else parse_ifname(v)
 
     @field_validator("config_path", mode="before")
     @classmethod
@@ -322,37 +140,37 @@ class Settings(BaseSettings):
     @field_validator("debug", mode="before")
     @classmethod
     def _v_debug(cls, v):
-        return _parse_int(v, 0, 5)
+        return parse_int(v, 0, 5)
 
     @field_validator("antigena_enabled", "device_any", mode="before")
     @classmethod
     def _v_bool(cls, v):
-        return _parse_bool(v)
+        return parse_bool(v)
 
     @field_validator("antigena_time_period", "stats_interval", mode="before")
     @classmethod
     def _v_period(cls, v):
-        return _parse_float(v, minimum=0.0, strict_min=True, maximum=86400.0)
+        return parse_float(v, minimum=0.0, strict_min=True, maximum=86400.0)
 
     @field_validator("interface_wait_secs", mode="before")
     @classmethod
     def _v_wait_secs(cls, v):
-        return _parse_float(v, minimum=0.0, strict_min=False, maximum=86400.0)
+        return parse_float(v, minimum=0.0, strict_min=False, maximum=86400.0)
 
     @field_validator("interface_wait_attempts", mode="before")
     @classmethod
     def _v_wait_attempts(cls, v):
-        return _parse_int(v, 1, 1_000_000)
+        return parse_int(v, 1, 1_000_000)
 
     @field_validator("exclude_list", "include_list", mode="before")
     @classmethod
     def _v_lists(cls, v):
-        return _parse_regex_list(v)
+        return parse_regex_list(v)
 
     @field_validator("snaplen", mode="before")
     @classmethod
     def _v_snaplen(cls, v):
-        return _parse_int(v, 64, 262144)
+        return parse_int(v, 64, 262144)
 
     @field_validator("bpf", mode="before")
     @classmethod
@@ -361,7 +179,7 @@ class Settings(BaseSettings):
         if not expr.strip():
             return ""
         snaplen = info.data.get("snaplen", 262144)
-        _check_bpf(expr, snaplen)
+        check_bpf(expr, snaplen)
         return expr
 
     @field_validator("logfile", mode="before")
@@ -372,34 +190,34 @@ class Settings(BaseSettings):
     @field_validator("tls_ca_file", "tls_cert_file", "tls_key_file", mode="before")
     @classmethod
     def _v_tls_files(cls, v):
-        return None if v is None else _readable_file(v)
+        return None if v is None else readable_file(v)
 
     @field_validator("ring_mb", mode="before")
     @classmethod
     def _v_ring(cls, v):
-        return _parse_int(v, 1, 4096)
+        return parse_int(v, 1, 4096)
 
     @field_validator("capture_threads", mode="before")
     @classmethod
     def _v_capture_threads(cls, v):
-        return _parse_int(v, 1, 16)
+        return parse_int(v, 1, 16)
 
     @field_validator("block_timeout_ms", mode="before")
     @classmethod
     def _v_block_timeout(cls, v):
-        return _parse_int(v, 1, 1000)
+        return parse_int(v, 1, 1000)
 
     @field_validator("batch_max_bytes", mode="before")
     @classmethod
     def _v_batch_kb(cls, v):
         if isinstance(v, int) and not isinstance(v, bool) and v >= 64 * 1024:
             return v  # already bytes (populate by name)
-        return _parse_int(v, 64, 65536) * 1024
+        return parse_int(v, 64, 65536) * 1024
 
     @field_validator("batch_max_age_ms", mode="before")
     @classmethod
     def _v_batch_age(cls, v):
-        return _parse_int(v, 10, 60000)
+        return parse_int(v, 10, 60000)
 
     @field_validator("spool_dir", mode="before")
     @classmethod
@@ -408,18 +226,18 @@ class Settings(BaseSettings):
             return None
         path = Path(str(v).strip())
         if path.exists() and not path.is_dir():
-            raise ValueError(f"{_show(str(path))} exists and is not a directory")
+            raise ValueError(f"{show(str(path))} exists and is not a directory")
         probe = path if path.exists() else path.parent
         while not probe.exists() and probe != probe.parent:
             probe = probe.parent
         if not os.access(probe, os.W_OK | os.X_OK):
-            raise ValueError(f"{_show(str(path))} is not writable (checked {probe})")
+            raise ValueError(f"{show(str(path))} is not writable (checked {probe})")
         return path
 
     @field_validator("spool_mb", mode="before")
     @classmethod
     def _v_spool_mb(cls, v):
-        return _parse_int(v, 1, 1 << 20)
+        return parse_int(v, 1, 1 << 20)
 
     @field_validator("compression", mode="before")
     @classmethod
@@ -429,30 +247,30 @@ class Settings(BaseSettings):
             return "none"
         if text in ("zstd", "auto"):
             return text
-        raise ValueError(f"must be auto, zstd or none, got {_show(v)}")
+        raise ValueError(f"must be auto, zstd or none, got {show(v)}")
 
     @field_validator("shutdown_timeout", mode="before")
     @classmethod
     def _v_shutdown_timeout(cls, v):
-        return _parse_float(v, minimum=0.0, strict_min=False, maximum=3600.0)
+        return parse_float(v, minimum=0.0, strict_min=False, maximum=3600.0)
 
     @field_validator("queue_mb", mode="before")
     @classmethod
     def _v_queue(cls, v):
-        return _parse_int(v, 1, 65536)
+        return parse_int(v, 1, 65536)
 
     @field_validator("log_format", mode="before")
     @classmethod
     def _v_log_format(cls, v):
         text = str(v).strip().lower()
         if text not in ("plain", "json"):
-            raise ValueError(f"must be plain or json, got {_show(v)}")
+            raise ValueError(f"must be plain or json, got {show(v)}")
         return text
 
     @field_validator("metrics_port", mode="before")
     @classmethod
     def _v_metrics_port(cls, v):
-        return None if v is None else _parse_int(v, 1, 65535)
+        return None if v is None else parse_int(v, 1, 65535)
 
     @field_validator("metrics_addr", mode="before")
     @classmethod
@@ -462,13 +280,13 @@ class Settings(BaseSettings):
             ipaddress.ip_address(text)
         except ValueError:
             raise ValueError(f"must be an IP address to listen on (0.0.0.0, ::, 127.0.0.1), "
-                             f"got {_show(v)}") from None
+                             f"got {show(v)}") from None
         return text
 
     @field_validator("ready_ack_secs", mode="before")
     @classmethod
     def _v_ready_ack(cls, v):
-        return _parse_float(v, minimum=1.0, strict_min=False, maximum=86400.0)
+        return parse_float(v, minimum=1.0, strict_min=False, maximum=86400.0)
 
     @field_validator("sensor_name", mode="before")
     @classmethod
@@ -476,7 +294,7 @@ class Settings(BaseSettings):
         text = str(v).strip()
         if not _SENSOR_NAME_RE.fullmatch(text):
             raise ValueError("must be 1-253 characters from letters, digits and . _ : -, "
-                             f"got {_show(text)}")
+                             f"got {show(text)}")
         return text
 
     # -- helpers
@@ -539,84 +357,10 @@ class Settings(BaseSettings):
             ("OSSENSOR_METRICS_ADDR", self.metrics_addr),
             ("OSSENSOR_READY_ACK_SECS", f"{self.ready_ack_secs:g}"),
         ]
-        return [(name, _redact(value, self.key_bytes)) for name, value in rows]
+        return [(name, redact(value, self.key_bytes)) for name, value in rows]
 
     def __str__(self) -> str:
         return "Settings(" + ", ".join(f"{n}={v}" for n, v in self.summary()) + ")"
-
-
-def _redact(text: str, key: bytes | None) -> str:
-    """Belt and braces: a user value that happens to contain the key is shown redacted."""
-    if not key or len(key) < 4:
-        return text
-    try:
-        key_text = key.decode("utf-8", "surrogateescape")
-    except Exception:  # pragma: no cover
-        return text
-    return text.replace(key_text, REDACTED) if key_text.strip() else text
-
-
-# --------------------------------------------------------------------------- loading
-
-def _get(environ: Mapping[str, str], name: str) -> str | None:
-    """A variable's value; empty or all-blank counts as not set."""
-    value = environ.get(name)
-    if value is None or not str(value).strip():
-        return None
-    return value
-
-
-def read_hmac_key(environ: Mapping[str, str]) -> tuple[bytes | None, list[str]]:
-    """The HMAC key from ``VSENSOR_HMAC_KEY`` or the file named by ``VSENSOR_HMAC_KEY_FILE``.
-
-    Returns ``(key, problems)``; ``(None, [])`` when neither is set (callers decide whether the key is
-    required). The file's trailing whitespace/newlines are stripped; the variable is used verbatim.
-    Problems never contain the key.
-    """
-    direct = _get(environ, "VSENSOR_HMAC_KEY")
-    path = _get(environ, "VSENSOR_HMAC_KEY_FILE")
-    if direct is not None and path is not None:
-        return None, ["VSENSOR_HMAC_KEY: both VSENSOR_HMAC_KEY and VSENSOR_HMAC_KEY_FILE are set; "
-                      "set only one of them"]
-    if direct is not None:
-        return _long_enough(direct.encode("utf-8", "surrogateescape"), "VSENSOR_HMAC_KEY")
-    if path is None:
-        return None, []
-    path = path.strip()
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read(KEY_FILE_MAX_BYTES + 1)
-    except OSError as err:
-        return None, [f"VSENSOR_HMAC_KEY_FILE: cannot read {path}: {err.strerror or err}"]
-    if len(raw) > KEY_FILE_MAX_BYTES:
-        return None, [f"VSENSOR_HMAC_KEY_FILE: {path} is larger than {KEY_FILE_MAX_BYTES} bytes; "
-                      "is it the right file?"]
-    key = raw.rstrip(b" \t\r\n")
-    if not key:
-        return None, [f"VSENSOR_HMAC_KEY_FILE: {path} is empty"]
-    return _long_enough(key, "VSENSOR_HMAC_KEY_FILE")
-
-
-KEY_MIN_BYTES = 8  # a shorter key is guessable, and too short to be scrubbed reliably from logs
-
-
-def _long_enough(key: bytes, var: str) -> tuple[bytes | None, list[str]]:
-    if len(key) < KEY_MIN_BYTES:
-        return None, [f"{var}: the key is {len(key)} bytes; use at least {KEY_MIN_BYTES} "
-                      "(16 or more random bytes recommended, e.g. `head -c 24 /dev/urandom | base64`)"]
-    return key, []
-
-
-def _problem_from_error(err: dict, names: dict[str, str]) -> tuple[str, str]:
-    loc = err.get("loc") or ("",)
-    alias = str(loc[0])
-    var = names.get(alias, alias)
-    if err.get("type") == "missing":
-        return var, f"{var}: required, not set"
-    ctx = err.get("ctx") or {}
-    reason = str(ctx.get("error")) if "error" in ctx else err.get("msg", "invalid value")
-    reason = " ".join(reason.split())  # exactly one line
-    return var, f"{var}: {reason}"
 
 
 def load(environ: Mapping[str, str] | None = None) -> Settings:
@@ -640,7 +384,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
 
     # the interface lists, under their new or old names
     for new, old in _LIST_NAMES:
-        new_value, old_value = _get(environ, new), _get(environ, old)
+        new_value, old_value = env_value(environ, new), env_value(environ, old)
         if new_value is not None and old_value is not None:
             problems.append((new, f"{new}: both {new} and its old name {old} are set; set only {new}"))
         elif old_value is not None:
@@ -651,7 +395,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             data[new] = new_value
 
     # TLS client certificate and key come together
-    cert, tls_key = _get(environ, "OSSENSOR_TLS_CERT_FILE"), _get(environ, "OSSENSOR_TLS_KEY_FILE")
+    cert, tls_key = env_value(environ, "OSSENSOR_TLS_CERT_FILE"), env_value(environ, "OSSENSOR_TLS_KEY_FILE")
     if (cert is None) != (tls_key is None):
         have, missing = (("OSSENSOR_TLS_CERT_FILE", "OSSENSOR_TLS_KEY_FILE") if cert is not None
                          else ("OSSENSOR_TLS_KEY_FILE", "OSSENSOR_TLS_CERT_FILE"))
@@ -662,7 +406,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     for name in VARIABLES:
         if name in skip:
             continue
-        value = _get(environ, name)
+        value = env_value(environ, name)
         if value is not None:
             data[name] = value
     data["_WARNINGS"] = warnings
@@ -674,7 +418,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         settings = Settings(**data)
     except ValidationError as err:
         for e in err.errors(include_url=False, include_input=False):
-            problems.append(_problem_from_error(e, names))
+            problems.append(problem_from_error(e, names))
 
     # the memory queue holds at least two whole batches (a pooled batch buffer counts whole)
     if settings is not None and settings.queue_mb << 20 < 2 * settings.batch_max_bytes:
@@ -684,77 +428,6 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
                                               f"raise OSSENSOR_QUEUE_MB to at least {need} or lower "
                                               "OSSENSOR_BATCH_MAX_KB"))
 
-    if problems:
-        order = {name: i for i, name in enumerate(VARIABLES)}
-        seen: set[str] = set()
-        lines = []
-        for _, line in sorted(problems, key=lambda p: order.get(p[0], len(order))):
-            line = _redact(line, key)
-            if line not in seen:
-                seen.add(line)
-                lines.append(line)
-        raise ConfigError(lines)
+    raise_problems(problems, VARIABLES, key)
     assert settings is not None
     return settings
-
-
-# --------------------------------------------------------------------------- config file
-
-def render_config(settings: Settings, devices: list[str]) -> str:
-    """The ``[osSensor]`` INI text (the key redacted)."""
-    parser = configparser.ConfigParser(interpolation=None)
-    parser.optionxform = str  # keep key case
-    parser["osSensor"] = {
-        "Debug": str(settings.debug),
-        "vSensor": settings.vsensor_address,
-        "hmacKey": REDACTED,
-        "device": ",".join(devices),
-        "blacklist_device": " ".join(e.pattern for e in settings.exclude_list),
-        "whitelist_device": " ".join(e.pattern for e in settings.include_list),
-        "bpf": " ".join(settings.bpf.split()),
-        "useAntigena": "1" if settings.antigena_enabled else "0",
-        "sendAntigenaActionDelta": f"{settings.antigena_time_period:g}",
-        "logfile": str(settings.logfile) if settings.logfile else "",
-    }
-    out = io.StringIO()
-    out.write("# Generated by ossensor from its environment variables; edits are overwritten at start.\n")
-    parser.write(out)
-    return _redact(out.getvalue(), settings.key_bytes)
-
-
-def write_config_file(settings: Settings, devices: list[str]) -> Path:
-    """Write the generated configuration to ``settings.config_path`` atomically, mode 0600.
-
-    Raises ``ConfigError(["OSSENSOR_CONFIG_PATH: cannot write <path>: <reason>"])``.
-    """
-    path = Path(settings.config_path)
-    text = render_config(settings, devices)
-    tmp: str | None = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # mkstemp creates the file 0600 (O_EXCL), so it is never readable by others, even briefly
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            os.fchmod(fh.fileno(), 0o600)
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        tmp = None
-        try:
-            dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError:
-            pass
-    except OSError as err:
-        raise ConfigError([f"OSSENSOR_CONFIG_PATH: cannot write {path}: {err.strerror or err}"]) from None
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-    return path

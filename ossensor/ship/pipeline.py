@@ -24,11 +24,11 @@ import random
 import threading
 import time
 
-from ossensor import log as L
-from ossensor.accounting import Accounting
-from ossensor.batch import Batch, BatchQueue
-from ossensor.ship import Outcome, Shipper
-from ossensor.spool import Spool, SpoolFull
+from ossensor.ops import log as L
+from ossensor.ship.accounting import Accounting
+from ossensor.ship.batch import Batch, BatchQueue
+from ossensor.ship.client import Outcome, Shipper
+from ossensor.ship.spool import Spool, SpoolFull
 
 BACKOFF_FIRST = 0.5
 BACKOFF_CAP = 10.0

@@ -48,7 +48,7 @@ class Shipper:
     def __init__(self, *, host: str, port: int, key: bytes, sensor: str, boot: str,
                  ca_file: str | None = None, client_cert: tuple[str, str] | None = None,
                  connect_timeout: float = 5.0, read_timeout: float = 30.0, proxy: str | None = None):
-        """proxy: the http:// proxy URL to CONNECT through (ossensor.proxy.choose decides it from
+        """proxy: the http:// proxy URL to CONNECT through (ossensor.ship.proxy.choose decides it from
         HTTPS_PROXY/NO_PROXY), or None for a direct connection. The environment is not consulted
         here, so what the sensor logged at start is what it does."""
         self.base = f"https://{url_host(host)}:{port}"

@@ -34,7 +34,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from ossensor import __version__
-from ossensor import log as L
+from ossensor.exits import EXIT_USAGE, Fatal
+from ossensor.ops import log as L
 
 LIVE_STALE_S = 10.0  # the reader turns at least every 250 ms; 10 s without a turn means it is stuck
 
@@ -364,8 +365,6 @@ class Observer:
         try:
             self.httpd = server_cls((addr, port), _Handler)
         except OSError as err:
-            from ossensor.sensor import EXIT_USAGE, Fatal
-
             raise Fatal(f"OSSENSOR_METRICS_PORT: cannot listen on {addr}:{port}: {err.strerror or err}",
                         EXIT_USAGE) from None
         self.httpd.observer = self

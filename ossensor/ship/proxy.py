@@ -19,7 +19,7 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ossensor.ship import url_host
+from ossensor.ship.client import url_host
 
 
 class ProxyError(ValueError):

@@ -35,7 +35,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ossensor.batch import Batch
+from ossensor.ship.batch import Batch
 
 MAGIC = b"OSSPOOL1"
 SUFFIX = ".osb"
@@ -192,7 +192,7 @@ class Spool:
 
 
 def _unusable(directory: Path, err: OSError):
-    from ossensor.config import ConfigError
+    from ossensor.config.problems import ConfigError
 
     return ConfigError([f"OSSENSOR_SPOOL_DIR: cannot use {directory}: {err.strerror or err}"])
 

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from typing import Callable, TextIO
 
 from ossensor import __version__
+from ossensor.exits import EXIT_FAIL, EXIT_OK, EXIT_USAGE
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 CAP_NET_ADMIN, CAP_NET_RAW = 12, 13
 TIMEOUT = 5.0
 
@@ -65,7 +65,7 @@ class Diagnosis:
         self.chosen: list = []
         self.expr = ""
         self.addresses: list[str] = []
-        self.proxy = None          # ossensor.proxy.Proxy or None
+        self.proxy = None          # ossensor.ship.proxy.Proxy or None
         self.proxy_addresses: list[str] = []
         self.tcp_ok = False
         self.tls_ok = False
@@ -139,7 +139,7 @@ class Diagnosis:
         self.settings, self.key_bytes = s, s.key_bytes
         source = "VSENSOR_HMAC_KEY_FILE" if (self.env.get("VSENSOR_HMAC_KEY_FILE") or "").strip() \
             else "VSENSOR_HMAC_KEY"
-        from ossensor import proxy as P
+        from ossensor.ship import proxy as P
 
         try:
             self.proxy = P.choose(s.vsensor_hostname, s.vsensor_port, self.env)
@@ -151,7 +151,7 @@ class Diagnosis:
                 f"(from {source}, not shown), debug {s.debug}")
 
     def check_capabilities(self) -> str:
-        from ossensor import privileges
+        from ossensor.ops import privileges
 
         have = privileges.effective()
         raw, admin = CAP_NET_RAW in have, CAP_NET_ADMIN in have
@@ -165,11 +165,11 @@ class Diagnosis:
         return f"{', '.join(words)}{note}"
 
     def check_interfaces(self) -> str:
-        from ossensor import interfaces
+        from ossensor.interfaces import netlink, selection
 
         s = self.settings
-        selector = interfaces.Selector.from_settings(s)
-        sel = selector.select(interfaces.enumerate_interfaces())
+        selector = selection.Selector.from_settings(s)
+        sel = selector.select(netlink.enumerate_interfaces())
         self._more = list(selector.notes) + [
             f"{v.interface.name}: {'selected' if v.selected else 'not selected'}: {v.reason}" for v in sel.verdicts]
         self.chosen = sel.selected
@@ -338,7 +338,7 @@ class Diagnosis:
             raise Failed(f"certificate verification failed: {reason}" + (f": {hint}" if hint else ""), more) \
                 from None
         except ssl.SSLError as err:
-            from ossensor.ship import tls_explain
+            from ossensor.ship.client import tls_explain
 
             raise Failed(f"handshake failed: {tls_explain(str(err))}") from None
         except OSError as err:
@@ -360,7 +360,7 @@ class Diagnosis:
         return [f"the vSensor presents: subject {subject}, issuer {issuer}, expires {not_after} ({days} days)"]
 
     def check_key(self) -> str:
-        from ossensor.ship import Shipper
+        from ossensor.ship.client import Shipper
 
         s = self.settings
         shipper = Shipper(host=s.vsensor_hostname, port=s.vsensor_port, key=s.key_bytes, sensor=s.sensor_name,
