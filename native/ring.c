@@ -1,12 +1,13 @@
 /*
- * ossensor._native: the capture hot path.
+ * ossensor._native: the capture hot path, as the Python type Ring.
  *
- * One AF_PACKET socket with a TPACKET_V3 receive ring, bound to every interface;
- * a classic-BPF program attached in the kernel selects the interfaces and applies
- * the user's filter. Ring.read() walks the ring's blocks with the GIL released and
- * writes one pcapng Enhanced Packet Block per packet straight into the batch
- * buffer (a bytes object handed to Python by Ring.take() without a copy), so
- * Python never sees a packet, only batches.
+ * One AF_PACKET socket with a TPACKET_V3 receive ring, bound to every interface
+ * (the kernel steps are in ring_rx.c); a classic-BPF program attached in the kernel
+ * selects the interfaces and applies the user's filter. Ring.read() walks the ring's
+ * blocks with the GIL released and writes one pcapng Enhanced Packet Block per packet
+ * straight into the batch buffer (a bytes object handed to Python by Ring.take()
+ * without a copy), so Python never sees a packet, only batches. This file holds the
+ * batch (buffers, interface table, EPB writing) and the CPython glue.
  *
  * The interface table (ifindex -> pcapng interface id, link type) is set from
  * Python; packets from interfaces not in the table (left in the ring from before
@@ -18,19 +19,15 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <linux/filter.h>
 #include <linux/if_ether.h>
-#include <linux/if_packet.h>
-#include <poll.h>
 #include <stdint.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/mman.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
+#include "ring_rx.h"
+
 #define LINKTYPE_ETHERNET 1
-#define MIN_BLOCKS 2u
 #define HUGE_2M (2u << 20)
 #define POOL_MAX 64 /* batch buffers kept for reuse: bursts queue several at once (fresh pages cost) */
 #define ISB_RESERVE(n) (256u + 256u * (n))
@@ -45,19 +42,12 @@ typedef struct {
 
 typedef struct {
     PyObject_HEAD
-    int fd;
-    uint8_t *map;
-    size_t map_len;
-    unsigned block_size;
-    unsigned block_nr;
-    unsigned block_cur;
+    struct rx_ring rx; /* the socket and its ring (ring_rx.h) */
     unsigned snaplen;
-    int started;
     int busy; /* a read() is in progress (GIL released) */
 
-    /* partially consumed block (the batch filled up in the middle of it) */
     unsigned drained_blocks; /* blocks handed back to the kernel by the last drain() */
-    int wake_fd;             /* eventfd: wake() ends a wait in read() at once (any thread) */
+    /* partially consumed block (the batch filled up in the middle of it) */
     struct tpacket3_hdr *pend_pkt;
     unsigned pend_left;
 
@@ -161,26 +151,13 @@ static PyObject *Ring_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     (void)kwds;
     Ring *self = (Ring *)type->tp_alloc(type, 0);
     if (self)
-        self->fd = self->wake_fd = -1;
+        self->rx.fd = self->rx.wake_fd = -1;
     return (PyObject *)self;
-}
-
-static void ring_unmap(Ring *self)
-{
-    if (self->map && self->map != MAP_FAILED)
-        munmap(self->map, self->map_len);
-    self->map = NULL;
-    if (self->fd >= 0)
-        close(self->fd);
-    self->fd = -1;
-    if (self->wake_fd >= 0)
-        close(self->wake_fd);
-    self->wake_fd = -1;
 }
 
 static void Ring_dealloc(Ring *self)
 {
-    ring_unmap(self);
+    rx_close(&self->rx);
     free_table(self->ifs, self->n_ifs);
     for (unsigned i = 0; i < POOL_MAX; i++)
         Py_XDECREF(self->pool[i]);
@@ -211,7 +188,7 @@ static int Ring_init(Ring *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_ValueError, "snaplen must be at least 64 and fit in a ring block");
         return -1;
     }
-    if (self->fd >= 0 || self->map) {
+    if (self->rx.fd >= 0 || self->rx.map) {
         PyErr_SetString(PyExc_RuntimeError, "Ring already initialised");
         return -1;
     }
@@ -231,64 +208,20 @@ static int Ring_init(Ring *self, PyObject *args, PyObject *kwds)
 
     /* Protocol 0: the socket receives nothing until start() binds it, so no packet
      * reaches the ring before the filter is attached. */
-    self->fd = socket(AF_PACKET, SOCK_RAW, 0);
-    if (self->fd < 0) {
+    if (rx_open(&self->rx) < 0 || rx_size_ring(&self->rx, ring_bytes, block_size, timeout_ms) < 0 ||
+        rx_mmap(&self->rx) < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
+        rx_close(&self->rx);
         return -1;
-    }
-    self->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (self->wake_fd < 0)
-        goto fail;
-    int ver = TPACKET_V3;
-    if (setsockopt(self->fd, SOL_PACKET, PACKET_VERSION, &ver, sizeof ver) < 0)
-        goto fail;
-
-    unsigned nr = (unsigned)(ring_bytes / block_size);
-    if (nr < MIN_BLOCKS)
-        nr = MIN_BLOCKS;
-    for (;;) {
-        struct tpacket_req3 req;
-        memset(&req, 0, sizeof req);
-        req.tp_block_size = block_size;
-        req.tp_block_nr = nr;
-        req.tp_frame_size = TPACKET_ALIGNMENT << 7; /* 2048: only used for the frame count */
-        req.tp_frame_nr = (block_size / req.tp_frame_size) * nr;
-        req.tp_retire_blk_tov = timeout_ms;
-        req.tp_feature_req_word = 0;
-        if (setsockopt(self->fd, SOL_PACKET, PACKET_RX_RING, &req, sizeof req) == 0)
-            break;
-        /* Busy nodes may not have that much contiguous memory: halve and retry;
-         * Python reports the size obtained. */
-        if (errno == ENOMEM && nr > MIN_BLOCKS) {
-            nr /= 2;
-            if (nr < MIN_BLOCKS)
-                nr = MIN_BLOCKS;
-            continue;
-        }
-        goto fail;
-    }
-    self->block_size = block_size;
-    self->block_nr = nr;
-    self->map_len = (size_t)block_size * nr;
-    self->map = mmap(NULL, self->map_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_LOCKED | MAP_POPULATE, self->fd, 0);
-    if (self->map == MAP_FAILED) /* MAP_LOCKED may exceed RLIMIT_MEMLOCK: fall back to unlocked */
-        self->map = mmap(NULL, self->map_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, self->fd, 0);
-    if (self->map == MAP_FAILED) {
-        self->map = NULL;
-        goto fail;
     }
     if (!new_buffer(self))
         return -1;
     return 0;
-fail:
-    PyErr_SetFromErrno(PyExc_OSError);
-    ring_unmap(self);
-    return -1;
 }
 
 static int check_not_closed(Ring *self)
 {
-    if (self->fd < 0) {
+    if (self->rx.fd < 0) {
         PyErr_SetString(PyExc_ValueError, "Ring is closed");
         return -1;
     }
@@ -346,8 +279,7 @@ static PyObject *Ring_attach_filter(Ring *self, PyObject *arg)
         ins[i].k = (uint32_t)k;
     }
     Py_DECREF(seq);
-    struct sock_fprog prog = {.len = (unsigned short)n, .filter = ins};
-    int rc = setsockopt(self->fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog);
+    int rc = rx_attach_filter(&self->rx, ins, (unsigned short)n);
     PyMem_Free(ins);
     if (rc < 0)
         return PyErr_SetFromErrno(PyExc_OSError);
@@ -359,16 +291,8 @@ static PyObject *Ring_start(Ring *self, PyObject *Py_UNUSED(ignored))
 {
     if (check_open(self) < 0)
         return NULL;
-    if (self->started)
-        Py_RETURN_NONE;
-    struct sockaddr_ll sll;
-    memset(&sll, 0, sizeof sll);
-    sll.sll_family = AF_PACKET;
-    sll.sll_protocol = htons(ETH_P_ALL);
-    sll.sll_ifindex = 0;
-    if (bind(self->fd, (struct sockaddr *)&sll, sizeof sll) < 0)
+    if (!self->rx.started && rx_bind_all(&self->rx) < 0)
         return PyErr_SetFromErrno(PyExc_OSError);
-    self->started = 1;
     Py_RETURN_NONE;
 }
 
@@ -544,27 +468,20 @@ static inline int write_epb(Ring *self, uint8_t *out, struct tpacket3_hdr *h)
     return 1;
 }
 
-static inline struct tpacket_block_desc *block_at(Ring *self, unsigned i)
-{
-    return (struct tpacket_block_desc *)(self->map + (size_t)i * self->block_size);
-}
-
 /* Drain ready blocks into the batch buffer. Called without the GIL. Returns packets written. */
 static uint64_t drain(Ring *self, uint8_t *out)
 {
     uint64_t before = self->batch_packets;
     self->drained_blocks = 0;
-    for (;;) {
-        struct tpacket_block_desc *bd = block_at(self, self->block_cur);
-        if (!(__atomic_load_n(&bd->hdr.bh1.block_status, __ATOMIC_ACQUIRE) & TP_STATUS_USER))
-            break;
+    struct tpacket_block_desc *bd;
+    while ((bd = rx_block_ready(&self->rx))) {
         struct tpacket3_hdr *h;
         unsigned left;
         if (self->pend_pkt) {
             h = self->pend_pkt;
             left = self->pend_left;
         } else {
-            h = (struct tpacket3_hdr *)((uint8_t *)bd + bd->hdr.bh1.offset_to_first_pkt);
+            h = rx_first_packet(bd);
             left = bd->hdr.bh1.num_pkts;
         }
         while (left) {
@@ -583,12 +500,11 @@ static uint64_t drain(Ring *self, uint8_t *out)
                 return self->batch_packets - before;
             }
             left--;
-            h = (struct tpacket3_hdr *)((uint8_t *)h + h->tp_next_offset);
+            h = rx_next_packet(h);
         }
         self->pend_pkt = NULL;
         self->pend_left = 0;
-        __atomic_store_n(&bd->hdr.bh1.block_status, TP_STATUS_KERNEL, __ATOMIC_RELEASE);
-        self->block_cur = (self->block_cur + 1) % self->block_nr;
+        rx_block_release(&self->rx, bd);
         self->drained_blocks++;
     }
     return self->batch_packets - before;
@@ -617,25 +533,20 @@ static PyObject *Ring_read(Ring *self, PyObject *args)
     uint64_t n;
     int err = 0;
     int linger = linger_ms > 0 && timeout_ms != 0 && !self->n_rules && !self->pend_pkt &&
-                 self->drained_blocks > 0 && self->drained_blocks < self->block_nr / 8;
+                 self->drained_blocks > 0 && self->drained_blocks < self->rx.block_nr / 8;
     self->busy = 1;
     Py_BEGIN_ALLOW_THREADS
-    struct pollfd pfd[2] = {{.fd = self->wake_fd, .events = POLLIN, .revents = 0},
-                            {.fd = self->fd, .events = POLLIN | POLLERR, .revents = 0}};
-    if (linger) /* a sleep that wake() can end */
-        poll(pfd, 1, linger_ms);
+    int woken = linger ? rx_sleep(&self->rx, linger_ms) : 0; /* a sleep that wake() can end */
     n = drain(self, out);
-    if (!n && !self->batch_full && timeout_ms != 0 && !pfd[0].revents) {
-        if (poll(pfd, 2, timeout_ms) < 0 && errno != EINTR)
+    if (!n && !self->batch_full && timeout_ms != 0 && !woken) {
+        woken = rx_wait(&self->rx, timeout_ms);
+        if (woken < 0)
             err = errno;
         else
             n = drain(self, out);
     }
-    if (pfd[0].revents) { /* consume the wake-up: the next read waits again */
-        uint64_t v;
-        ssize_t got = read(self->wake_fd, &v, sizeof v); /* EAGAIN: another read took it */
-        (void)got;
-    }
+    if (woken > 0) /* consume the wake-up: the next read waits again */
+        rx_clear_wake(&self->rx);
     Py_END_ALLOW_THREADS
     self->busy = 0;
     if (err) {
@@ -728,12 +639,11 @@ static PyObject *Ring_join_fanout(Ring *self, PyObject *args)
         return NULL;
     if (check_open(self) < 0)
         return NULL;
-    if (!self->started) {
+    if (!self->rx.started) {
         PyErr_SetString(PyExc_RuntimeError, "join_fanout() needs a started ring");
         return NULL;
     }
-    int val = (int)((group & 0xffffu) | ((mode | PACKET_FANOUT_FLAG_DEFRAG) << 16));
-    if (setsockopt(self->fd, SOL_PACKET, PACKET_FANOUT, &val, sizeof val) < 0)
+    if (rx_join_fanout(&self->rx, group, mode) < 0)
         return PyErr_SetFromErrno(PyExc_OSError);
     Py_RETURN_NONE;
 }
@@ -745,9 +655,7 @@ static PyObject *Ring_kernel_stats(Ring *self, PyObject *Py_UNUSED(ignored))
     if (check_not_closed(self) < 0)
         return NULL;
     struct tpacket_stats_v3 st;
-    socklen_t len = sizeof st;
-    memset(&st, 0, sizeof st);
-    if (getsockopt(self->fd, SOL_PACKET, PACKET_STATISTICS, &st, &len) < 0)
+    if (rx_stats(&self->rx, &st) < 0)
         return PyErr_SetFromErrno(PyExc_OSError);
     self->k_packets += st.tp_packets;
     self->k_drops += st.tp_drops;
@@ -758,18 +666,15 @@ static PyObject *Ring_kernel_stats(Ring *self, PyObject *Py_UNUSED(ignored))
 
 static PyObject *Ring_fileno(Ring *self, PyObject *Py_UNUSED(ignored))
 {
-    return PyLong_FromLong(self->fd);
+    return PyLong_FromLong(self->rx.fd);
 }
 
 /* wake(): end the reader's current or next wait in read() at once. Any thread, no GIL needed
  * by the reader; used for interface changes and for stopping. */
 static PyObject *Ring_wake(Ring *self, PyObject *Py_UNUSED(ignored))
 {
-    if (self->wake_fd >= 0) {
-        uint64_t one = 1;
-        if (write(self->wake_fd, &one, sizeof one) < 0 && errno != EAGAIN)
-            return PyErr_SetFromErrno(PyExc_OSError);
-    }
+    if (rx_wake(&self->rx) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
     Py_RETURN_NONE;
 }
 
@@ -779,39 +684,31 @@ static PyObject *Ring_close(Ring *self, PyObject *Py_UNUSED(ignored))
         PyErr_SetString(PyExc_RuntimeError, "Ring is being read by another thread");
         return NULL;
     }
-    ring_unmap(self);
+    rx_close(&self->rx);
     Py_RETURN_NONE;
 }
 
 static PyObject *Ring_get_ring_bytes(Ring *self, void *Py_UNUSED(c))
 {
-    return PyLong_FromSize_t(self->map_len);
+    return PyLong_FromSize_t(self->rx.map_len);
 }
 static PyObject *Ring_get_batch_bytes(Ring *self, void *Py_UNUSED(c))
 {
     return PyLong_FromSize_t(self->buf_len);
 }
-static PyObject *Ring_get_batch_packets(Ring *self, void *Py_UNUSED(c))
-{
-    return PyLong_FromUnsignedLongLong(self->batch_packets);
-}
 static PyObject *Ring_get_batch_full(Ring *self, void *Py_UNUSED(c))
 {
     return PyBool_FromLong(self->batch_full);
 }
-static PyObject *Ring_get_stale(Ring *self, void *Py_UNUSED(c))
-{
-    return PyLong_FromUnsignedLongLong(self->stale);
-}
-static PyObject *Ring_get_vlan_restored(Ring *self, void *Py_UNUSED(c))
-{
-    return PyLong_FromUnsignedLongLong(self->vlan_restored);
-}
-
-static PyObject *Ring_get_buffers_made(Ring *self, void *Py_UNUSED(c))
-{
-    return PyLong_FromUnsignedLongLong(self->buffers_made);
-}
+#define U64_GETTER(field)                                                                                     \
+    static PyObject *Ring_get_##field(Ring *self, void *Py_UNUSED(c))                                      \
+    {                                                                                                         \
+        return PyLong_FromUnsignedLongLong(self->field);                                                      \
+    }
+U64_GETTER(batch_packets)
+U64_GETTER(stale)
+U64_GETTER(vlan_restored)
+U64_GETTER(buffers_made)
 
 /* trim(keep) -> buffers released. Lets go of pooled batch buffers nobody uses (their memory goes
  * back to the system) until at most `keep` stay pooled: after a burst, the pool need not hold
@@ -843,14 +740,7 @@ static PyObject *Ring_ready(Ring *self, PyObject *Py_UNUSED(ignored))
 {
     if (check_not_closed(self) < 0) /* not check_open(): a look from another thread while the reader reads is fine */
         return NULL;
-    unsigned n = 0;
-    while (n < self->block_nr) {
-        struct tpacket_block_desc *bd = block_at(self, (self->block_cur + n) % self->block_nr);
-        if (!(__atomic_load_n(&bd->hdr.bh1.block_status, __ATOMIC_ACQUIRE) & TP_STATUS_USER))
-            break;
-        n++;
-    }
-    return Py_BuildValue("(II)", n, self->block_nr);
+    return Py_BuildValue("(II)", rx_ready_blocks(&self->rx), self->rx.block_nr);
 }
 
 static PyObject *Ring_get_rules_active(Ring *self, void *Py_UNUSED(c))

@@ -8,6 +8,7 @@ out-of-bounds read or write, a use after free (or, with leaks=True, a leak) abor
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
 import os
@@ -50,14 +51,27 @@ def env(libasan_path: str, **extra: str) -> dict[str, str]:
                 ASAN_OPTIONS="detect_leaks=0:abort_on_error=1", **extra)
 
 
-def build(tmp_path: Path, name: str, sources: list[str], libraries: tuple[str, ...] = ()) -> tuple[Path, str]:
+def extension(name: str) -> tuple[list[str], list[str]]:
+    """(sources, libraries) of the extension `name` as setup.py declares it: the ASan build compiles
+    exactly what `pip install .` compiles (read with ast, setup.py is not run)."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    for call in ast.walk(tree):
+        if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "Extension" and \
+                ast.literal_eval(call.args[0]) == name:
+            kw = {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg in ("sources", "libraries")}
+            return kw["sources"], kw.get("libraries", [])
+    raise LookupError(f"setup.py declares no extension {name}")
+
+
+def build(tmp_path: Path, name: str) -> tuple[Path, str]:
     """(the ASan-built module file, libasan's path); skips the test without gcc and libasan."""
     libasan_path = libasan()
     gcc = shutil.which("gcc")
+    sources, libraries = extension(name)
     so = tmp_path / (name.rsplit(".", 1)[-1] + sysconfig.get_config_var("EXT_SUFFIX"))
     cmd = [gcc, "-shared", "-fPIC", "-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer",
            "-Wall", "-Wextra", "-Werror", "-std=gnu11", f"-I{sysconfig.get_paths()['include']}",
-           *[str(ROOT / "native" / s) for s in sources], "-o", str(so), *[f"-l{lib}" for lib in libraries]]
+           *[str(ROOT / s) for s in sources], "-o", str(so), *[f"-l{lib}" for lib in libraries]]
     subprocess.run(cmd, check=True)
     return so, libasan_path
 

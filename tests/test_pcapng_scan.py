@@ -221,7 +221,7 @@ def test_store_same_bytes_with_and_without_c(tmp_path):
 def test_fuzz_under_asan(tmp_path):
     """This file's tests again, with the module built with -fsanitize=address (out-of-bounds reads
     or writes abort the subprocess) and leak checking (a leak allocated in pcapng_scan.c fails)."""
-    so, libasan = asan.build(tmp_path, "ossensor._pcapngscan", ["pcapng_scan.c"])
+    so, libasan = asan.build(tmp_path, "ossensor._pcapngscan")
     asan.rerun(__file__, "PCAPNGSCAN_SO", so, libasan, {"PCAPNGSCAN_EXAMPLES": "300"}, leaks_in="pcapng_scan.c")
 
 

@@ -146,6 +146,6 @@ def test_mutated_files_through_the_command_line(tmp_path_factory, seed, ops):
 def test_fuzz_under_asan(tmp_path):
     """The in-process tests again, the reader built with -fsanitize=address and leak checking: an
     out-of-bounds access, a use after free or a leaked buffer aborts the subprocess."""
-    so, libasan = asan.build(tmp_path, "ossensor._filereader", ["filereader.c"], libraries=("pcap",))
+    so, libasan = asan.build(tmp_path, "ossensor._filereader")
     asan.rerun(__file__, "FILEREADER_SO", so, libasan, {"FILEREADER_EXAMPLES": "600"},
                select="not asan and not command_line", leaks_in="filereader.c")
