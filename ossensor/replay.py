@@ -342,7 +342,7 @@ class Replay:
             raise KeyboardInterrupt
         self.interrupted = True
         # sets the shipping pipeline's stop Event: safe in a handler because the main thread never waits on
-        # that Event (only the shipper thread does), so it cannot be holding its lock here (stop_signals.py)
+        # that Event (only the shipper thread does), so it cannot be holding its lock here (ops/stop_signals.py)
         self.sink.interrupt()
 
     def _one_file(self, index: int, path: str, sink, done_before: int) -> str | None:

@@ -105,7 +105,7 @@ class Antigena:
                 "not_resettable": skipped, "exchanges_ok": self.exchange.ok, "exchanges_failed": self.exchange.failed,
                 "answers_refused": self.exchange.answers_refused}
 
-    counters = stats  # what metrics.py exports and logs at level 1 ("antigena ..." line)
+    counters = stats  # what ops/metrics.py exports and logs at level 1 ("antigena ..." line)
 
     def stats_text(self) -> str:
         return "antigena[" + " ".join(f"{k}={v}" for k, v in self.stats().items()) + "]"

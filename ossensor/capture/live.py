@@ -257,7 +257,7 @@ class LiveCapture:
         ring = self.ring
         hold_bytes = HOLD_BATCHES * self.batch_bytes
         never_block = getattr(self.log, "never_block_this_thread", None)
-        if never_block is not None:  # a stalled log write must not stall the ring's reader (log.py)
+        if never_block is not None:  # a stalled log write must not stall the ring's reader (ops/log.py)
             never_block()
         while not stop.is_set():
             wait = IDLE_WAIT_MS

@@ -372,7 +372,7 @@ class Observer:
     def start(self, shipper) -> None:
         """Count every outcome of `shipper`; with metrics on, serve HTTP and keep readiness fresh
         with hellos when no batch was acknowledged lately."""
-        for name in ("send", "hello"):  # wrap this instance's methods: ship.py stays untouched
+        for name in ("send", "hello"):  # wrap this instance's methods: ship/client.py stays untouched
             orig = getattr(shipper, name)
 
             def observed(*args, _orig=orig, **kwargs):

@@ -610,7 +610,7 @@ def main(args: argparse.Namespace) -> int:
     if args.client_ca:
         app.log(f"client certificates required, signed by {args.client_ca}")
     # The server runs in a thread, the main thread waits for SIGTERM/SIGINT: a handler that stopped the
-    # server itself would take locks the main thread may hold at that instant (stop_signals.py).
+    # server itself would take locks the main thread may hold at that instant (ops/stop_signals.py).
     serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5}, name="serve")
     failed = False
     try:
