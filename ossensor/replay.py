@@ -192,7 +192,7 @@ class VSensorSink:
         from ossensor.ship import proxy as P
         from ossensor.ship.accounting import Accounting
         from ossensor.ship.client import Shipper
-        from ossensor.ship.pipeline import Pipeline
+        from ossensor.ship.pipeline import Pipeline, senders_for
 
         s = settings
         try:
@@ -202,11 +202,8 @@ class VSensorSink:
         self.log = log
         self.send_timeout = send_timeout
         self.acct = Accounting()
-        self.shipper = Shipper(host=s.vsensor_hostname, port=s.vsensor_port, key=s.key_bytes,
-                               sensor=s.sensor_name, boot=boot,
-                               ca_file=str(s.tls_ca_file) if s.tls_ca_file else None,
-                               client_cert=(str(s.tls_cert_file), str(s.tls_key_file))
-                               if s.tls_cert_file else None, proxy=via.url if via else None)
+        self.shipper = Shipper.for_settings(s, boot=boot, proxy=via.url if via else None,
+                                            connections=senders_for(s.inflight_mb << 20, s.batch_max_bytes))
         log(L.BASIC, f"shipping to {self.shipper.base} as sensor={s.sensor_name} boot={boot} (TLS verified "
                      f"against {s.tls_ca_file or 'the system trust store'}"
                      f"{', via proxy ' + via.shown if via else ', direct'})")

@@ -25,7 +25,7 @@ from ossensor.antigena import Antigena  # block actions: exchange with the vSens
 from ossensor.ship.batch import Batch, BatchQueue
 from ossensor.capture import bpf
 from ossensor.ship.client import Shipper
-from ossensor.ship.pipeline import Pipeline
+from ossensor.ship.pipeline import Pipeline, senders_for
 from ossensor.ops.stop_signals import StopSignals
 
 class StoppedEarly(Exception):
@@ -216,11 +216,8 @@ class Sensor:
         except bpf.FilterError as err:
             raise Fatal(f"BPF: {err} (interfaces {', '.join(i.name for i in chosen)})", EXIT_USAGE) from None
         via = _proxy_choice(s)
-        self.shipper = Shipper(host=s.vsensor_hostname, port=s.vsensor_port, key=s.key_bytes,
-                               sensor=s.sensor_name, boot=self.boot,
-                               ca_file=str(s.tls_ca_file) if s.tls_ca_file else None,
-                               client_cert=(str(s.tls_cert_file), str(s.tls_key_file))
-                               if s.tls_cert_file else None, proxy=via.url if via else None)
+        self.shipper = Shipper.for_settings(s, boot=self.boot, proxy=via.url if via else None,
+                                            connections=senders_for(s.inflight_mb << 20, s.batch_max_bytes))
         log(L.BASIC, f"shipping to {self.shipper.base} (TLS verified against "
                      f"{s.tls_ca_file or 'the system trust store'}"
                      f"{', client certificate ' + str(s.tls_cert_file) if s.tls_cert_file else ''}"

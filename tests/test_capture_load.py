@@ -362,7 +362,7 @@ waited = len(queue)
 made = cap.buffers_made
 while queue.get(0.01):  # the shipper sends them all
     pass
-queue.in_hand = None
+queue.in_hand.clear()
 time.sleep(1.5)        # a quiet queue for longer than POOL_TRIM_AFTER_S
 stop.set()
 reader.join()

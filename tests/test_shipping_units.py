@@ -239,7 +239,7 @@ def test_a_batch_still_being_sent_at_shutdown_has_one_fate(tmp_path, with_spool)
     pipe, acct, out = _pipeline(_Settings(queue_mb=8, spool_dir=tmp_path / "s" if with_spool else None),
                                 client)
     assert pipe.enqueue(_captured(acct, _batch(1)))
-    thread = pipe.start()
+    threads = pipe.start()
     assert client.sending.wait(5)
     res = pipe.finish(0.1)
     if with_spool:
@@ -249,8 +249,9 @@ def test_a_batch_still_being_sent_at_shutdown_has_one_fate(tmp_path, with_spool)
         assert (res["lost_batches"], res["lost_packets"]) == (1, 10)
         assert acct.snapshot()["dropped"]["shutdown"] == 10 and acct.in_flight() == 0
     gate.set()  # the slow vSensor answers 200 after all
-    thread.join(5)
-    assert not thread.is_alive()
+    for thread in threads:
+        thread.join(5)
+        assert not thread.is_alive()
     assert acct.snapshot()["acked"] == 0 and _balanced(acct), acct.snapshot()
     assert acct.in_flight() == (10 if with_spool else 0)
     if with_spool:  # still there: the next start resends it and gets 409, counted acknowledged then

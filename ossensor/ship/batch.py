@@ -96,8 +96,10 @@ class BatchQueue:
 
     The first batch always gets in, whatever its size (a pooled capture buffer counts whole),
     and a batch that holds no memory (size 0: only its spool file holds it) is always accepted:
-    the spool's own bound limits those. One consumer: the batch it took last is `in_hand`
-    until the consumer settles it (under `lock`) or puts it back with `requeue_front`."""
+    the spool's own bound limits those. Consumers (the senders, several when batches are in flight
+    together): a batch taken is in `in_hand` until its consumer settles it (under `lock`, with
+    `settled`) or puts it back with `requeue_front`. Batches in hand are outside the byte bound: the
+    in-flight window (OSSENSOR_INFLIGHT_MB) bounds them."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
@@ -107,7 +109,7 @@ class BatchQueue:
         self._cond = threading.Condition(lock)  # the consumer waits for batches
         self._taken = threading.Condition(lock)  # the producer waits for room (wait_below)
         self._closed = False
-        self.in_hand: Batch | None = None  # taken by the consumer, not settled yet (guarded by lock)
+        self.in_hand: dict[int, Batch] = {}  # taken by a consumer, not settled yet, by id() (guarded by lock)
 
     @property
     def lock(self):
@@ -135,15 +137,18 @@ class BatchQueue:
                 self._cond.wait(left)
             batch = self._items.popleft()
             self._bytes -= batch.size
-            self.in_hand = batch
+            self.in_hand[id(batch)] = batch
             self._taken.notify_all()
             return batch
+
+    def settled(self, batch: Batch) -> bool:
+        """The consumer is done with `batch` (call under `lock`): False if it was no longer in hand."""
+        return self.in_hand.pop(id(batch), None) is not None
 
     def requeue_front(self, batch: Batch) -> None:
         """The consumer puts back the batch it took (sent first next time; not bounded)."""
         with self._cond:
-            if self.in_hand is batch:
-                self.in_hand = None
+            self.in_hand.pop(id(batch), None)
             self._items.appendleft(batch)
             self._bytes += batch.size
             self._cond.notify()

@@ -47,10 +47,12 @@ def url_host(host: str) -> str:
 class Shipper:
     def __init__(self, *, host: str, port: int, key: bytes, sensor: str, boot: str,
                  ca_file: str | None = None, client_cert: tuple[str, str] | None = None,
-                 connect_timeout: float = 5.0, read_timeout: float = 30.0, proxy: str | None = None):
+                 connect_timeout: float = 5.0, read_timeout: float = 30.0, proxy: str | None = None,
+                 connections: int = 1):
         """proxy: the http:// proxy URL to CONNECT through (ossensor.ship.proxy.choose decides it from
         HTTPS_PROXY/NO_PROXY), or None for a direct connection. The environment is not consulted
-        here, so what the sensor logged at start is what it does."""
+        here, so what the sensor logged at start is what it does. connections: persistent TLS
+        connections kept to the vSensor, one per sender thread (batches in flight together)."""
         self.base = f"https://{url_host(host)}:{port}"
         self._key = key
         self.sensor = sensor
@@ -68,14 +70,24 @@ class Shipper:
             tls["ca_certs"] = ca_file or _default_ca_bundle()
         if client_cert:
             tls["cert_file"], tls["key_file"] = client_cert
-        # One pool of one connection: batches go one after another on one persistent TLS connection.
+        # One pool of `connections` persistent TLS connections: each sender thread takes one for a
+        # request and gives it back (block: a thread waits for a free one rather than open a spare).
         # A ProxyManager reaches https:// through the proxy with CONNECT (a tunnel: the proxy sees no HTTP).
+        pool = {"num_pools": 1, "maxsize": max(1, connections), "block": connections > 1}
         if self.proxy:
-            self._manager = urllib3.ProxyManager(self.proxy, num_pools=1, maxsize=1, block=False, **tls)
+            self._manager = urllib3.ProxyManager(self.proxy, **pool, **tls)
         else:
-            self._manager = urllib3.PoolManager(num_pools=1, maxsize=1, block=False, **tls)
+            self._manager = urllib3.PoolManager(**pool, **tls)
         self._pool = self._manager.connection_from_url(self.base)
         self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
+
+    @classmethod
+    def for_settings(cls, s, *, boot: str, proxy: str | None, connections: int = 1) -> "Shipper":
+        """The link `ossensor run` and `ossensor replay` ship on, from their settings."""
+        return cls(host=s.vsensor_hostname, port=s.vsensor_port, key=s.key_bytes, sensor=s.sensor_name, boot=boot,
+                   ca_file=str(s.tls_ca_file) if s.tls_ca_file else None,
+                   client_cert=(str(s.tls_cert_file), str(s.tls_key_file)) if s.tls_cert_file else None,
+                   proxy=proxy, connections=connections)
 
     def request(self, path: str, body: bytes, headers: dict[str, str], timeout: float | None = None):
         """POST `body` with `headers` (already signed) on this link: same connection pool, proxy, TLS

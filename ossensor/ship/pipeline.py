@@ -5,15 +5,22 @@
         ▼                                    spool file written first, when a spool is set
     memory queue, ≤ OSSENSOR_QUEUE_MB ──full──▶ kept only in the spool (body read back to send)
         │                                       no spool, or spool full ──▶ dropped, counted
-        ▼  shipper thread: one batch at a time, retried until acknowledged or refused
-    vSensor ─ 200/409: acknowledged (spool file deleted)
+        ▼  sender threads: up to OSSENSOR_INFLIGHT_MB of batches in flight at once, each on its own
+        │  connection, each batch retried by its sender until acknowledged or refused
+    vSensor ─ 200/409: acknowledged (spool file deleted), in any order
             ─ 401/403/4xx: refused, not retried, counted, logged at level 0 with the reason
             ─ connection error, TLS failure, timeout, 5xx/429: retried, exponential backoff
               0.5 s, 1 s, 2 s ... capped at 10 s, × random 0.5-1.0 (jitter); Retry-After honoured
 
+A distant vSensor (100 ms away) answers each batch a round trip later: one batch at a time would
+cap the link at one batch per round trip. Several senders keep several batches in flight, within a
+byte window (`OSSENSOR_INFLIGHT_MB`); the vSensor takes each (sensor, boot, seq) once whatever the
+order (protocol.ReplayGuard), so acknowledgements may come in any order and each releases exactly
+its own batch (queue and spool). With a window of one batch there is one sender: stop-and-wait.
+
 `Pipeline` is what a producer drives: `Sensor.run` for live capture, `ossensor replay` for
 files. Construct it with the settings, the log and an `Accounting`; `recover()` picks up
-what an earlier process left in the spool; `start()` runs the shipper thread; `enqueue()`
+what an earlier process left in the spool; `start()` runs the sender threads; `enqueue()`
 hands over batches (`block=True` waits for room instead of dropping: for file replay);
 `finish(timeout)` flushes within the shutdown timeout and reports what was not delivered.
 """
@@ -43,6 +50,12 @@ def backoff(attempt: int, retry_after: float | None = None) -> float:
 
 
 AUTO_SAMPLE = 128 << 10  # bytes of a batch compressed to decide whether the whole is worth it
+MAX_SENDERS = 16  # connections to the vSensor per sensor, at most: a vSensor serves many sensors
+
+
+def senders_for(inflight_bytes: int, batch_bytes: int) -> int:
+    """Sender threads (and connections) for a window of `inflight_bytes`: one per full batch it holds."""
+    return max(1, min(MAX_SENDERS, inflight_bytes // max(1, batch_bytes)))
 
 
 class Pipeline:
@@ -71,10 +84,15 @@ class Pipeline:
         spool_dir = getattr(settings, "spool_dir", None)
         if spool_dir:
             self.spool = Spool(spool_dir, getattr(settings, "spool_mb", 1024) << 20, settings.sensor_name)
+        self.inflight_max = getattr(settings, "inflight_mb", 0) << 20
+        self.senders = senders_for(self.inflight_max, getattr(settings, "batch_max_bytes", 4 << 20))
+        self._window = threading.Condition()  # guards in_flight_bytes; senders wait on it for room
+        self.in_flight_bytes = 0
         self.stop = threading.Event()        # set: stop waiting between retries of a batch
         self.deadline: float | None = None   # set by finish(): give up at this time
-        self._thread: threading.Thread | None = None
-        self._given_up: Batch | None = None  # the batch finish() counted while it was being sent
+        self._threads: list[threading.Thread] = []
+        self._given_up: set[int] = set()     # id() of batches finish() counted while they were being sent
+        self._last_error_log = 0.0
         self._failing_since: float | None = None
         self._last_refusal = ("", 0.0)
         self._last_full_log = 0.0
@@ -106,10 +124,12 @@ class Pipeline:
                               f"{f', {len(torn)} torn files skipped' if torn else ''}")
         return len(batches)
 
-    def start(self) -> threading.Thread:
-        self._thread = threading.Thread(target=self.run, name="shipper", daemon=True)
-        self._thread.start()
-        return self._thread
+    def start(self) -> list[threading.Thread]:
+        for i in range(self.senders):
+            t = threading.Thread(target=self.run, name="shipper" if i == 0 else f"shipper-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self._threads
 
     # -- producer side ---------------------------------------------------------------------
     def enqueue(self, batch: Batch, block: bool = False) -> bool:
@@ -205,7 +225,24 @@ class Pipeline:
             self._last_full_log = now
             self.log.warning(msg)
 
-    # -- shipper thread ----------------------------------------------------------------------
+    # -- sender threads ----------------------------------------------------------------------
+    def _window_open(self, nbytes: int) -> bool:
+        """Wait until `nbytes` more fit in the in-flight window (always, when nothing is in flight);
+        False when the deadline passed first."""
+        with self._window:
+            while self.in_flight_bytes and self.in_flight_bytes + nbytes > self.inflight_max:
+                left = None if self.deadline is None else self.deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._window.wait(left if left is not None else 1.0)
+            self.in_flight_bytes += nbytes
+            return True
+
+    def _window_close(self, nbytes: int) -> None:
+        with self._window:
+            self.in_flight_bytes -= nbytes
+            self._window.notify_all()
+
     def run(self) -> None:
         while True:
             if self.deadline is not None and time.monotonic() >= self.deadline:
@@ -238,11 +275,10 @@ class Pipeline:
     def _settle(self, batch: Batch, stage: str) -> bool:
         """Count the one outcome of the batch the shipper holds: "acked", or a drop stage. False
         (nothing counted) when finish() already counted it: it gave up waiting for this send."""
-        with self.queue.lock:  # finish() takes the batch in hand under the same lock
-            if batch is self._given_up:
+        with self.queue.lock:  # finish() takes the batches in hand under the same lock
+            if id(batch) in self._given_up:
                 return False
-            if self.queue.in_hand is batch:
-                self.queue.in_hand = None
+            self.queue.settled(batch)
             if stage == "acked":
                 self.acct.ack(batch.packets, batch.captured_bytes, batch.per_if)
             else:
@@ -268,6 +304,14 @@ class Pipeline:
         body = self._body(batch)
         if body is None:
             return True
+        if not self._window_open(len(body)):
+            return False
+        try:
+            return self._send_until_settled(batch, body)
+        finally:
+            self._window_close(len(body))
+
+    def _send_until_settled(self, batch: Batch, body) -> bool:
         attempt = 0
         while True:
             if self.deadline is not None and time.monotonic() >= self.deadline:
@@ -304,9 +348,13 @@ class Pipeline:
             if self._failing_since is None:
                 self._failing_since = time.monotonic()
             pause = backoff(attempt, out.retry_after)
-            if attempt == 1 or attempt % 10 == 0:
+            now = time.monotonic()
+            # one line per outage start and per 10 attempts, however many senders meet the failure
+            if (attempt == 1 and now - self._last_error_log > 5) or attempt % 10 == 0:
+                self._last_error_log = now
                 self.log.error(f"cannot send to vSensor {self.client.base}: {out.reason}; retrying in "
-                               f"{pause:.1f} s (attempt {attempt}; {len(self.queue)} batches queued)")
+                               f"{pause:.1f} s (attempt {attempt}; {len(self.queue)} batches queued, "
+                               f"{len(self.queue.in_hand)} in flight)")
             if self.deadline is not None:
                 pause = min(pause, max(0.0, self.deadline - time.monotonic()))
             self.stop.wait(pause) if not self.stop.is_set() else time.sleep(pause)
@@ -332,17 +380,18 @@ class Pipeline:
         self.deadline = time.monotonic() + timeout
         self.stop.set()  # retry pauses are cut to the deadline
         self.queue.close()
-        if self._thread is not None:
-            self._thread.join(max(0.0, self.deadline - time.monotonic()) + 0.5)
-        with self.queue.lock:  # the shipper settles the batch in hand under this lock: one fate
+        with self._window:
+            self._window.notify_all()  # senders waiting for room see the deadline
+        for t in self._threads:
+            t.join(max(0.0, self.deadline - time.monotonic()) + 0.5)
+        with self.queue.lock:  # the senders settle the batches in hand under this lock: one fate
             left = self.queue.drain()
-            cur = self.queue.in_hand
-            if cur is not None:
-                # its send outlived the deadline: counted here, and the shipper no longer counts
+            for cur in list(self.queue.in_hand.values()):
+                # its send outlived the deadline: counted here, and its sender no longer counts
                 # its outcome (if it was accepted, a resend from the spool gets 409)
-                self._given_up = cur
-                self.queue.in_hand = None
+                self._given_up.add(id(cur))
                 left.append(cur)
+            self.queue.in_hand.clear()
         kept_b = kept_p = lost_b = lost_p = 0
         for batch in left:
             if batch.spool_path:
@@ -367,4 +416,5 @@ class Pipeline:
               if self.spool is not None else "")
         z = (f" zstd_batches={self.zstd_batches} plain_batches={self.plain_batches} "
              f"zstd_saved_mb={self.zstd_saved_bytes / 2**20:.1f}" if self._zstd is not None else "")
-        return f"in_queue={len(self.queue)} queue_mb={self.queue.nbytes / 2**20:.1f}{sp}{z}"
+        return (f"in_queue={len(self.queue)} queue_mb={self.queue.nbytes / 2**20:.1f} "
+                f"sending={len(self.queue.in_hand)} sending_mb={self.in_flight_bytes / 2**20:.1f}{sp}{z}")

@@ -1,0 +1,146 @@
+"""Several batches in flight (OSSENSOR_INFLIGHT_MB): the window's byte bound, acknowledgements in any
+order releasing exactly their own batch (queue and spool), retries of one batch while others pass, and
+shutdown with several sends outstanding. A fake vSensor answers with delays chosen per seq."""
+
+from __future__ import annotations
+
+import io
+import random
+import threading
+import time
+
+from ossensor.ops import log as L
+from ossensor.ship.accounting import Accounting
+from ossensor.ship.batch import Batch
+from ossensor.ship.client import Outcome
+from ossensor.ship.pipeline import MAX_SENDERS, Pipeline, senders_for
+
+BOOT = "0123456789abcdef"
+
+
+class _Settings:
+    def __init__(self, inflight_mb=1, batch_kb=256, queue_mb=64, spool_dir=None):
+        self.queue_mb, self.spool_dir, self.spool_mb, self.compression = queue_mb, spool_dir, 1024, "none"
+        self.inflight_mb, self.batch_max_bytes, self.sensor_name = inflight_mb, batch_kb << 10, "node-1"
+
+
+class _SlowVSensor:
+    """Answers each send after a delay drawn per call (so answers come back out of order); the seqs in
+    `fail_first` get a 503 on their first `fails` attempts. Remembers what was accepted, like the
+    vSensor's replay guard: a seq accepted twice is answered 409 and counted as a duplicate."""
+    base = "https://vsensor.test:8443"
+
+    def __init__(self, delays=(0.0, 0.05), fail_first=(), fails=2, seed=1):
+        self.rng = random.Random(seed)
+        self.delays, self.fail_first, self.fails = delays, set(fail_first), fails
+        self.lock = threading.Lock()
+        self.attempts: dict[int, int] = {}
+        self.accepted: list[int] = []
+        self.duplicates = 0
+        self.now_bytes = self.max_bytes = self.now_sends = self.max_sends = 0
+
+    def send(self, seq, body, *, boot=None, encoding="identity") -> Outcome:
+        with self.lock:
+            self.now_bytes += len(body)
+            self.now_sends += 1
+            self.max_bytes, self.max_sends = max(self.max_bytes, self.now_bytes), max(self.max_sends, self.now_sends)
+            n = self.attempts[seq] = self.attempts.get(seq, 0) + 1
+            delay = self.rng.uniform(*self.delays)
+        time.sleep(delay)
+        with self.lock:
+            self.now_bytes -= len(body)
+            self.now_sends -= 1
+            if seq in self.fail_first and n <= self.fails:
+                return Outcome("retry", 503, "busy (test)", delay, retry_after=0.0)
+            if seq in self.accepted:
+                self.duplicates += 1
+                return Outcome("acked", 409, "duplicate", delay)
+            self.accepted.append(seq)
+            return Outcome("acked", 200, "accepted", delay)
+
+
+def _run(settings, vs, n, size, spool=False):
+    out = io.StringIO()
+    acct = Accounting()
+    pipe = Pipeline(settings, L.Log(2, stream=out), acct, client=vs, boot=BOOT)
+    pipe.start()
+    for seq in range(1, n + 1):
+        b = Batch(seq, bytes([seq % 256]) * size, 10, size, 1, 2, 0.0, per_if={"eth0": (10, size)})
+        acct.add_batch(b.packets, b.captured_bytes, b.per_if)
+        assert pipe.enqueue(b, block=True)
+    deadline = time.monotonic() + 30
+    while acct.in_flight() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    summary = pipe.finish(5)
+    return pipe, acct, out, summary
+
+
+def test_senders_follow_the_window():
+    assert senders_for(32 << 20, 4 << 20) == 8
+    assert senders_for(1 << 20, 4 << 20) == 1           # a window below one batch: stop-and-wait
+    assert senders_for(1024 << 20, 64 << 10) == MAX_SENDERS
+
+
+def test_several_in_flight_acks_in_any_order_each_batch_once():
+    vs = _SlowVSensor(delays=(0.0, 0.08))
+    pipe, acct, out, summary = _run(_Settings(inflight_mb=1, batch_kb=256), vs, n=60, size=200_000)
+    assert pipe.senders == 4
+    assert sorted(vs.accepted) == list(range(1, 61)) and vs.duplicates == 0
+    assert vs.accepted != sorted(vs.accepted)            # answered out of order...
+    assert vs.max_sends > 1                              # ...because several were in flight together
+    assert vs.max_bytes <= 1 << 20                       # never more than the window
+    s = acct.snapshot()
+    assert s["acked"] == 600 and sum(s["dropped"].values()) == 0 and acct.in_flight() == 0
+    assert summary["lost_batches"] == 0 and pipe.in_flight_bytes == 0 and not pipe.queue.in_hand
+
+
+def test_a_retried_batch_does_not_hold_up_the_others(tmp_path):
+    """seq 3 is refused twice (503): the other senders go on; with a spool, each acknowledgement removes
+    exactly its own spool file, and seq 3's stays until it is acknowledged."""
+    vs = _SlowVSensor(delays=(0.0, 0.02), fail_first={3}, fails=2)
+    pipe, acct, out, summary = _run(_Settings(inflight_mb=1, batch_kb=256, spool_dir=tmp_path / "s"), vs, n=20,
+                                    size=100_000)
+    assert sorted(vs.accepted) == list(range(1, 21)) and vs.duplicates == 0
+    assert vs.attempts[3] == 3 and vs.accepted.index(3) > vs.accepted.index(4)
+    assert acct.snapshot()["acked"] == 200 and acct.in_flight() == 0
+    assert not list((tmp_path / "s").glob("*.osb"))      # every spool file released, none twice
+    assert out.getvalue().count("cannot send to vSensor") == 1
+
+
+def test_one_sender_is_stop_and_wait():
+    vs = _SlowVSensor(delays=(0.0, 0.01))
+    pipe, acct, out, summary = _run(_Settings(inflight_mb=1, batch_kb=1024), vs, n=10, size=300_000)
+    assert pipe.senders == 1 and vs.max_sends == 1 and vs.accepted == list(range(1, 11))
+
+
+def test_shutdown_with_several_sends_outstanding_counts_each_once(tmp_path):
+    """finish() while 4 sends hang: each is counted once (kept in the spool), and the answers that
+    come later change nothing."""
+    gate = threading.Event()
+
+    class Hanging(_SlowVSensor):
+        def send(self, seq, body, **kw):
+            gate.wait(10)
+            return super().send(seq, body, **kw)
+
+    vs = Hanging(delays=(0.0, 0.0))
+    acct = Accounting()
+    pipe = Pipeline(_Settings(inflight_mb=1, batch_kb=256, spool_dir=tmp_path / "s"), L.Log(1, stream=io.StringIO()),
+                    acct, client=vs, boot=BOOT)
+    threads = pipe.start()
+    for seq in range(1, 7):
+        b = Batch(seq, b"x" * 200_000, 10, 200_000, 1, 2, 0.0, per_if={"eth0": (10, 200_000)})
+        acct.add_batch(b.packets, b.captured_bytes, b.per_if)
+        pipe.enqueue(b)
+    deadline = time.monotonic() + 5
+    while len(pipe.queue.in_hand) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(pipe.queue.in_hand) == 4
+    res = pipe.finish(0.2)
+    assert (res["kept_batches"], res["lost_batches"]) == (6, 0)
+    gate.set()
+    for t in threads:
+        t.join(5)
+        assert not t.is_alive()
+    assert acct.snapshot()["acked"] == 0 and acct.in_flight() == 60
+    assert len(list((tmp_path / "s").glob("*.osb"))) == 6  # all resent at the next start (409 where accepted)
