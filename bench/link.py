@@ -1,0 +1,270 @@
+#!/usr/bin/env python3
+"""The link to a distant vSensor: throughput against the round-trip time, several batches in flight.
+
+For each round trip (--rtt-ms, default 0,20,100) and packet size (64 and 1500 B, random payloads), in this
+one run, through the same userspace delay forwarder (tests/delay_forwarder.py: this kernel has no netem):
+
+    tls-stream      one TLS connection writing as fast as it can to a sink (the link's own ceiling)
+    replay-1        `ossensor replay FILE` to the reference vSensor, OSSENSOR_INFLIGHT_MB=4 (one batch in
+                    flight: stop-and-wait, as before several were allowed)
+    replay          the same with the default window (OSSENSOR_INFLIGHT_MB=32)
+    live (--live)   `ossensor run` capturing a veth that trafgen fills, shipping to the vSensor: MB/s
+                    from the first packet to the last acknowledgement
+
+and prints MB/s (captured bytes per second of wall time) and packets/s, and each rate divided by the same
+mode's rate at RTT 0 (the target: >= 0.80 at 100 ms). Ratios are what to compare: the machine is shared.
+
+    sudo python3 bench/link.py [--rtt-ms 0,20,100] [--mb 200] [--live] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+
+from delay_forwarder import DelayForwarder  # noqa: E402
+
+KEY = "bench-key-0123456789abcdef"
+GEN, CAP = "olink-gen", "olink-cap"
+GEN_IF, CAP_IF = "olg0", "olc0"
+
+
+def make_pcap(path: Path, size: int, total_mb: int) -> int:
+    """A pcap of Ethernet/IPv4/UDP frames of `size` bytes with random payloads (zstd gains nothing, as
+    on an encrypted network); returns the packet count. Built with numpy: no per-packet Python."""
+    n = max(1, total_mb * 1_000_000 // (size + 16))
+    rng = np.random.default_rng(7)
+    rec = np.zeros((n, 16 + size), dtype=np.uint8)
+    rec[:, 16:] = rng.integers(0, 256, size=(n, size), dtype=np.uint8)
+    hdr = rec[:, :16].view("<u4")
+    hdr[:, 0] = 1_700_000_000 + np.arange(n) // 1_000_000
+    hdr[:, 1] = np.arange(n) % 1_000_000
+    hdr[:, 2] = hdr[:, 3] = size
+    eth_ip_udp = bytes.fromhex("020000000002020000000001" "0800" "4500") + (size - 14).to_bytes(2, "big") + \
+        bytes.fromhex("00004000" "4011" "0000" "0a090001" "0a090002" "9c40" "2329") + (size - 34).to_bytes(2, "big") + b"\0\0"
+    rec[:, 16:16 + len(eth_ip_udp)] = np.frombuffer(eth_ip_udp, dtype=np.uint8)
+    with open(path, "wb") as f:
+        f.write(np.array([0xA1B2C3D4, 0x00040002, 0, 0, 262144, 1], dtype="<u4").tobytes())
+        f.write(rec.tobytes())
+    return n
+
+
+def base_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VSENSOR_", "OSSENSOR_", "BPF"))}
+    env.update(PYTHONPATH=str(ROOT), OSSENSOR_DEBUG="1")
+    return env
+
+
+def start_vsensor(out: Path, netns: str | None = None, port: int = 0) -> tuple[subprocess.Popen, int]:
+    env = dict(base_env(), VSENSOR_HMAC_KEY=KEY)
+    argv = [sys.executable, "-m", "ossensor", "vsensor", "--listen", f"127.0.0.1:{port}", "--out", str(out)]
+    if netns:
+        argv = ["ip", "netns", "exec", netns] + argv
+    p = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         start_new_session=True)
+    while True:
+        line = p.stdout.readline()
+        m = re.search(r"listening on https://127\.0\.0\.1:(\d+)", line)
+        if m:
+            threading.Thread(target=p.stdout.read, daemon=True).start()  # keep its pipe drained
+            return p, int(m.group(1))
+        if not line:
+            raise SystemExit("bench: the reference vSensor did not start")
+
+
+def stop(p: subprocess.Popen) -> None:
+    try:
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(p.pid, signal.SIGKILL)
+
+
+def tls_stream(cert: Path, key: Path, ca: Path, rtt_ms: float, nbytes: int) -> float:
+    """Seconds for one TLS connection to move nbytes to a sink through the forwarder."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    srv = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def sink():
+        c, _ = srv.accept()
+        s = ctx.wrap_socket(c, server_side=True)
+        got = 0
+        while got < nbytes:
+            d = s.recv(1 << 20)
+            if not d:
+                break
+            got += len(d)
+        s.sendall(b"k")  # the last byte arrived: the sender's clock stops when it hears so
+        done.wait(5)
+        s.close()
+
+    threading.Thread(target=sink, daemon=True).start()
+    with DelayForwarder(("127.0.0.1", srv.getsockname()[1]), rtt_ms) as fw:
+        cctx = ssl.create_default_context(cafile=str(ca))
+        s = cctx.wrap_socket(socket.create_connection(("127.0.0.1", fw.port)), server_hostname="127.0.0.1")
+        blob = os.urandom(1 << 20)
+        t0 = time.monotonic()
+        left = nbytes
+        while left > 0:
+            s.sendall(blob[:min(left, len(blob))])
+            left -= len(blob)
+        s.recv(1)
+        dt = time.monotonic() - t0
+        done.set()
+        s.close()
+    srv.close()
+    return dt
+
+
+def replay(pcap: Path, vs_port: int, ca: Path, rtt_ms: float, inflight_mb: int) -> tuple[float, str]:
+    with DelayForwarder(("127.0.0.1", vs_port), rtt_ms) as fw:
+        env = dict(base_env(), VSENSOR_HOSTNAME="127.0.0.1", VSENSOR_PORT=str(fw.port), VSENSOR_HMAC_KEY=KEY,
+                   OSSENSOR_TLS_CA_FILE=str(ca), OSSENSOR_INFLIGHT_MB=str(inflight_mb))
+        t0 = time.monotonic()
+        r = subprocess.run([sys.executable, "-m", "ossensor", "replay", str(pcap)], env=env, capture_output=True,
+                           text=True, timeout=1800)
+        dt = time.monotonic() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"bench: replay failed:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
+    line = [l for l in (r.stdout + r.stderr).splitlines() if "replay summary" in l][-1]
+    return dt, line
+
+
+def sh(cmd: str, check: bool = True) -> None:
+    subprocess.run(cmd, shell=True, check=check, capture_output=True)
+
+
+def live(tmp: Path, size: int, count: int, rtt_ms: float) -> dict:
+    """trafgen sends `count` frames at its maximum rate into the captured veth; the sensor ships them to
+    the vSensor through the forwarder. MB/s from the generator's start to the last acknowledgement."""
+    for ns in (GEN, CAP):
+        sh(f"ip netns pids {ns} 2>/dev/null | xargs -r kill -9; ip netns del {ns} 2>/dev/null", check=False)
+    sh(f"ip netns add {GEN}; ip netns add {CAP}")
+    procs: list[subprocess.Popen] = []
+    try:
+        sh(f"ip -n {GEN} link add {GEN_IF} type veth peer name {CAP_IF} netns {CAP}")
+        for ns, dev in ((GEN, GEN_IF), (CAP, CAP_IF)):
+            sh(f"ip -n {ns} link set lo up; ip -n {ns} link set {dev} up")
+            sh(f"ip netns exec {ns} sysctl -qw net.ipv6.conf.{dev}.disable_ipv6=1")
+        out = tmp / f"live-vs-{size}-{rtt_ms:g}"
+        vs, vport = start_vsensor(out, CAP)
+        procs.append(vs)
+        fport = 9443
+        fw = subprocess.Popen(["ip", "netns", "exec", CAP, sys.executable, str(ROOT / "tests" / "delay_forwarder.py"),
+                               "--listen", f"127.0.0.1:{fport}", "--to", f"127.0.0.1:{vport}", "--rtt-ms", str(rtt_ms)],
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+        procs.append(fw)
+        fw.stdout.readline()
+        log = tmp / f"live-{size}-{rtt_ms:g}.log"
+        env = dict(base_env(), VSENSOR_HOSTNAME="127.0.0.1", VSENSOR_PORT=str(fport), VSENSOR_HMAC_KEY=KEY,
+                   OSSENSOR_TLS_CA_FILE=str(out / "ca.pem"), OSSENSOR_NETWORK_DEVICE=CAP_IF,
+                   OSSENSOR_CONFIG_PATH=str(tmp / "ossensor.cfg"), OSSENSOR_STATS_INTERVAL="0.5",
+                   OSSENSOR_QUEUE_MB="256", OSSENSOR_RING_MB="256")
+        sensor = subprocess.Popen(["ip", "netns", "exec", CAP, sys.executable, "-m", "ossensor", "run"], env=env,
+                                  stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+        procs.append(sensor)
+        while "capturing on" not in log.read_text():
+            if sensor.poll() is not None:
+                raise SystemExit(f"bench: the sensor did not start:\n{log.read_text()[-2000:]}")
+            time.sleep(0.05)
+        time.sleep(0.5)
+        cfg = tmp / f"frame{size}.cfg"
+        cfg.write_text("{ eth(da=02:00:00:00:00:02, sa=02:00:00:00:00:01), ipv4(sa=10.9.0.1, da=10.9.0.2), "
+                       f"udp(sp=40000, dp=9000), drnd({size - 42}) }}\n")
+        t0 = time.monotonic()
+        subprocess.run(["ip", "netns", "exec", GEN, "trafgen", "-o", GEN_IF, "-i", str(cfg), "-P", "1", "-n",
+                        str(count), "-q"], check=True, capture_output=True, timeout=600)
+        last = {}
+        while time.monotonic() - t0 < 600:
+            lines = [l for l in log.read_text().splitlines() if " captured=" in l]
+            if lines:
+                last = dict(re.findall(r"(\w+)=(\d+)", lines[-1]))
+                if int(last.get("captured", 0)) and last.get("acked") == last.get("captured") and \
+                        time.monotonic() - t0 > 1:
+                    break
+            time.sleep(0.1)
+        dt = time.monotonic() - t0 - 0.25  # the stats line comes up to half an interval late
+        acked = int(last.get("acked", 0))
+        return {"secs": dt, "packets": acked, "bytes": acked * size, "kernel_drops": int(last.get("kernel_drops", 0))}
+    finally:
+        for p in reversed(procs):
+            stop(p)
+        for ns in (GEN, CAP):
+            sh(f"ip netns pids {ns} 2>/dev/null | xargs -r kill -9; ip netns del {ns} 2>/dev/null", check=False)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rtt-ms", default="0,20,100", help="round trips to measure, comma-separated (default 0,20,100)")
+    ap.add_argument("--sizes", default="64,1500", help="frame sizes (default 64,1500)")
+    ap.add_argument("--mb", type=int, default=200, help="MB of 1500 B frames replayed per run (64 B: a quarter)")
+    ap.add_argument("--live", action="store_true", help="also live capture to the vSensor (root, trafgen)")
+    ap.add_argument("--json", help="write the results here")
+    a = ap.parse_args()
+    rtts = [float(x) for x in a.rtt_ms.split(",")]
+    sizes = [int(x) for x in a.sizes.split(",")]
+    tmp = Path(tempfile.mkdtemp(prefix="ossensor-bench-link-"))
+    results: list[dict] = []
+    vs = None
+    try:
+        pcaps = {s: (tmp / f"f{s}.pcap", make_pcap(tmp / f"f{s}.pcap", s, a.mb if s >= 1000 else a.mb // 4))
+                 for s in sizes}
+        vs, vport = start_vsensor(tmp / "vs")
+        ca = tmp / "vs" / "ca.pem"
+        cert, key = tmp / "vs" / "server.pem", tmp / "vs" / "server.key"
+        print(f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs; {tmp}", flush=True)
+        for rtt in rtts:
+            dt = tls_stream(cert, key, ca, rtt, a.mb * 1_000_000)
+            results.append({"mode": "tls-stream", "rtt_ms": rtt, "size": "-", "mb_s": a.mb / dt, "pps": None})
+            print(f"rtt {rtt:5g} ms  tls-stream          {a.mb / dt:8.1f} MB/s", flush=True)
+            for size in sizes:
+                path, n = pcaps[size]
+                mb = path.stat().st_size / 1e6
+                for mode, inflight in (("replay-1", 4), ("replay", 32)):
+                    dt, _ = replay(path, vport, ca, rtt, inflight)
+                    results.append({"mode": mode, "rtt_ms": rtt, "size": size, "mb_s": mb / dt, "pps": n / dt})
+                    print(f"rtt {rtt:5g} ms  {mode:9s} {size:5d} B {mb / dt:8.1f} MB/s {n / dt:11.0f} pkt/s", flush=True)
+                if a.live:
+                    r = live(tmp, size, n, rtt)
+                    results.append({"mode": "live", "rtt_ms": rtt, "size": size, "mb_s": r["bytes"] / 1e6 / r["secs"],
+                                    "pps": r["packets"] / r["secs"], "kernel_drops": r["kernel_drops"]})
+                    print(f"rtt {rtt:5g} ms  live      {size:5d} B {r['bytes'] / 1e6 / r['secs']:8.1f} MB/s "
+                          f"{r['packets'] / r['secs']:11.0f} pkt/s  kernel_drops={r['kernel_drops']}", flush=True)
+            for f in (tmp / "vs").glob("*.pcapng"):  # what the vSensor stored: keep the disk free
+                f.unlink()
+    finally:
+        if vs is not None:
+            stop(vs)
+    print("\nratio to the same mode at the first RTT (target at 100 ms: >= 0.80 for replay and live)")
+    first = {(r["mode"], r["size"]): r["mb_s"] for r in results if r["rtt_ms"] == rtts[0]}
+    for r in results:
+        r["ratio"] = round(r["mb_s"] / first[(r["mode"], r["size"])], 2)
+        print(f"  rtt {r['rtt_ms']:5g} ms  {r['mode']:10s} {r['size']!s:>5} B  {r['mb_s']:8.1f} MB/s  x{r['ratio']:.2f}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=1))
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
