@@ -7,7 +7,7 @@ one run, through the same userspace delay forwarder (tests/delay_forwarder.py: t
     tls-stream      one TLS connection writing as fast as it can to a sink (the link's own ceiling)
     replay-1        `ossensor replay FILE` to the reference vSensor, OSSENSOR_INFLIGHT_MB=4 (one batch in
                     flight: stop-and-wait, as before several were allowed)
-    replay          the same with the default window (OSSENSOR_INFLIGHT_MB=32)
+    replay          the same with the default window (OSSENSOR_INFLIGHT_MB=64)
     live (--live)   `ossensor run` capturing a veth that trafgen fills, shipping to the vSensor: MB/s
                     from the first packet to the last acknowledgement
 
@@ -240,7 +240,7 @@ def main() -> int:
             for size in sizes:
                 path, n = pcaps[size]
                 mb = path.stat().st_size / 1e6
-                for mode, inflight in (("replay-1", 4), ("replay", 32)):
+                for mode, inflight in (("replay-1", 4), ("replay", 64)):
                     dt, _ = replay(path, vport, ca, rtt, inflight)
                     results.append({"mode": mode, "rtt_ms": rtt, "size": size, "mb_s": mb / dt, "pps": n / dt})
                     print(f"rtt {rtt:5g} ms  {mode:9s} {size:5d} B {mb / dt:8.1f} MB/s {n / dt:11.0f} pkt/s", flush=True)

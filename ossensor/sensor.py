@@ -195,7 +195,7 @@ class Sensor:
             params = dict(ring_bytes=s.ring_mb << 20, block_timeout_ms=s.block_timeout_ms, snaplen=s.snaplen,
                           batch_bytes=s.batch_max_bytes, batch_age_s=s.batch_max_age_ms / 1000,
                           filter_expr=expr, log=log, accounting=self.acct,
-                          pool_buffers=pool_buffers_for(s.queue_mb << 20, s.batch_max_bytes))
+                          pool_buffers=pool_buffers_for((s.queue_mb + s.inflight_mb) << 20, s.batch_max_bytes))
             if s.capture_threads > 1:  # several rings in a PACKET_FANOUT group, a reader each
                 from ossensor.capture.fanout import FanoutCapture
 

@@ -47,8 +47,8 @@ POOL_TRIM_AFTER_S = 10.0
 
 
 def pool_buffers_for(queue_bytes: int, batch_bytes: int) -> int:
-    """Batch buffers worth pooling: as many as can wait in the queue, + the one filling + the one
-    being sent; at least POOL_KEEP, at most what the ring can hold (native/ring.c POOL_MAX)."""
+    """Batch buffers worth pooling: as many as can wait in the queue and in flight (the caller adds
+    OSSENSOR_INFLIGHT_MB to the queue's bytes), + the one filling + one more; at least POOL_KEEP, at most what the ring can hold (native/ring.c POOL_MAX)."""
     from ossensor._native import POOL_MAX
 
     return min(POOL_MAX, max(POOL_KEEP, queue_bytes // batch_bytes + 2))
