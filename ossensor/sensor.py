@@ -94,8 +94,17 @@ def choose_interfaces(settings, log: L.Log, selector: selection.Selector | None 
                                    f"{'' if selector.device else 'an '}{what}")
     if selector.device:
         raise Fatal(f"OSSENSOR_NETWORK_DEVICE: no such interface {selector.device!r}", EXIT_USAGE)
-    raise Fatal("no interface to capture: every interface is loopback or excluded "
-                "(check NETWORK_DEVICE_INCLUDELIST / NETWORK_DEVICE_EXCLUDELIST; `ossensor interfaces` shows why)")
+    # the lists are the user's input: exit 2 naming the one that left nothing; none set: the host has no
+    # interface but loopback, an environment problem (exit 1)
+    shown = lambda rxs: " ".join(rx.pattern for rx in rxs)[:120]  # noqa: E731
+    if selector.include:
+        raise Fatal(f"NETWORK_DEVICE_INCLUDELIST: {shown(selector.include)!r} selects no interface"
+                    f"{' that NETWORK_DEVICE_EXCLUDELIST does not exclude' if selector.exclude else ''} "
+                    "(`ossensor interfaces` shows every interface and why)", EXIT_USAGE)
+    if selector.exclude:
+        raise Fatal(f"NETWORK_DEVICE_EXCLUDELIST: {shown(selector.exclude)!r} excludes every interface but "
+                    "loopback (`ossensor interfaces` shows every interface and why)", EXIT_USAGE)
+    raise Fatal("no interface to capture: this host has only loopback (`ossensor interfaces` shows why)")
 
 
 class Sensor:

@@ -81,12 +81,10 @@ def test_default_config_path():
 
 
 def test_all_variables_parsed(env, tmp_path):
-    ca = tmp_path / "ca.pem"
-    ca.write_text("x")
-    cert = tmp_path / "c.pem"
-    cert.write_text("x")
-    key = tmp_path / "k.pem"
-    key.write_text("x")
+    from linkfault_util import make_ca, make_leaf
+
+    ca, ca_cert, ca_key = make_ca(tmp_path, "cfg")
+    cert, key = make_leaf(tmp_path, "client", ca_cert, ca_key, ["node-1"], client=True)
     env.update({
         "VSENSOR_PORT": " 8443 ", "OSSENSOR_NETWORK_DEVICE": "eth0", "OSSENSOR_DEBUG": "5",
         "ANTIGENA_ENABLED": "No", "ANTIGENA_TIME_PERIOD": "2.5",
@@ -476,15 +474,21 @@ def test_config_file_created_private_under_permissive_umask(env):
 
 
 def test_config_file_unwritable(env, tmp_path):
+    """Found at start with the other problems; and if the path goes bad after that, writing says so."""
     blocker = tmp_path / "file"
     blocker.write_text("x")
     env["OSSENSOR_CONFIG_PATH"] = str(blocker / "sub" / "ossensor.cfg")
+    with pytest.raises(ConfigError) as info:
+        load(env)
+    (line,) = info.value.problems
+    assert line == f"OSSENSOR_CONFIG_PATH: {blocker / 'sub' / 'ossensor.cfg'}: {blocker} is not a directory"
+    env["OSSENSOR_CONFIG_PATH"] = str(tmp_path / "later" / "sub" / "ossensor.cfg")
     s = load(env)
+    (tmp_path / "later").write_text("x")  # the directory was free at start, is a file now
     with pytest.raises(ConfigError) as info:
         write_config_file(s, ["eth0"])
     (line,) = info.value.problems
-    assert line.startswith("OSSENSOR_CONFIG_PATH: cannot write ") and str(blocker / "sub") in line
-    assert "Not a directory" in line
+    assert line.startswith("OSSENSOR_CONFIG_PATH: cannot write ") and "Not a directory" in line
 
 
 # ---------------------------------------------------------------- through the command line

@@ -244,10 +244,10 @@ def test_device_default_without_default_route_falls_back_to_lists(ns, tmp_path):
     _veths(ns, "hpd0")
     r = in_ns(ns, [sys.executable, "-m", "ossensor", "run"],
               _run_env(tmp_path, OSSENSOR_NETWORK_DEVICE="default", NETWORK_DEVICE_INCLUDELIST="^nomatch"))
-    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.returncode == 2, r.stdout + r.stderr  # the include list is the user's input
     assert ("L0 OSSENSOR_NETWORK_DEVICE=default: no default route (IPv4 or IPv6); falling back to the "
             "interface lists") in r.stdout
-    assert "no interface to capture" in r.stdout
+    assert "NETWORK_DEVICE_INCLUDELIST: '^nomatch' selects no interface" in r.stdout
 
 
 # --------------------------------------------------------------------------- ~300 interfaces, one filter

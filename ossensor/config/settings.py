@@ -23,8 +23,10 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from ossensor.config.key import REDACTED, read_hmac_key, redact
 from ossensor.config.problems import problem_from_error, raise_problems
 from ossensor.config.values import (check_bpf, env_value, parse_bool, parse_float, parse_hostname, parse_ifname,
-                                    parse_int, parse_regex_list, readable_file, show)
+                                    parse_int, parse_regex_list, readable_file, show, text_problem, tls_problems,
+                                    writable_dir, writable_file_path)
 from ossensor.interfaces.egrep import ERE
+from ossensor.ship import proxy
 
 DEFAULT_CONFIG_PATH = Path("/etc/darktrace/ossensor.cfg")
 
@@ -137,7 +139,7 @@ class Settings(BaseSettings):
     @field_validator("config_path", mode="before")
     @classmethod
     def _v_config_path(cls, v):
-        return Path(str(v).strip())
+        return writable_file_path(v, regular=True)
 
     @field_validator("debug", mode="before")
     @classmethod
@@ -187,7 +189,7 @@ class Settings(BaseSettings):
     @field_validator("logfile", mode="before")
     @classmethod
     def _v_logfile(cls, v):
-        return None if v is None else Path(str(v).strip())
+        return None if v is None else writable_file_path(v)
 
     @field_validator("tls_ca_file", "tls_cert_file", "tls_key_file", mode="before")
     @classmethod
@@ -224,17 +226,7 @@ class Settings(BaseSettings):
     @field_validator("spool_dir", mode="before")
     @classmethod
     def _v_spool_dir(cls, v):
-        if v is None:
-            return None
-        path = Path(str(v).strip())
-        if path.exists() and not path.is_dir():
-            raise ValueError(f"{show(str(path))} exists and is not a directory")
-        probe = path if path.exists() else path.parent
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        if not os.access(probe, os.W_OK | os.X_OK):
-            raise ValueError(f"{show(str(path))} is not writable (checked {probe})")
-        return path
+        return None if v is None else writable_dir(v)
 
     @field_validator("spool_mb", mode="before")
     @classmethod
@@ -376,6 +368,18 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     if environ is None:
         environ = os.environ
     problems: list[tuple[str, str]] = []  # (variable, line)
+    # values no parser can take (NUL, bytes that are not UTF-8): one line each, then as if unset, and no
+    # second line for the same variable ("required, not set")
+    unusable: dict[str, str] = {}
+    for name in (*VARIABLES, *proxy.PROXY_VARIABLES):
+        value = environ.get(name)
+        why = None if value is None or name == "VSENSOR_HMAC_KEY" else text_problem(str(value))
+        if why:
+            unusable[name] = f"{name}: {why}"
+    if unusable:
+        environ = {k: v for k, v in environ.items() if k not in unusable}
+    problems.extend(unusable.items())
+    problems.extend((line.split(":", 1)[0], line) for line in proxy.problems(environ))
     warnings: list[str] = []
     data: dict[str, Any] = {}
     names: dict[str, str] = {}  # field alias -> variable the user actually set
@@ -436,6 +440,10 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
                                               f"raise OSSENSOR_QUEUE_MB to at least {need} or lower "
                                               "OSSENSOR_BATCH_MAX_KB"))
 
-    raise_problems(problems, VARIABLES, key)
+    # the TLS files' contents, whatever else is wrong (their own validators said whether they can be read)
+    problems.extend(tls_problems(*(env_value(environ, n) for n in
+                                   ("OSSENSOR_TLS_CA_FILE", "OSSENSOR_TLS_CERT_FILE", "OSSENSOR_TLS_KEY_FILE"))))
+    problems = [(var, line) for var, line in problems if var not in unusable or line == unusable[var]]
+    raise_problems(problems, (*VARIABLES, *proxy.PROXY_VARIABLES), key)
     assert settings is not None
     return settings

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,11 +34,34 @@ def env_value(environ: Mapping[str, str], name: str) -> str | None:
 
 
 def show(value: Any, limit: int = 80) -> str:
-    """Quote a user value for a one-line message (never used for the key)."""
+    """Quote a user value for a one-line message (never used for the key): quoted and escaped (a newline
+    or an undecodable byte cannot break the line), at most `limit` characters of it, and its length when
+    it was longer (a 100 000-character value must not flood the terminal)."""
     text = str(value)
     if len(text) > limit:
-        text = text[:limit] + "..."
+        return f"{text[:limit]!r}... ({len(text)} characters)"
     return repr(text)
+
+
+def clip(value: Any, limit: int = 80) -> str:
+    """show() without the quotes: a path or name inside a sentence."""
+    text = str(value)
+    if len(text) > limit:
+        return f"{repr(text[:limit])[1:-1]}... ({len(text)} characters)"
+    return repr(text)[1:-1]
+
+
+def text_problem(value: str) -> str | None:
+    """Why a raw environment value cannot be used at all, or None. The environment holds bytes: Python
+    keeps those that are not UTF-8 as lone surrogates, which no parser, path or log line can carry."""
+    if "\0" in value:
+        return "contains a NUL character"
+    for i, ch in enumerate(value):
+        if "\udc80" <= ch <= "\udcff":
+            return f"is not UTF-8 text (byte 0x{ord(ch) - 0xdc00:02x} at character {i + 1})"
+        if "\ud800" <= ch <= "\udfff":
+            return f"is not valid text (a lone surrogate at character {i + 1})"
+    return None
 
 
 def parse_int(value: Any, lo: int, hi: int | None) -> int:
@@ -47,7 +72,7 @@ def parse_int(value: Any, lo: int, hi: int | None) -> int:
         number = value
     else:
         text = str(value).strip()
-        if not re.fullmatch(r"[+-]?[0-9]+", text):
+        if not re.fullmatch(r"[+-]?[0-9]{1,30}", text):  # more digits than any bound: not a number of ours
             raise ValueError(f"must be {what}, got {show(value)}")
         number = int(text, 10)
     if number < lo or (hi is not None and number > hi):
@@ -98,8 +123,8 @@ def parse_hostname(value: Any) -> str:
             raise ValueError(f"unbalanced brackets in {show(text)}")
         inner, port = m.group(1), m.group(2)
         if port is not None:
-            raise ValueError(f"must not contain a port ({show(text)}): set VSENSOR_HOSTNAME={inner} "
-                             f"and VSENSOR_PORT={port}")
+            raise ValueError(f"must not contain a port ({show(text)}): set VSENSOR_HOSTNAME={clip(inner)} "
+                             f"and VSENSOR_PORT={clip(port)}")
         try:
             ipaddress.IPv6Address(inner)
         except ValueError:
@@ -108,8 +133,8 @@ def parse_hostname(value: Any) -> str:
     if ":" in text:
         if text.count(":") == 1:
             host, port = text.split(":")
-            raise ValueError(f"must not contain a port ({show(text)}): set VSENSOR_HOSTNAME={host} "
-                             f"and VSENSOR_PORT={port}")
+            raise ValueError(f"must not contain a port ({show(text)}): set VSENSOR_HOSTNAME={clip(host)} "
+                             f"and VSENSOR_PORT={clip(port)}")
         try:
             ipaddress.IPv6Address(text)
         except ValueError:
@@ -158,12 +183,101 @@ def check_bpf(expr: str, snaplen: int) -> None:
 
 
 def readable_file(value: Any) -> Path:
+    """A regular file this process can read. Looked at before it is opened, and opened without blocking:
+    a FIFO or a device named here must not hang the start."""
     path = Path(str(value).strip())
     try:
-        with open(path, "rb"):
-            pass
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{clip(path)} is not a regular file")
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
     except OSError as err:
-        raise ValueError(f"cannot read {path}: {err.strerror or err}") from None
-    if not path.is_file():
-        raise ValueError(f"{path} is not a regular file")
+        raise ValueError(f"cannot read {clip(path)}: {err.strerror or err}") from None
     return path
+
+
+def _nearest_existing(path: Path) -> Path:
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe
+
+
+def writable_file_path(value: Any, *, regular: bool = False) -> Path:
+    """A file this process can create or replace (OSSENSOR_CONFIG_PATH, OSSENSOR_LOGFILE_PATH): checked at
+    start, with the other variables, rather than failing when it is first written. regular: it must be a
+    regular file if it exists (the configuration file is replaced by a rename: never over /dev/null)."""
+    path = Path(str(value).strip())
+    try:
+        if path.is_dir():
+            raise ValueError(f"{clip(path)} is a directory; name a file")
+        if regular and path.exists() and not path.is_file():
+            raise ValueError(f"{clip(path)} is not a regular file")
+        if path.exists():
+            if not os.access(path, os.W_OK):
+                raise ValueError(f"{clip(path)} is not writable")
+            return path
+        probe = _nearest_existing(path.parent)
+        if not probe.is_dir():
+            raise ValueError(f"{clip(path)}: {clip(probe)} is not a directory")
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise ValueError(f"{clip(path)} cannot be created: {clip(probe)} is not writable")
+        os.stat(path.parent / "x")  # a name too long fails here (ENAMETOOLONG), a missing one is fine
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        raise ValueError(f"{clip(path)}: {err.strerror or err}") from None
+    return path
+
+
+def writable_dir(value: Any) -> Path:
+    """A directory this process can create or write into (OSSENSOR_SPOOL_DIR)."""
+    path = Path(str(value).strip())
+    try:
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"{show(str(path))} exists and is not a directory")
+        probe = _nearest_existing(path)
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise ValueError(f"{show(str(path))} is not writable (checked {clip(probe)})")
+        os.stat(path / "x")
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        raise ValueError(f"{show(str(path))}: {err.strerror or err}") from None
+    return path
+
+
+def tls_problems(ca: str | None, cert: str | None, key: str | None) -> list[tuple[str, str]]:
+    """The TLS files loaded as the link will load them, so that a file that is not PEM, or a key that is
+    not the certificate's, is reported at start with the other problems, not at the first connection.
+    Files that cannot be read are skipped here: readable_file() reports those."""
+    import ssl
+
+    def usable(value: str | None) -> Path | None:
+        try:
+            return None if value is None else readable_file(value)
+        except ValueError:
+            return None
+
+    ca, cert, key = usable(ca), usable(cert), usable(key)
+    out = []
+    if ca is not None:
+        try:
+            ssl.create_default_context(cafile=str(ca))
+        except (ssl.SSLError, OSError, ValueError) as err:
+            out.append(("OSSENSOR_TLS_CA_FILE", f"OSSENSOR_TLS_CA_FILE: {clip(ca)} holds no usable PEM CA "
+                                                f"certificate ({_ssl_reason(err)})"))
+    if cert is not None and key is not None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        try:
+            ctx.load_cert_chain(str(cert), str(key))
+        except (ssl.SSLError, OSError, ValueError) as err:
+            out.append(("OSSENSOR_TLS_CERT_FILE", f"OSSENSOR_TLS_CERT_FILE: {clip(cert)} with OSSENSOR_TLS_KEY_FILE "
+                                                  f"{clip(key)}: not a PEM certificate and its private key "
+                                                  f"({_ssl_reason(err)})"))
+    return out
+
+
+def _ssl_reason(err: Exception) -> str:
+    reason = getattr(err, "reason", None) or getattr(err, "strerror", None) or str(err)
+    return " ".join(str(reason).split())[:160]

@@ -13,7 +13,6 @@ TLS settings, and nothing from the environment.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import time
@@ -23,6 +22,7 @@ import urllib3
 from urllib3 import exceptions as U3
 
 from ossensor import __version__, protocol
+from ossensor.ship.proxy import url_host
 
 
 @dataclass
@@ -32,16 +32,6 @@ class Outcome:
     reason: str
     rtt: float
     retry_after: float | None = None  # seconds, from a 503/429's Retry-After
-
-
-def url_host(host: str) -> str:
-    """Bracket a bare IPv6 address for a URL."""
-    try:
-        if ipaddress.ip_address(host).version == 6:
-            return f"[{host}]"
-    except ValueError:
-        pass
-    return host
 
 
 class Shipper:

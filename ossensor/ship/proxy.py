@@ -14,12 +14,23 @@ The chosen proxy is logged at start with its password, if any, replaced by `***`
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ossensor.ship.client import url_host
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy")
+
+
+def url_host(host: str) -> str:
+    """Bracket a bare IPv6 address for a URL."""
+    try:
+        if ipaddress.ip_address(host).version == 6:
+            return f"[{host}]"
+    except ValueError:
+        pass
+    return host
 
 
 class ProxyError(ValueError):
@@ -55,20 +66,48 @@ def choose(host: str, port: int, environ: Mapping[str, str] | None = None) -> Pr
     if not got:
         return None
     var, value = got
-    parsed = urllib.parse.urlsplit(value)
-    if parsed.scheme.lower() != "http" or not parsed.netloc:
-        raise ProxyError(f"{var}: {_safe(value)!r} is not an http:// proxy URL; write it as "
-                         f"http://host:port (an HTTP CONNECT proxy), e.g. http://proxy.example:3128")
-    try:
-        pport = parsed.port or 80
-    except ValueError:
-        raise ProxyError(f"{var}: {_safe(value)!r} has an invalid port") from None
-    if not parsed.hostname:
-        raise ProxyError(f"{var}: {_safe(value)!r} names no host")
+    phost, pport = parse(var, value)
     no_proxy = _get(env, "NO_PROXY", "no_proxy")
     if no_proxy and _bypass(f"https://{url_host(host)}:{port}/", no_proxy=no_proxy[1]):
         return None
-    return Proxy(value, parsed.hostname, pport, var)
+    return Proxy(value, phost, pport, var)
+
+
+def parse(var: str, value: str) -> tuple[str, int]:
+    """(host, port) of an http:// proxy URL; ProxyError naming `var` otherwise."""
+    try:
+        parsed = urllib.parse.urlsplit(value)
+        ok = parsed.scheme.lower() == "http" and parsed.netloc
+    except ValueError:  # e.g. an unbalanced "[" in the host
+        ok = False
+    if not ok:
+        raise ProxyError(f"{var}: {_shown(value)} is not an http:// proxy URL; write it as "
+                         f"http://host:port (an HTTP CONNECT proxy), e.g. http://proxy.example:3128")
+    try:
+        port = parsed.port or 80
+    except ValueError:
+        raise ProxyError(f"{var}: {_shown(value)} has an invalid port") from None
+    if not parsed.hostname:
+        raise ProxyError(f"{var}: {_shown(value)} names no host")
+    return parsed.hostname, port
+
+
+def problems(environ: Mapping[str, str]) -> list[str]:
+    """The proxy variables' problems, one line each, for the start-up check (config.load)."""
+    got = _get(environ, "HTTPS_PROXY", "https_proxy")
+    if not got:
+        return []
+    try:
+        parse(*got)
+    except ProxyError as err:
+        return [str(err)]
+    return []
+
+
+def _shown(value: str) -> str:
+    """The value, password masked, quoted and shortened for a one-line message."""
+    text = _safe(value)
+    return f"{text[:80]!r}... ({len(text)} characters)" if len(text) > 80 else repr(text)
 
 
 def _bypass(url: str, no_proxy: str) -> bool:
@@ -81,7 +120,10 @@ def _bypass(url: str, no_proxy: str) -> bool:
 
 def _safe(value: str) -> str:
     """The value with any password masked, for error messages."""
-    p = urllib.parse.urlsplit(value)
-    if p.password:
-        return value.replace(":" + p.password + "@", ":***@")
+    try:
+        p = urllib.parse.urlsplit(value)
+        if p.password:
+            return value.replace(":" + p.password + "@", ":***@")
+    except ValueError:
+        pass
     return value
