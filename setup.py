@@ -13,8 +13,8 @@ setup(
         # `ossensor replay`: pcap/pcapng files -> EPBs in batch buffers, BPF by libpcap's bpf_filter()
         Extension(
             "ossensor._filereader",
-            sources=["native/filereader.c"],
-            depends=["native/epb.h"],
+            sources=["native/filereader.c", "native/capfile.c"],  # the Python type; the file formats
+            depends=["native/capfile.h", "native/epb.h"],
             libraries=["pcap"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-std=gnu11"],
         ),

@@ -217,7 +217,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rtt-ms", default="0,20,100", help="round trips to measure, comma-separated (default 0,20,100)")
     ap.add_argument("--sizes", default="64,1500", help="frame sizes (default 64,1500)")
-    ap.add_argument("--mb", type=int, default=200, help="MB of 1500 B frames replayed per run (64 B: a quarter)")
+    ap.add_argument("--mb", type=int, default=800, help="MB of 1500 B frames replayed per run (64 B: a quarter); "
+                    "short runs understate distant links: connections and the first window take a few round trips")
     ap.add_argument("--live", action="store_true", help="also live capture to the vSensor (root, trafgen)")
     ap.add_argument("--json", help="write the results here")
     a = ap.parse_args()
