@@ -80,15 +80,16 @@ _seconds = _positive("a number of seconds")
 # ------------------------------------------------------------------------------ configuration
 
 def load_settings(to_file: bool, environ=None):
-    """config.load() with the usual rules. With --out the vSensor variables are not needed: they are
-    left out of what is checked, so a missing or odd VSENSOR_* never stops a local run."""
+    """config.load() with the usual rules. With --out only what a local run uses is read (config/local.py:
+    the same parsers and messages, without the settings model), so a missing or odd VSENSOR_* never stops
+    a local run, and a shell loop over many small files does not pay for pydantic each time."""
+    env = os.environ if environ is None else environ
+    if to_file:
+        from ossensor.config.local import load_local
+
+        return load_local(env)
     from ossensor import config
 
-    env = dict(os.environ if environ is None else environ)
-    if to_file:  # nor the TLS files: nothing is sent
-        env = {k: v for k, v in env.items() if not k.startswith(("VSENSOR_", "OSSENSOR_TLS_"))}
-        env["VSENSOR_HOSTNAME"] = "localhost"            # placeholders, never used
-        env["VSENSOR_HMAC_KEY"] = "unused-for-replay-to-a-file"
     return config.load(env)
 
 
@@ -493,7 +494,7 @@ def _size(path: str) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ossensor import config
+    from ossensor.config.problems import ConfigError
 
     problems = []
     for path in args.files:  # every unreadable input named at once, before anything starts
@@ -504,7 +505,7 @@ def main(args: argparse.Namespace) -> int:
             problems.append(f"{path}: cannot open: {err.strerror or err}")
     try:
         settings = load_settings(bool(args.out))
-    except config.ConfigError as err:
+    except ConfigError as err:
         problems.extend(err.problems)
         settings = None
     if problems:

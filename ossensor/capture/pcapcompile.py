@@ -37,11 +37,20 @@ _lib = None
 _lock = threading.Lock()  # pcap_compile is not thread-safe in older libpcaps
 
 
+def _bundled() -> list[str]:
+    """The libpcap a manylinux wheel carries (auditwheel puts it in site-packages/ossensor.libs/ and
+    points _filereader at it): the one to use, so that live capture and replay compile alike."""
+    from pathlib import Path
+
+    libs = Path(__file__).resolve().parents[2] / "ossensor.libs"
+    return sorted(str(p) for p in libs.glob("libpcap*.so*")) if libs.is_dir() else []
+
+
 def _libpcap():
     global _lib
     if _lib is None:
         lib = None
-        for name in ("libpcap.so.0.8", "libpcap.so.1"):  # by soname: find_library runs ldconfig
+        for name in (*_bundled(), "libpcap.so.0.8", "libpcap.so.1"):  # by soname: find_library runs ldconfig
             try:
                 lib = ctypes.CDLL(name)
                 break

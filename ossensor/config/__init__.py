@@ -28,10 +28,29 @@ Rules worth knowing:
   filter that libpcap refuses is reported at start with libpcap's reason.
 """
 
-from ossensor.config.key import KEY_FILE_MAX_BYTES, KEY_MIN_BYTES, REDACTED, read_hmac_key
-from ossensor.config.problems import ConfigError
-from ossensor.config.settings import DEFAULT_CONFIG_PATH, VARIABLES, Settings, load
-from ossensor.config.ini import render_config, write_config_file
+# Names are imported on first use (PEP 562): `ossensor replay --out` reads its few variables through
+# config/local.py and must not pay for the settings model (pydantic) that importing settings.py costs.
+_WHERE = {"ConfigError": "problems", "Settings": "settings", "load": "settings", "DEFAULT_CONFIG_PATH": "settings",
+          "VARIABLES": "settings", "read_hmac_key": "key", "REDACTED": "key", "KEY_MIN_BYTES": "key",
+          "KEY_FILE_MAX_BYTES": "key", "write_config_file": "ini", "render_config": "ini"}
 
-__all__ = ["ConfigError", "Settings", "load", "read_hmac_key", "write_config_file", "render_config",
-           "DEFAULT_CONFIG_PATH", "REDACTED", "VARIABLES", "KEY_MIN_BYTES", "KEY_FILE_MAX_BYTES"]
+__all__ = sorted(_WHERE)
+
+
+_MODULES = ("settings", "values", "problems", "key", "ini", "local")
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _MODULES:  # config.values, ... as attributes, as if imported eagerly
+        return importlib.import_module(f"ossensor.config.{name}")
+    if name not in _WHERE:
+        raise AttributeError(f"module 'ossensor.config' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"ossensor.config.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -21,8 +21,9 @@ from pydantic import Field, SecretBytes, ValidationError, ValidationInfo, field_
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ossensor.config.key import REDACTED, read_hmac_key, redact
+from ossensor.config.local import LIST_NAMES, read_lists
 from ossensor.config.problems import problem_from_error, raise_problems
-from ossensor.config.values import (check_bpf, env_value, parse_bool, parse_float, parse_hostname, parse_ifname,
+from ossensor.config.values import (batch_age_ms, batch_bytes, check_bpf, debug_level, log_format, snaplen, env_value, parse_bool, parse_float, parse_hostname, parse_ifname,
                                     parse_int, parse_regex_list, readable_file, show, text_problem, tls_problems,
                                     writable_dir, writable_file_path)
 from ossensor.interfaces.egrep import ERE
@@ -49,9 +50,6 @@ VARIABLES = [
     "OSSENSOR_LOG_FORMAT", "OSSENSOR_METRICS_PORT", "OSSENSOR_METRICS_ADDR", "OSSENSOR_READY_ACK_SECS",
 ]
 
-# (new name, old name) of the interface lists
-_LIST_NAMES = [("NETWORK_DEVICE_EXCLUDELIST", "NETWORK_DEVICE_BLACKLIST"),
-               ("NETWORK_DEVICE_INCLUDELIST", "NETWORK_DEVICE_WHITELIST")]
 
 _SENSOR_NAME_RE = re.compile(r"[A-Za-z0-9._:-]{1,253}")
 
@@ -144,7 +142,7 @@ class Settings(BaseSettings):
     @field_validator("debug", mode="before")
     @classmethod
     def _v_debug(cls, v):
-        return parse_int(v, 0, 5)
+        return debug_level(v)
 
     @field_validator("antigena_enabled", "device_any", mode="before")
     @classmethod
@@ -174,7 +172,7 @@ class Settings(BaseSettings):
     @field_validator("snaplen", mode="before")
     @classmethod
     def _v_snaplen(cls, v):
-        return parse_int(v, 64, 262144)
+        return snaplen(v)
 
     @field_validator("bpf", mode="before")
     @classmethod
@@ -216,12 +214,12 @@ class Settings(BaseSettings):
     def _v_batch_kb(cls, v):
         if isinstance(v, int) and not isinstance(v, bool) and v >= 64 * 1024:
             return v  # already bytes (populate by name)
-        return parse_int(v, 64, 65536) * 1024
+        return batch_bytes(v)
 
     @field_validator("batch_max_age_ms", mode="before")
     @classmethod
     def _v_batch_age(cls, v):
-        return parse_int(v, 10, 60000)
+        return batch_age_ms(v)
 
     @field_validator("spool_dir", mode="before")
     @classmethod
@@ -261,10 +259,7 @@ class Settings(BaseSettings):
     @field_validator("log_format", mode="before")
     @classmethod
     def _v_log_format(cls, v):
-        text = str(v).strip().lower()
-        if text not in ("plain", "json"):
-            raise ValueError(f"must be plain or json, got {show(v)}")
-        return text
+        return log_format(v)
 
     @field_validator("metrics_port", mode="before")
     @classmethod
@@ -395,16 +390,10 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
                                              "(set it, or VSENSOR_HMAC_KEY_FILE to a file holding it)"))
 
     # the interface lists, under their new or old names
-    for new, old in _LIST_NAMES:
-        new_value, old_value = env_value(environ, new), env_value(environ, old)
-        if new_value is not None and old_value is not None:
-            problems.append((new, f"{new}: both {new} and its old name {old} are set; set only {new}"))
-        elif old_value is not None:
-            warnings.append(f"{old} is deprecated; use {new} instead")
-            data[new] = old_value
-            names[new] = old
-        elif new_value is not None:
-            data[new] = new_value
+    lists, names, list_warnings, list_problems = read_lists(environ)
+    data.update(lists)
+    warnings.extend(list_warnings)
+    problems.extend(list_problems)
 
     # TLS client certificate and key come together
     cert, tls_key = env_value(environ, "OSSENSOR_TLS_CERT_FILE"), env_value(environ, "OSSENSOR_TLS_KEY_FILE")
@@ -414,7 +403,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         problems.append((missing, f"{missing}: must be set together with {have} "
                                   "(client certificate and its private key)"))
 
-    skip = {"VSENSOR_HMAC_KEY", "VSENSOR_HMAC_KEY_FILE"} | {n for pair in _LIST_NAMES for n in pair}
+    skip = {"VSENSOR_HMAC_KEY", "VSENSOR_HMAC_KEY_FILE"} | {n for pair in LIST_NAMES for n in pair}
     for name in VARIABLES:
         if name in skip:
             continue

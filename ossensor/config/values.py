@@ -281,3 +281,29 @@ def tls_problems(ca: str | None, cert: str | None, key: str | None) -> list[tupl
 def _ssl_reason(err: Exception) -> str:
     reason = getattr(err, "reason", None) or getattr(err, "strerror", None) or str(err)
     return " ".join(str(reason).split())[:160]
+
+
+# ---- the variables both `run` (settings.py) and a local replay (local.py) read: one parser each
+
+def debug_level(value: Any) -> int:
+    return parse_int(value, 0, 5)
+
+
+def snaplen(value: Any) -> int:
+    return parse_int(value, 64, 262144)
+
+
+def batch_bytes(value: Any) -> int:
+    """OSSENSOR_BATCH_MAX_KB, in bytes."""
+    return parse_int(value, 64, 65536) * 1024
+
+
+def batch_age_ms(value: Any) -> int:
+    return parse_int(value, 10, 60000)
+
+
+def log_format(value: Any) -> str:
+    text = str(value).strip().lower()
+    if text not in ("plain", "json"):
+        raise ValueError(f"must be plain or json, got {show(value)}")
+    return text

@@ -95,19 +95,10 @@ class Selector:
         return Selection([self.judge(i) for i in interfaces])
 
 
-# the variables `ossensor interfaces` reads (the same as `run`, nothing else)
-SELECTION_VARIABLES = ("OSSENSOR_NETWORK_DEVICE", "NETWORK_DEVICE_EXCLUDELIST", "NETWORK_DEVICE_BLACKLIST",
-                       "NETWORK_DEVICE_INCLUDELIST", "NETWORK_DEVICE_WHITELIST", "NETWORK_DEVICE_ANY")
-
-
 def selection_settings(environ: Mapping[str, str]):
-    """Settings holding only the interface-selection variables, checked exactly as `run` checks them
-    (same messages, same legacy names), without requiring VSENSOR_HOSTNAME / VSENSOR_HMAC_KEY.
+    """The interface-selection variables only, checked exactly as `run` checks them (same messages, same
+    legacy names), without VSENSOR_HOSTNAME or the key, and without the settings model (config/local.py).
     Raises config.ConfigError."""
-    from ossensor import config
+    from ossensor.config.local import load_selection
 
-    env = {k: environ[k] for k in SELECTION_VARIABLES if k in environ}
-    # placeholders for the required variables this command does not use; never shown
-    env.update(VSENSOR_HOSTNAME="localhost", VSENSOR_HMAC_KEY="unused-by-ossensor-interfaces",
-               OSSENSOR_SENSOR_NAME="interfaces")
-    return config.load(env)
+    return load_selection(environ)
