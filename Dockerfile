@@ -1,9 +1,10 @@
 # ossensor container image: multi-stage.
-#   build:   compiles the C extension and builds every wheel into a virtualenv
+#   build:   installs the manylinux wheel from dist/ (scripts/build-wheel.sh: the same wheel users pip-install,
+#            libpcap inside) into a virtualenv; without one in dist/, compiles from source here instead
 #   runtime: the base OS + python3 + libpcap + CA certificates + that virtualenv; no compiler,
 #            no pip, no network tools (no ping/curl/ip/tcpdump: the sensor explains connectivity itself)
 #
-#   podman build -t ossensor:0.1.0 .                        # or docker build
+#   sudo scripts/build-wheel.sh && podman build -t ossensor:0.1.0 .          # or docker build
 #   podman build --build-arg BASE_IMAGE=localhost/ossensor-base:bookworm ...   # from a locally made base
 #
 # BASE_IMAGE must be Debian bookworm (or a derivative) so build and runtime share /usr/bin/python3 (3.11).
@@ -14,12 +15,15 @@ ARG BASE_IMAGE=docker.io/library/debian:bookworm-slim
 FROM ${BASE_IMAGE} AS build
 ARG PIP_OPTS=""
 ENV DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
-RUN apt-get update \
- && apt-get install -y --no-install-recommends gcc g++ libc6-dev python3-dev python3-venv libpcap-dev \
- && rm -rf /var/lib/apt/lists/*
 COPY . /src
-RUN python3 -m venv /opt/ossensor \
- && /opt/ossensor/bin/pip install ${PIP_OPTS} --find-links /src/wheelhouse /src \
+# the wheel when dist/ holds one (no compiler in this stage then), else the source and what it needs
+RUN set -e; whl=$(ls /src/dist/ossensor-*-manylinux*.whl 2>/dev/null | head -n1); \
+    apt-get update; \
+    if [ -n "$whl" ]; then apt-get install -y --no-install-recommends python3-venv; \
+    else apt-get install -y --no-install-recommends gcc libc6-dev python3-dev python3-venv libpcap-dev; whl=/src; fi; \
+    rm -rf /var/lib/apt/lists/*; \
+    python3 -m venv /opt/ossensor \
+ && /opt/ossensor/bin/pip install ${PIP_OPTS} --find-links /src/wheelhouse "$whl" \
  && /opt/ossensor/bin/python -m pip uninstall -q -y pip setuptools wheel \
  && find /opt/ossensor -name '__pycache__' -prune -exec rm -rf {} + \
  && /opt/ossensor/bin/python -c 'import ossensor._native, ossensor._filereader; from ossensor.cli import main'

@@ -135,7 +135,7 @@ def test_slow_vsensor_acknowledging_after_shutdown_counts_the_batch_once(tmp_pat
         pipe = Pipeline(settings, L.Log(1, stream=open(tmp_path / "log", "w")), acct, client, boot)
         acct.add_batch(7, 700, {"eth0": (7, 700)})
         assert pipe.enqueue(Batch(1, b"x" * 700, 7, 700, 1, 2, 0.0, per_if={"eth0": (7, 700)}))
-        thread = pipe.start()
+        (thread,) = pipe.start()  # no OSSENSOR_INFLIGHT_MB: one sender
         assert fake.stdout.readline().split()[:3] == ["request", "0", "slow"]
         t0 = time.monotonic()
         res = pipe.finish(0.3)  # OSSENSOR_SHUTDOWN_TIMEOUT: shorter than the peer's delay
