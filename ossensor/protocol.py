@@ -143,7 +143,10 @@ def verify_headers(key: bytes, *, method: str, path: str, headers, now: float,
     time_s = _header(headers, H_TIME)
     digest = _header(headers, H_DIGEST)
     sig = _header(headers, H_SIGNATURE)
-    ctype = (headers.get("Content-Type") or content_type_for(path)).strip()
+    ctype = headers.get("Content-Type")
+    if ctype is None:
+        raise ProtocolError(415, f"Content-Type required: {content_type_for(path)}")
+    ctype = ctype.strip()
     encoding = (headers.get("Content-Encoding") or "identity").strip()
     if not _SENSOR_RE.match(sensor):
         raise ProtocolError(400, f"bad {H_SENSOR}")

@@ -55,6 +55,8 @@ BUSY_REFUSERS = 16                  # threads answering 503 to connections over 
 MAX_BODY_MB_RANGE = (0.001, 1024.0)
 MAX_CONNECTIONS_RANGE = (1, 4096)
 VSENSOR_NAME = "ossensor-reference"
+# headers a request may carry once only (and every X-Ossensor-* header)
+_SINGLE_HEADERS = {"content-length", "content-type", "content-encoding", "transfer-encoding", "host", "expect"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -268,8 +270,25 @@ class Handler(BaseHTTPRequestHandler):
         self._refuse(err.status, err.reason, close=True)
         self._linger(n)
 
+    def _duplicated(self) -> str | None:
+        """A header that must appear once and appears more: two Content-Lengths (the first for the vSensor,
+        the second for a proxy in front of it: request smuggling), or two of a signed header (which one
+        would the signature cover?)."""
+        seen: dict[str, int] = {}
+        for name in self.headers.keys():
+            low = name.lower()
+            if low in _SINGLE_HEADERS or low.startswith("x-ossensor-"):
+                seen[low] = seen.get(low, 0) + 1
+                if seen[low] > 1:
+                    return name
+        return None
+
     def _content_length(self, limit: int) -> int | None:
         """The announced body length, or None after refusing (411/413/400) without reading the body."""
+        twice = self._duplicated()
+        if twice:
+            self._refuse(400, f"duplicate {_clean(twice, 40)} header", close=True)
+            return None
         if self.headers.get("Transfer-Encoding"):
             self._refuse(411, "Content-Length required (chunked transfer encoding is not accepted)", close=True)
             return None
@@ -302,6 +321,22 @@ class Handler(BaseHTTPRequestHandler):
                 self._refuse(err.status, err.reason, close=True)
                 return False
         return super().handle_expect_100()
+
+    def send_error(self, code, message=None, explain=None):
+        """http.server's own refusals (a garbage request line, an unknown method, headers too long):
+        JSON like every other answer, always after a status line (even for a one-word request line,
+        which http.server would answer as HTTP/0.9, bare), and the connection closed."""
+        if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+            self.request_version = "HTTP/1.1"
+        extra = None
+        if code == 501:  # a method this server does not have: not "not implemented" but "not allowed"
+            code, extra = 405, {"Allow": "GET, HEAD, POST"}
+            message = f"method {_clean(self.command, 20)} not allowed; use GET or POST"
+        reason = message or self.responses.get(code, ("error",))[0]
+        self.log_error("code %d, message %s", code, reason)
+        if not hasattr(self, "command"):
+            self.command = None
+        self._send(code, {"status": "refused", "reason": reason}, close=True, extra=extra)
 
     # -- routes ----------------------------------------------------------------------------
     def do_GET(self):  # noqa: N802
@@ -359,7 +394,8 @@ class Handler(BaseHTTPRequestHandler):
         if not batch:
             app.log(f"hello sensor={v.sensor} boot={v.boot} peer={self._peer()}")
             self._send(200, {"status": "ok", "vsensor": VSENSOR_NAME, "version": __version__,
-                             "time": int(time.time()), "max_body": app.max_body, "max_skew": app.max_skew})
+                             "time": int(time.time()), "max_body": app.max_body, "max_body_bytes": app.max_body,
+                             "max_skew": app.max_skew})
             return
         self._batch(v, body)
 
