@@ -27,6 +27,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 PY=${PYTHON:-python3}
+# pyproject.toml's SPDX license needs setuptools 77: pip's isolated builds fetch it, and so must this
+# interpreter for `python3 setup.py build_ext --inplace` (developers, worktrees)
+$PY -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 77)' 2>/dev/null \
+  || $PY -m pip install -q --disable-pip-version-check --root-user-action=ignore 'setuptools>=77'
 if ! $PY -c 'import ossensor._native, ossensor._filereader, rich, pcapy, pyroute2, scapy, hypothesis, pytest' 2>/dev/null \
    || [ -n "$(find native setup.py pyproject.toml -newer "$(ls ossensor/_native*.so 2>/dev/null | head -n1 || echo .)" -type f 2>/dev/null | head -n1)" ]; then
   echo "setup: installing the ossensor package and its test dependencies"

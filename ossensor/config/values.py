@@ -44,9 +44,12 @@ def show(value: Any, limit: int = 80) -> str:
 
 
 def clip(value: Any, limit: int = 80) -> str:
-    """show() without the quotes: a path or name inside a sentence."""
+    """show() without the quotes: a path or name inside a sentence. A long path keeps its end (the file's
+    name says more than the directories above it)."""
     text = str(value)
     if len(text) > limit:
+        if "/" in text:
+            return f"...{repr(text[-limit:])[1:-1]} ({len(text)} characters)"
         return f"{repr(text[:limit])[1:-1]}... ({len(text)} characters)"
     return repr(text)[1:-1]
 
