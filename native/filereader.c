@@ -264,6 +264,22 @@ static PyObject *Reader_get_interfaces(Reader *r, void *Py_UNUSED(c))
     return out;
 }
 
+static PyObject *Reader_get_snaplens(Reader *r, void *Py_UNUSED(c))
+{
+    PyObject *out = PyList_New(r->cf.n_ifs);
+    if (!out)
+        return NULL;
+    for (unsigned i = 0; i < r->cf.n_ifs; i++) {
+        PyObject *v = PyLong_FromUnsignedLong(r->cf.ifs[i].snaplen);
+        if (!v) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, v);
+    }
+    return out;
+}
+
 static PyObject *Reader_get_state(Reader *r, void *Py_UNUSED(c))
 {
     static const char *names[] = {"more", "full", "wait", "eof", "error"};
@@ -306,6 +322,8 @@ static PyObject *Reader_get_batch_bytes(Reader *r, void *Py_UNUSED(c))
 
 static PyGetSetDef Reader_getset[] = {
     {"interfaces", (getter)Reader_get_interfaces, NULL, "[(name, linktype)] by global interface id", NULL},
+    {"snaplens", (getter)Reader_get_snaplens, NULL,
+     "[snapshot length] by global interface id: libpcap's for the interface, records were cut to it", NULL},
     {"state", (getter)Reader_get_state, NULL, "'more' | 'full' | 'wait' | 'eof' | 'error'", NULL},
     {"error", (getter)Reader_get_error, NULL, "None, or (byte offset, reason, kind) once state is 'error'", NULL},
     {"format", (getter)Reader_get_format, NULL, "'pcap' | 'pcapng' | 'unknown' (before the first read)", NULL},
