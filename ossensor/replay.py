@@ -465,7 +465,8 @@ class Replay:
         if self.args.out:
             body = epbs
         else:
-            body = section(interfaces, self.s.snaplen, epbs, ts_ns=time.time_ns(),
+            snaplens = [min(self.s.snaplen, snap) for snap in reader.snaplens]  # each input interface's
+            body = section(interfaces, snaplens, epbs, ts_ns=time.time_ns(),
                            delivered=[delivered.get(i, 0) for i in range(len(interfaces))],
                            kernel_seen=reader.packets_passed, kernel_drops=0)
             size = len(body)

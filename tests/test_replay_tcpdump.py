@@ -393,6 +393,81 @@ def test_unsupported_versions_refused_as_tcpdump_does(tmp_path, kind, header, wo
     assert words in r.stderr
 
 
+def _records(tmp_path, name: str, data: bytes) -> tuple[tuple, tuple]:
+    """((tcpdump's status, packets), (ours, packets read back by tcpdump)) for one file, no filter."""
+    path = tmp_path / name
+    path.write_bytes(data)
+    rc, out, _ = tcpdump(path, "")
+    mine = tmp_path / (name + ".out")
+    r = subprocess.run([sys.executable, "-m", "ossensor", "replay", str(path), "--out", str(mine)],
+                       env=dict(os.environ, PYTHONPATH=str(ROOT), OSSENSOR_DEBUG_LEVEL="0"), capture_output=True,
+                       text=True, timeout=60)
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) <= 1, r.stderr
+    back_rc, back, err = tcpdump(mine, "")
+    assert back_rc == 0, err
+    return (rc, read_pcap(out)[1]), (r.returncode, read_pcap(back)[1])
+
+
+def test_records_longer_than_the_snaplen_as_libpcap(tmp_path):
+    """pcap: cut to the file's snaplen before the filter; beyond the link type's maximum, damage. pcapng: a
+    record longer than its interface's snaplen is refused. Both after the same packets as tcpdump's."""
+    frames = [bytes(range(50)), bytes(range(100)) * 2]
+    recs = b"".join(struct.pack("<IIII", 10 + i, 5, len(f), len(f)) + f for i, f in enumerate(frames))
+    head = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 64, 1)
+    (t_rc, t_pk), (o_rc, o_pk) = _records(tmp_path, "cut.pcap", head + recs)
+    assert (t_rc, o_rc) == (0, 0) and t_pk == o_pk and [len(d) for _, d, _ in o_pk] == [50, 64]
+    assert [w for _, _, w in o_pk] == [50, 200]
+    (t_rc, t_pk), (o_rc, o_pk) = _records(tmp_path, "huge.pcap", head + recs + struct.pack("<IIII", 20, 0, 300000,
+                                                                                          300000))
+    assert t_rc != 0 and o_rc == 2 and t_pk == o_pk and len(o_pk) == 2
+    ng = (_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1)) + _block(1, struct.pack("<HHI", 1, 0, 64))
+          + b"".join(_block(6, struct.pack("<IIIII", 0, 0, 1000 + i, len(f), len(f)) + f) for i, f in enumerate(frames)))
+    (t_rc, t_pk), (o_rc, o_pk) = _records(tmp_path, "long.pcapng", ng)
+    assert t_rc != 0 and o_rc == 2 and t_pk == o_pk and len(o_pk) == 1
+
+
+def test_pcap_before_2_3_has_its_lengths_the_other_way_round(tmp_path):
+    """pcap 2.0-2.2 records hold the wire length first (libpcap swaps them back; 2.3 when caplen > len)."""
+    f = bytes(range(60))
+    for minor, swapped in ((2, True), (3, True), (3, False)):
+        lens = (1500, 60) if swapped else (60, 1500)
+        head = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, minor, 0, 0, 262144, 1)
+        (t_rc, t_pk), (o_rc, o_pk) = _records(tmp_path, f"v2{minor}.pcap", head + struct.pack("<IIII", 1, 2, *lens) + f
+                                              + struct.pack("<IIII", 3, 4, *lens) + f)
+        assert (t_rc, o_rc) == (0, 0) and t_pk == o_pk and [(len(d), w) for _, d, w in o_pk] == [(60, 1500)] * 2
+
+
+def test_to_the_vsensor_as_tcpdump_selects(files, expected, tmp_path):
+    """Replay to the reference vSensor over TLS: 802.11 `type mgt` and the snaplen-128 Ethernet file arrive
+    as tcpdump selects them, each interface with its link type and snaplen."""
+    from support import KEY, loopback_vsensor
+
+    from ossensor import pcapng
+
+    by = {c.name: c.path for c in files}
+    out = tmp_path / "vs"
+    with loopback_vsensor(out) as (_, port):
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("VSENSOR_", "OSSENSOR_", "BPF"))}
+        env.update(PYTHONPATH=str(ROOT), VSENSOR_HOSTNAME="127.0.0.1", VSENSOR_PORT=str(port), VSENSOR_HMAC_KEY=KEY,
+                   OSSENSOR_TLS_CA_FILE=str(out / "ca.pem"), OSSENSOR_DEBUG="1")
+        for name, expr in (("ieee802_11", "type mgt"), ("en10mb", "")):
+            r = subprocess.run([sys.executable, "-m", "ossensor", "replay", str(by[name])], env=dict(env, BPF=expr),
+                               capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+    got = {}
+    for f in sorted(out.glob("*.pcapng")):
+        for sec in pcapng.read_sections(f.read_bytes()):
+            for p in sec.packets:
+                i = sec.interfaces[p.if_id]
+                got.setdefault((i.linktype, i.snaplen), []).append((p.ts_ns, p.data, p.wirelen))
+    want = {}
+    for name, expr in (("ieee802_11", "type mgt"), ("en10mb", "")):
+        head, pkts = read_pcap(expected[(name, expr, 0)][1])
+        want[head] = pkts
+    assert {k: sorted(v) for k, v in got.items()} == {k: sorted(v) for k, v in want.items()}
+    assert set(got) == {(105, 262144), (1, 128)}
+
+
 @pytest.mark.parametrize("empty", ["pcap", "pcapng"])
 def test_empty_captures_write_a_file_tcpdump_and_tshark_read(tmp_path, empty):
     """No packets (and, in pcapng, no interface): what we write still reads back in both tools."""
