@@ -286,6 +286,8 @@ static int pcap_step(struct capfile *r, uint64_t until)
         r->state = ST_FULL;
         return 0;
     }
+    if (cut < caplen)
+        r->cut_to_file_snaplen++;
     r->in_pos += 16u + caplen;
     return 1;
 }

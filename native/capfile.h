@@ -86,6 +86,7 @@ struct capfile {
     uint64_t next_ts; /* ST_WAIT: the next packet's time */
 
     uint64_t packets_read, bytes_read, packets_passed, bytes_passed, truncated_by_snaplen;
+    uint64_t cut_to_file_snaplen; /* pcap records longer than the file's snapshot length, cut to it (libpcap) */
 };
 
 /* Open `path` for reading (-1 with errno: EISDIR for a directory). The filter is copied. */

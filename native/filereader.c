@@ -308,6 +308,7 @@ U64_GETTER(bytes_read)
 U64_GETTER(packets_passed)
 U64_GETTER(bytes_passed)
 U64_GETTER(truncated_by_snaplen)
+U64_GETTER(cut_to_file_snaplen)
 U64_GETTER(batch_packets)
 U64_GETTER(next_ts)
 
@@ -332,6 +333,8 @@ static PyGetSetDef Reader_getset[] = {
     {"packets_passed", (getter)Reader_get_packets_passed, NULL, "packets that passed the filter", NULL},
     {"bytes_passed", (getter)Reader_get_bytes_passed, NULL, "bytes written of the packets that passed", NULL},
     {"truncated_by_snaplen", (getter)Reader_get_truncated_by_snaplen, NULL, "packets cut to snaplen", NULL},
+    {"cut_to_file_snaplen", (getter)Reader_get_cut_to_file_snaplen, NULL,
+     "pcap records longer than the file's snapshot length, cut to it before the filter (as libpcap)", NULL},
     {"batch_packets", (getter)Reader_get_batch_packets, NULL, "packets in the batch being filled", NULL},
     {"batch_bytes", (getter)Reader_get_batch_bytes, NULL, "bytes in the batch being filled", NULL},
     {"next_ts", (getter)Reader_get_next_ts, NULL, "state 'wait': time (ns) of the next packet", NULL},

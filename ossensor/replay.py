@@ -418,6 +418,9 @@ class Replay:
         log(L.STATS, f"file {path}: read={reader.packets_read} passed_filter={reader.packets_passed} "
                      f"bytes={reader.bytes_passed} interfaces="
                      f"{','.join(f'{n}/{lt}' for n, lt in reader.interfaces) or '(none)'}")
+        if reader.cut_to_file_snaplen:
+            log(L.BASIC, f"{path}: {reader.cut_to_file_snaplen} records longer than the file's snapshot length "
+                         f"({', '.join(map(str, sorted(set(reader.snaplens))))}) cut to it, as tcpdump reads them")
         if reader.truncated_by_snaplen:
             log(L.BASIC, f"{path}: {reader.truncated_by_snaplen} packets cut to OSSENSOR_SNAPLEN={s.snaplen}")
         err = reader.error

@@ -403,6 +403,7 @@ def _records(tmp_path, name: str, data: bytes) -> tuple[tuple, tuple]:
                        env=dict(os.environ, PYTHONPATH=str(ROOT), OSSENSOR_DEBUG_LEVEL="0"), capture_output=True,
                        text=True, timeout=60)
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) <= 1, r.stderr
+    _records.stdout = r.stdout
     back_rc, back, err = tcpdump(mine, "")
     assert back_rc == 0, err
     return (rc, read_pcap(out)[1]), (r.returncode, read_pcap(back)[1])
@@ -417,6 +418,7 @@ def test_records_longer_than_the_snaplen_as_libpcap(tmp_path):
     (t_rc, t_pk), (o_rc, o_pk) = _records(tmp_path, "cut.pcap", head + recs)
     assert (t_rc, o_rc) == (0, 0) and t_pk == o_pk and [len(d) for _, d, _ in o_pk] == [50, 64]
     assert [w for _, _, w in o_pk] == [50, 200]
+    assert "cut.pcap: 1 records longer than the file's snapshot length (64) cut to it" in _records.stdout
     (t_rc, t_pk), (o_rc, o_pk) = _records(tmp_path, "huge.pcap", head + recs + struct.pack("<IIII", 20, 0, 300000,
                                                                                           300000))
     assert t_rc != 0 and o_rc == 2 and t_pk == o_pk and len(o_pk) == 2
