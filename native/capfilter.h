@@ -1,9 +1,9 @@
 /*
  * One interface's filter, compiled exactly as `tcpdump -r FILE EXPR` compiles it (plain C, no Python).
  *
- * libpcap compiles a filter for a savefile differently from a dead handle: for a byte-swapped file, the
- * DLT_NULL/DLT_ENC address family is compared swapped (BSD and macOS captures read on a host of the other
- * byte order), and `inbound`/`outbound` on a link type that carries no direction are refused ("not
+ * libpcap compiles a filter for a savefile differently from a dead handle: on DLT_NULL/DLT_LOOP, IPv6 is
+ * any of the BSD AF_INET6 values (24, 28, 30) instead of this host's only (10 on Linux); for a byte-swapped
+ * file the DLT_NULL/DLT_ENC address family is compared swapped; and `inbound`/`outbound` on a link type that carries no direction are refused ("not
  * supported ... when reading savefiles") instead of compiling to a Linux ancillary load that matches
  * nothing. So each filter is compiled on a real savefile handle: a 24-byte pcap header with the
  * interface's link type, snapshot length and the byte order of its file or section, opened from memory.
