@@ -13,8 +13,9 @@ setup(
         # `ossensor replay`: pcap/pcapng files -> EPBs in batch buffers, BPF by libpcap's bpf_filter()
         Extension(
             "ossensor._filereader",
-            sources=["native/filereader.c", "native/capfile.c"],  # the Python type; the file formats
-            depends=["native/capfile.h", "native/epb.h"],
+            # the Python type; the file formats; one interface's filter as `tcpdump -r` compiles it
+            sources=["native/filereader.c", "native/capfile.c", "native/capfilter.c"],
+            depends=["native/capfile.h", "native/capfilter.h", "native/epb.h"],
             libraries=["pcap"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-std=gnu11"],
         ),

@@ -101,55 +101,42 @@ static uint32_t linktype_to_dlt(uint32_t lt)
     }
 }
 
-/* The filter for a link type, compiled on first use. Returns its index, or -1 (state set). */
-static int filter_for(struct capfile *r, uint32_t linktype, uint64_t off)
+/* The filter for an interface (link type and snaplen as in the file, the byte order of its file or
+ * section), compiled on first use; `label` names the interface in the error. Returns its index, or -1
+ * (state set: a filter that does not compile for one interface is an error, as in tcpdump). */
+static int filter_for(struct capfile *r, uint32_t linktype, uint32_t snaplen, const char *label, uint64_t off)
 {
-    uint32_t dlt = linktype_to_dlt(linktype);
-    for (unsigned i = 0; i < r->n_filters; i++)
-        if (r->filters[i].dlt == dlt)
+    for (unsigned i = 0; i < r->n_filters; i++) {
+        const CapFilter *f = &r->filters[i];
+        if (f->linktype == linktype && f->snaplen == snaplen && f->swap == r->swap)
             return (int)i;
-    Filter *nf = realloc(r->filters, (r->n_filters + 1) * sizeof *nf);
+    }
+    CapFilter *nf = realloc(r->filters, (r->n_filters + 1) * sizeof *nf);
     if (!nf)
         return fail(r, off, "memory", "out of memory");
     r->filters = nf;
-    Filter *f = &r->filters[r->n_filters];
-    memset(f, 0, sizeof *f);
-    f->dlt = dlt;
-    if (!r->filter_expr[0]) {
-        f->accept_all = 1;
-    } else {
-        pcap_t *p = pcap_open_dead((int)dlt, 262144);
-        if (!p)
-            return fail(r, off, "memory", "pcap_open_dead failed");
-        if (pcap_compile(p, &f->prog, r->filter_expr, 1, PCAP_NETMASK_UNKNOWN) < 0) {
-            const char *msg = pcap_geterr(p);
-            if (strstr(msg, "rejects all packets")) {
-                f->reject_all = 1;
-            } else {
-                fail(r, off, "filter", "BPF does not compile for link type %u: %s", linktype, msg);
-                pcap_close(p);
-                return -1;
-            }
-        }
-        pcap_close(p);
+    char msg[PCAP_ERRBUF_SIZE + 64];
+    if (capfilter_compile(&nf[r->n_filters], r->filter_expr, linktype, snaplen, r->swap, msg, sizeof msg) < 0) {
+        const char *lt_name = pcap_datalink_val_to_name((int)linktype_to_dlt(linktype & 0xFFFFu));
+        return fail(r, off, "filter", "does not compile for interface %s (link type %u%s%s): %s", label,
+                    linktype & 0xFFFFu, lt_name ? " " : "", lt_name ? lt_name : "", msg);
     }
     return (int)r->n_filters++;
 }
 
-/* A global interface id for (name, linktype): an earlier one with both equal is reused. */
-static int global_if(struct capfile *r, const char *name, uint32_t linktype, uint64_t off, unsigned *gid)
+/* A global interface id for (name, linktype, snapshot): an earlier one with all equal is reused. */
+static int global_if(struct capfile *r, const char *name, uint32_t linktype, uint32_t snapshot, uint64_t off,
+                     unsigned *gid)
 {
     for (unsigned i = 0; i < r->n_ifs; i++) {
-        if (r->ifs[i].linktype == linktype && name[0] && !strcmp(r->ifs[i].name, name)) {
+        if (r->ifs[i].linktype == linktype && r->ifs[i].snaplen == snapshot && name[0] &&
+            !strcmp(r->ifs[i].name, name)) {
             *gid = i;
             return 0;
         }
     }
     if (r->n_ifs >= MAX_IFS)
         return fail(r, off, "format", "more than %u interfaces", MAX_IFS);
-    int filt = filter_for(r, linktype, off);
-    if (filt < 0)
-        return -1;
     if (r->n_ifs == r->cap_ifs) {
         unsigned nc = r->cap_ifs ? r->cap_ifs * 2 : 8;
         GlobalIf *n = realloc(r->ifs, nc * sizeof *n);
@@ -161,7 +148,7 @@ static int global_if(struct capfile *r, const char *name, uint32_t linktype, uin
     GlobalIf *g = &r->ifs[r->n_ifs];
     memset(g, 0, sizeof *g);
     g->linktype = linktype;
-    g->filt = filt;
+    g->snaplen = snapshot;
     if (name[0])
         snprintf(g->name, sizeof g->name, "%s", name);
     else if (r->fmt == FMT_PCAP)
@@ -174,18 +161,20 @@ static int global_if(struct capfile *r, const char *name, uint32_t linktype, uin
 
 /* ---------------------------------------------------------------- output */
 
-/* 1: handled (written or filtered out); 0: does not fit, batch full (nothing consumed). */
-static int emit(struct capfile *r, unsigned gid, uint64_t ns, const uint8_t *data, uint32_t caplen, uint32_t wirelen)
+/* 1: handled (written or filtered out); 0: does not fit, batch full (nothing consumed). caplen is
+ * already cut to the interface's snapshot length (filt's), as libpcap cuts it before filtering. */
+static int emit(struct capfile *r, unsigned gid, int filt, uint64_t ns, const uint8_t *data, uint32_t caplen,
+                uint32_t wirelen)
 {
     GlobalIf *g = &r->ifs[gid];
-    Filter *f = &r->filters[g->filt];
+    const CapFilter *f = &r->filters[filt];
     uint32_t outlen = caplen < r->snaplen ? caplen : r->snaplen;
     uint32_t total = epb_total(outlen);
     if (r->out_len + total > r->out_cap)
         return 0;
     r->packets_read++;
     r->bytes_read += caplen;
-    if (f->reject_all || (!f->accept_all && !bpf_filter(f->prog.bf_insns, data, wirelen, caplen)))
+    if (!capfilter_match(f, data, wirelen, caplen))
         return 1;
     if (outlen < caplen)
         r->truncated_by_snaplen++;
@@ -233,13 +222,25 @@ static int pcap_header(struct capfile *r)
         magic = __builtin_bswap32(magic);
     }
     r->pcap_ts_scale = magic == 0xA1B2C3D4u ? 1000u : 1u;
-    uint16_t major = rd16(r, h + 4);
-    if (major != 2)
-        return fail(r, 4, "format", "unsupported pcap version %u (expected 2)", major);
-    r->pcap_linktype = rd32(r, h + 20) & 0xFFFFu; /* as libpcap: upper bits are reserved / FCS length */
+    uint16_t major = rd16(r, h + 4), minor = rd16(r, h + 6);
+    /* libpcap's checks (sf-pcap.c): 2.0-2.4, and 543.0 (DG/UX tcpdump) */
+    if (major < 2)
+        return fail(r, 4, "format", "archaic pcap savefile format (version %u.%u)", major, minor);
+    if (!((major == 2 && minor <= 4) || (major == 543 && minor == 0)))
+        return fail(r, 4, "format", "unsupported pcap savefile version %u.%u (libpcap reads 2.0-2.4)", major,
+                    minor);
+    /* before 2.3 (and in 543.0) the record header has the lengths the other way round; 2.3 files exist
+     * with both orders (libpcap: swapped when caplen > len) */
+    r->pcap_lengths = major == 543 || minor < 3 ? 1 : minor == 3 ? 2 : 0;
+    uint32_t linktype = rd32(r, h + 20), snaplen = rd32(r, h + 16);
+    r->pcap_linktype = linktype & 0xFFFFu; /* as libpcap: upper bits are reserved / FCS length */
     r->in_pos = 24;
+    int filt = filter_for(r, linktype, snaplen, r->prefix, 20);
+    if (filt < 0)
+        return -1;
+    r->pcap_filt = filt;
     unsigned gid;
-    if (global_if(r, "", r->pcap_linktype, 20, &gid) < 0)
+    if (global_if(r, "", r->pcap_linktype, r->filters[filt].snapshot, 20, &gid) < 0)
         return -1;
     r->pcap_gid = gid;
     return 0;
@@ -260,8 +261,15 @@ static int pcap_step(struct capfile *r, uint64_t until)
     }
     const uint8_t *h = r->in + r->in_pos;
     uint32_t sec = rd32(r, h), frac = rd32(r, h + 4), caplen = rd32(r, h + 8), wirelen = rd32(r, h + 12);
-    if (caplen > MAX_RECORD)
-        return fail(r, cf_offset(r), "format", "implausible captured length %u", caplen);
+    if (r->pcap_lengths == 1 || (r->pcap_lengths == 2 && caplen > wirelen)) {
+        uint32_t t = caplen;
+        caplen = wirelen;
+        wirelen = t;
+    }
+    const CapFilter *f = &r->filters[r->pcap_filt];
+    if (caplen > f->max_caplen) /* as libpcap: a damaged record, not one to cut */
+        return fail(r, cf_offset(r), "format", "invalid packet capture length %u, bigger than %s of %u", caplen,
+                    caplen > f->snapshot ? "snaplen" : "maximum", caplen > f->snapshot ? f->snapshot : f->max_caplen);
     ok = need(r, 16u + caplen);
     if (ok < 0)
         return -1;
@@ -272,10 +280,14 @@ static int pcap_step(struct capfile *r, uint64_t until)
     uint64_t ns = (uint64_t)sec * 1000000000ull + (uint64_t)frac * r->pcap_ts_scale;
     if (!due(r, ns, until))
         return 0;
-    if (!emit(r, r->pcap_gid, ns, h + 16, caplen, wirelen)) {
+    /* longer than the file's snapshot length: cut to it before the filter, as libpcap does */
+    uint32_t cut = caplen > f->snapshot ? f->snapshot : caplen;
+    if (!emit(r, r->pcap_gid, r->pcap_filt, ns, h + 16, cut, wirelen)) {
         r->state = ST_FULL;
         return 0;
     }
+    if (cut < caplen)
+        r->cut_to_file_snaplen++;
     r->in_pos += 16u + caplen;
     return 1;
 }
@@ -326,8 +338,16 @@ static int add_section_if(struct capfile *r, const uint8_t *body, uint32_t blen,
     }
     if (r->n_sifs >= MAX_IFS)
         return fail(r, off, "format", "more than %u interfaces in a section", MAX_IFS);
+    char label[CF_NAME_MAX + 80];
+    if (name[0])
+        snprintf(label, sizeof label, "%s", name);
+    else
+        snprintf(label, sizeof label, "%s-if%u", r->prefix, r->n_ifs);
+    int filt = filter_for(r, linktype, snaplen, label, off);
+    if (filt < 0)
+        return -1;
     unsigned gid;
-    if (global_if(r, name, linktype, off, &gid) < 0)
+    if (global_if(r, name, linktype, r->filters[filt].snapshot, off, &gid) < 0)
         return -1;
     if (r->n_sifs == r->cap_sifs) {
         unsigned nc = r->cap_sifs ? r->cap_sifs * 2 : 8;
@@ -339,7 +359,7 @@ static int add_section_if(struct capfile *r, const uint8_t *body, uint32_t blen,
     }
     SecIf *s = &r->sifs[r->n_sifs++];
     s->gid = gid;
-    s->snaplen = snaplen;
+    s->filt = filt;
     s->res_pow2 = pow2;
     s->res = res;
     s->offset_s = offset_s;
@@ -418,9 +438,13 @@ static int pcapng_step(struct capfile *r, uint64_t until)
     case BT_SHB: {
         if (blen < 16)
             return fail(r, off, "format", "Section Header Block too short (%u bytes)", total);
-        uint16_t major = rd16(r, body + 4);
+        uint16_t major = rd16(r, body + 4), minor = rd16(r, body + 6);
+        /* libpcap's checks (sf-pcapng.c): the first section 1.0 or 1.2, later ones any 1.x */
+        if (!r->sections++ && !(major == 1 && (minor == 0 || minor == 2)))
+            return fail(r, off + 12, "format", "unsupported pcapng savefile version %u.%u (libpcap reads 1.0 and "
+                        "1.2)", major, minor);
         if (major != 1)
-            return fail(r, off + 12, "format", "unsupported pcapng version %u (expected 1)", major);
+            return fail(r, off + 12, "format", "unknown pcapng savefile major version number %u", major);
         break;
     }
     case BT_IDB:
@@ -442,10 +466,13 @@ static int pcapng_step(struct capfile *r, uint64_t until)
             return fail(r, off + 20, "format", "captured length %u exceeds its block (%u bytes of data)", caplen,
                         blen - 20);
         const SecIf *s = &r->sifs[if_id];
+        if (caplen > r->filters[s->filt].snapshot) /* libpcap refuses it (sf-pcapng.c) */
+            return fail(r, off + 20, "format", "invalid packet capture length %u, bigger than snaplen of %u",
+                        caplen, r->filters[s->filt].snapshot);
         uint64_t ns = to_ns(s, ((uint64_t)rd32(r, body + 4) << 32) | rd32(r, body + 8));
         if (!due(r, ns, until))
             return 0;
-        if (!emit(r, s->gid, ns, body + 20, caplen, wirelen)) {
+        if (!emit(r, s->gid, s->filt, ns, body + 20, caplen, wirelen)) {
             r->state = ST_FULL;
             return 0;
         }
@@ -457,14 +484,14 @@ static int pcapng_step(struct capfile *r, uint64_t until)
         if (r->n_sifs < 1)
             return fail(r, off, "format", "Simple Packet Block without an interface");
         const SecIf *s = &r->sifs[0];
-        uint32_t wirelen = rd32(r, body), caplen = wirelen;
-        if (s->snaplen && caplen > s->snaplen)
-            caplen = s->snaplen;
+        uint32_t wirelen = rd32(r, body), caplen = wirelen, snapshot = r->filters[s->filt].snapshot;
+        if (caplen > snapshot)
+            caplen = snapshot;
         if (caplen > blen - 4)
             caplen = blen - 4;
         if (!due(r, 0, until))
             return 0;
-        if (!emit(r, s->gid, 0, body + 4, caplen, wirelen)) {
+        if (!emit(r, s->gid, s->filt, 0, body + 4, caplen, wirelen)) {
             r->state = ST_FULL;
             return 0;
         }
@@ -565,8 +592,7 @@ void cf_release(struct capfile *c)
     free(c->in);
     c->in = NULL;
     for (unsigned i = 0; i < c->n_filters; i++)
-        if (!c->filters[i].accept_all && !c->filters[i].reject_all)
-            pcap_freecode(&c->filters[i].prog);
+        capfilter_free(&c->filters[i]);
     free(c->filters);
     c->filters = NULL;
     c->n_filters = 0;

@@ -4,22 +4,25 @@
  *
  * Reads classic pcap (micro- and nanosecond, both byte orders) and pcapng (little- and big-endian
  * sections, several sections, IDBs with if_tsresol/if_tsoffset, EPB, SPB and the obsolete PB; every
- * other block is skipped), applies the user's BPF per link type with libpcap's bpf_filter() exactly as
+ * other block is skipped), cuts each record to its interface's snapshot length and applies the user's BPF
+ * compiled for that interface (link type, snapshot length, byte order: native/capfilter.c) exactly as
  * `tcpdump -r FILE EXPR` does, and writes one EPB per passing packet into the caller's output buffer.
+ * Versions are checked as libpcap checks them (pcap 2.0-2.4 and 543.0; pcapng 1.0 and 1.2).
  *
  * Every length read from the file is checked against the block or record that holds it, and against
  * the end of the file. A damaged file stops the reader with an error (byte offset, reason); what was
  * read before it stays in the output buffer.
  *
- * Interfaces get global ids in order of discovery (an IDB that repeats an earlier one's name and link
- * type, e.g. in a later section, reuses its id), so a batch's IDB list only grows and ids stay stable.
+ * Interfaces get global ids in order of discovery (an IDB that repeats an earlier one's name, link
+ * type and snapshot length, e.g. in a later section, reuses its id), so a batch's IDB list only grows and ids stay stable.
  */
 #ifndef OSSENSOR_CAPFILE_H
 #define OSSENSOR_CAPFILE_H
 
-#include <pcap/pcap.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "capfilter.h"
 
 #define CF_NAME_MAX 255u
 
@@ -30,25 +33,18 @@ enum { ST_MORE, ST_FULL, ST_WAIT, ST_EOF, ST_ERROR };
 
 typedef struct {
     uint32_t linktype;
+    uint32_t snaplen;        /* libpcap's snapshot length: records were cut to it */
     char name[CF_NAME_MAX + 1];
-    int filt;                /* index into filters */
     uint64_t packets, bytes; /* since the last batch reset */
 } GlobalIf;
 
 typedef struct {
     unsigned gid;
-    uint32_t snaplen;
+    int filt; /* index into filters */
     int res_pow2; /* resolution 2^-res (1) or 10^-res (0) */
     unsigned res;
     int64_t offset_s; /* if_tsoffset */
 } SecIf;
-
-typedef struct {
-    uint32_t dlt;
-    int accept_all; /* empty filter */
-    int reject_all; /* libpcap: "expression rejects all packets" for this link type */
-    struct bpf_program prog;
-} Filter;
 
 struct capfile {
     int fd;
@@ -65,6 +61,9 @@ struct capfile {
 
     int fmt, swap;
     uint32_t pcap_ts_scale, pcap_linktype, pcap_gid;
+    int pcap_filt;
+    int pcap_lengths; /* caplen and len in the other order: 0 no, 1 yes (pcap < 2.3, 543.0), 2 when caplen > len (2.3) */
+    int sections;     /* Section Header Blocks seen */
 
     GlobalIf *ifs;
     unsigned n_ifs, cap_ifs;
@@ -72,7 +71,7 @@ struct capfile {
     unsigned n_sifs, cap_sifs;
     int in_section;
 
-    Filter *filters;
+    CapFilter *filters; /* one per (link type, snaplen, byte order) met */
     unsigned n_filters;
 
     /* output: the caller's buffer, EPBs appended at out_len */
@@ -87,6 +86,7 @@ struct capfile {
     uint64_t next_ts; /* ST_WAIT: the next packet's time */
 
     uint64_t packets_read, bytes_read, packets_passed, bytes_passed, truncated_by_snaplen;
+    uint64_t cut_to_file_snaplen; /* pcap records longer than the file's snapshot length, cut to it (libpcap) */
 };
 
 /* Open `path` for reading (-1 with errno: EISDIR for a directory). The filter is copied. */

@@ -264,6 +264,22 @@ static PyObject *Reader_get_interfaces(Reader *r, void *Py_UNUSED(c))
     return out;
 }
 
+static PyObject *Reader_get_snaplens(Reader *r, void *Py_UNUSED(c))
+{
+    PyObject *out = PyList_New(r->cf.n_ifs);
+    if (!out)
+        return NULL;
+    for (unsigned i = 0; i < r->cf.n_ifs; i++) {
+        PyObject *v = PyLong_FromUnsignedLong(r->cf.ifs[i].snaplen);
+        if (!v) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, v);
+    }
+    return out;
+}
+
 static PyObject *Reader_get_state(Reader *r, void *Py_UNUSED(c))
 {
     static const char *names[] = {"more", "full", "wait", "eof", "error"};
@@ -292,6 +308,7 @@ U64_GETTER(bytes_read)
 U64_GETTER(packets_passed)
 U64_GETTER(bytes_passed)
 U64_GETTER(truncated_by_snaplen)
+U64_GETTER(cut_to_file_snaplen)
 U64_GETTER(batch_packets)
 U64_GETTER(next_ts)
 
@@ -306,6 +323,8 @@ static PyObject *Reader_get_batch_bytes(Reader *r, void *Py_UNUSED(c))
 
 static PyGetSetDef Reader_getset[] = {
     {"interfaces", (getter)Reader_get_interfaces, NULL, "[(name, linktype)] by global interface id", NULL},
+    {"snaplens", (getter)Reader_get_snaplens, NULL,
+     "[snapshot length] by global interface id: libpcap's for the interface, records were cut to it", NULL},
     {"state", (getter)Reader_get_state, NULL, "'more' | 'full' | 'wait' | 'eof' | 'error'", NULL},
     {"error", (getter)Reader_get_error, NULL, "None, or (byte offset, reason, kind) once state is 'error'", NULL},
     {"format", (getter)Reader_get_format, NULL, "'pcap' | 'pcapng' | 'unknown' (before the first read)", NULL},
@@ -314,6 +333,8 @@ static PyGetSetDef Reader_getset[] = {
     {"packets_passed", (getter)Reader_get_packets_passed, NULL, "packets that passed the filter", NULL},
     {"bytes_passed", (getter)Reader_get_bytes_passed, NULL, "bytes written of the packets that passed", NULL},
     {"truncated_by_snaplen", (getter)Reader_get_truncated_by_snaplen, NULL, "packets cut to snaplen", NULL},
+    {"cut_to_file_snaplen", (getter)Reader_get_cut_to_file_snaplen, NULL,
+     "pcap records longer than the file's snapshot length, cut to it before the filter (as libpcap)", NULL},
     {"batch_packets", (getter)Reader_get_batch_packets, NULL, "packets in the batch being filled", NULL},
     {"batch_bytes", (getter)Reader_get_batch_bytes, NULL, "bytes in the batch being filled", NULL},
     {"next_ts", (getter)Reader_get_next_ts, NULL, "state 'wait': time (ns) of the next packet", NULL},

@@ -89,8 +89,22 @@ def load_settings(to_file: bool, environ=None):
 
         return load_local(env)
     from ossensor import config
+    from ossensor.config.values import text_problem
 
-    return config.load(env)
+    env = dict(env)
+    # BPF is compiled by the reader per interface of each file, for its link type (as tcpdump -r): the
+    # setting's own check compiles it for Ethernet, which refuses 802.11 `type mgt` and the like
+    bpf = env.pop("BPF", None)
+    why = None if bpf is None else text_problem(str(bpf))
+    try:
+        settings = config.load(env)
+    except config.ConfigError as err:
+        raise config.ConfigError(err.problems + ([f"BPF: {why}"] if why else [])) from None
+    if why:
+        raise config.ConfigError([f"BPF: {why}"])
+    if bpf is not None and bpf.strip():
+        settings = settings.model_copy(update={"bpf": str(bpf)})
+    return settings
 
 
 # ------------------------------------------------------------------------------ counters
@@ -146,11 +160,14 @@ class FileSink:
     def id_base(self) -> int:
         return self.n_ifs
 
-    def add_interfaces(self, interfaces: list[tuple[str, int]], base: int) -> None:
-        """IDBs for the interfaces of this file (ids from `base`) not written yet."""
-        new = interfaces[self.n_ifs - base:]
+    def add_interfaces(self, interfaces: list[tuple[str, int]], base: int, snaplens: list[int]) -> None:
+        """IDBs for the interfaces of this file (ids from `base`) not written yet, each with its link type
+        and its snapshot length (libpcap's for the input interface, at most OSSENSOR_SNAPLEN)."""
+        start = self.n_ifs - base
+        new = interfaces[start:]
         if new:
-            self._write(b"".join(pcapng.idb(name, lt, self.snaplen) for name, lt in new))
+            self._write(b"".join(pcapng.idb(name, lt, min(self.snaplen, snap))
+                                 for (name, lt), snap in zip(new, snaplens[start:])))
             self.n_ifs += len(new)
 
     def write_from(self, reader) -> tuple:
@@ -159,10 +176,10 @@ class FileSink:
         except OSError as err:
             raise UsageError(f"--out: cannot write {self.path}: {err.strerror or err}") from None
 
-    def put(self, batch: Batch, interfaces: list[tuple[str, int]], base: int) -> None:
+    def put(self, batch: Batch, interfaces: list[tuple[str, int]], base: int, snaplens: list[int]) -> None:
         """Count a batch; its EPBs are written already (write_from), or are in batch.body."""
         if batch.body:
-            self.add_interfaces(interfaces, base)
+            self.add_interfaces(interfaces, base, snaplens)
             self._write(batch.body)
         with self.totals.lock:
             self.totals.sent += batch.packets
@@ -176,6 +193,11 @@ class FileSink:
         return self.totals.sent, self.totals.acked, {}
 
     def close(self, deadline: float | None = None) -> None:
+        if not self.n_ifs:
+            # no input had an interface (empty pcapng sections, unreadable files): pcapng readers refuse a
+            # section without one ("no Interface Description Blocks"), so the file says which it would be
+            self._write(pcapng.idb("(no interface)", pcapng.LINKTYPE_ETHERNET, self.snaplen))
+            self.n_ifs = 1
         if self._own:
             try:
                 os.close(self.fd)
@@ -217,7 +239,7 @@ class VSensorSink:
     def id_base(self) -> int:
         return 0  # each batch is its own section
 
-    def put(self, batch: Batch, interfaces: list[tuple[str, int]], base: int) -> None:
+    def put(self, batch: Batch, interfaces: list[tuple[str, int]], base: int, snaplens: list[int]) -> None:
         self.acct.add_batch(batch.packets, batch.captured_bytes, batch.per_if)
         self.pipeline.enqueue(batch, block=True)  # dropped (counted) only once interrupt() was called
 
@@ -389,11 +411,16 @@ class Replay:
                     due = min(due, batch_started + age)
                 time.sleep(max(0.0, min(WAIT_SLICE, due - time.monotonic())))
         self._count(reader)
+        if isinstance(sink, FileSink):  # every interface of the file, with packets or not (as tcpdump -w)
+            sink.add_interfaces(reader.interfaces, base, reader.snaplens)
         if not announced:
             log(L.BASIC, f"replaying {path} ({reader.format}, {self.sizes[index]} bytes)")
         log(L.STATS, f"file {path}: read={reader.packets_read} passed_filter={reader.packets_passed} "
                      f"bytes={reader.bytes_passed} interfaces="
                      f"{','.join(f'{n}/{lt}' for n, lt in reader.interfaces) or '(none)'}")
+        if reader.cut_to_file_snaplen:
+            log(L.BASIC, f"{path}: {reader.cut_to_file_snaplen} records longer than the file's snapshot length "
+                         f"({', '.join(map(str, sorted(set(reader.snaplens))))}) cut to it, as tcpdump reads them")
         if reader.truncated_by_snaplen:
             log(L.BASIC, f"{path}: {reader.truncated_by_snaplen} packets cut to OSSENSOR_SNAPLEN={s.snaplen}")
         err = reader.error
@@ -427,7 +454,7 @@ class Replay:
         interfaces = reader.interfaces
         if self.args.out and not log.enabled(L.PACKETS):
             # the fast path: EPBs from the reader's buffer straight to the file, no Python copy
-            sink.add_interfaces(interfaces, base)
+            sink.add_interfaces(interfaces, base, reader.snaplens)
             size, packets, first_ns, last_ns, per_if = sink.write_from(reader)
             epbs = b""
         else:
@@ -441,7 +468,8 @@ class Replay:
         if self.args.out:
             body = epbs
         else:
-            body = section(interfaces, self.s.snaplen, epbs, ts_ns=time.time_ns(),
+            snaplens = [min(self.s.snaplen, snap) for snap in reader.snaplens]  # each input interface's
+            body = section(interfaces, snaplens, epbs, ts_ns=time.time_ns(),
                            delivered=[delivered.get(i, 0) for i in range(len(interfaces))],
                            kernel_seen=reader.packets_passed, kernel_drops=0)
             size = len(body)
@@ -457,7 +485,7 @@ class Replay:
             self.totals.batches += 1
         batch = Batch(self.seq, body, packets, captured, first_ns, last_ns, time.monotonic())
         batch.per_if = per_name
-        sink.put(batch, interfaces, base)
+        sink.put(batch, interfaces, base, reader.snaplens)
 
     def _summary(self, elapsed: float) -> int:
         """The final line; returns the packets not delivered."""

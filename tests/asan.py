@@ -77,19 +77,24 @@ def build(tmp_path: Path, name: str) -> tuple[Path, str]:
 
 
 def rerun(test_files: str | list[str], env_var: str, so: Path, libasan: str, extra_env: dict[str, str] | None = None,
-          select: str = "not asan", leaks_in: str | tuple[str, ...] = (), timeout: float = 280) -> None:
+          select: str = "not asan", leaks_in: str | tuple[str, ...] = (), timeout: float = 280,
+          asan_options: str = "") -> None:
     """Run the tests of `test_files` matching `select` with env_var=so under ASan; fail with their output.
     Processes those tests start inherit the settings: each writes its report to a file of its own.
 
     leaks_in: source files (e.g. "filereader.c"): LeakSanitizer runs at exit, and any leak allocated
     from one of them fails the test (with PYTHONMALLOC=malloc, so that its PyMem_* allocations are seen
-    too). The interpreter's own leftovers at exit are not ours to judge: only stacks through those files count."""
+    too). The interpreter's own leftovers at exit are not ours to judge: only stacks through those files count.
+    asan_options: more ASAN_OPTIONS, e.g. "fast_unwind_on_malloc=0" when the memory is allocated inside a
+    library built without frame pointers (libpcap's pcap_compile): the fast unwinder stops in it, before
+    the stack reaches our files."""
     if os.environ.get(env_var):
         pytest.skip("already the ASan run")
     reports = so.parent / "asan-reports"
     reports.mkdir(exist_ok=True)
     run_env = env(libasan, **{env_var: str(so)}, **(extra_env or {}), LSAN_OPTIONS="exitcode=0")
-    run_env["ASAN_OPTIONS"] = f"detect_leaks={int(bool(leaks_in))}:abort_on_error=1:log_path={reports}/report"
+    run_env["ASAN_OPTIONS"] = f"detect_leaks={int(bool(leaks_in))}:abort_on_error=1:log_path={reports}/report" \
+        + (f":{asan_options}" if asan_options else "")
     files = [test_files] if isinstance(test_files, str) else test_files
     leaks_in = (leaks_in,) if isinstance(leaks_in, str) else leaks_in
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",

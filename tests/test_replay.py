@@ -273,7 +273,7 @@ SHB = len(capfiles.shb())
     (capfiles.shb() + capfiles.idb(False, 1, "e") + capfiles.epb(False, 0, 1, b"x" * 20)[:-9],
      SHB + len(capfiles.idb(False, 1, "e")), "truncated block: type 0x00000006"),
     (capfiles.pcap([(0, b"x" * 10, 10)])[:-1], 24, "truncated packet: record of 10 bytes, file ends after 9"),
-    (capfiles.pcap([(0, b"x" * 10, 10)]) + b"\0" * 8 + b"\xff" * 8, 50, "implausible captured length"),
+    (capfiles.pcap([(0, b"x" * 10, 10)]) + b"\0" * 8 + b"\xff" * 8, 50, "invalid packet capture length 4294967295"),
     (capfiles.idb(False, 1, "eth0"), 0, "not a pcap or pcapng file"),
 ])
 def test_malformed_files_end_with_one_line_naming_file_and_offset(tmp_path, content, offset, reason):

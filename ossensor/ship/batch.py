@@ -41,12 +41,14 @@ class Batch:
         return len(self.body)
 
 
-def section(interfaces: list[tuple[str, int]], snaplen: int, epbs: bytes, *, ts_ns: int,
+def section(interfaces: list[tuple[str, int]], snaplen: int | list[int], epbs: bytes, *, ts_ns: int,
             delivered: list[int], kernel_seen: int, kernel_drops: int,
             drops: tuple[dict[str, int], dict[str, int]] | None = None) -> bytes:
     """A whole section around `epbs` (file replay; live capture has the C reader write the
-    header and its EPBs in place, and only appends the trailer)."""
-    head = [pcapng.shb()] + [pcapng.idb(name, lt, snaplen) for name, lt in interfaces]
+    header and its EPBs in place, and only appends the trailer). `snaplen`: one for all interfaces,
+    or one each (replay keeps each input interface's)."""
+    snaps = snaplen if isinstance(snaplen, list) else [snaplen] * len(interfaces)
+    head = [pcapng.shb()] + [pcapng.idb(name, lt, snap) for (name, lt), snap in zip(interfaces, snaps)]
     return b"".join(head) + epbs + trailer([n for n, _ in interfaces], ts_ns=ts_ns, delivered=delivered,
                                            kernel_seen=kernel_seen, kernel_drops=kernel_drops, drops=drops)
 
