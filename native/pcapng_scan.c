@@ -32,6 +32,13 @@
 #define BT_ISB 5u
 #define BT_EPB 6u
 #define BOM 0x1A2B3C4Du
+/* What libpcap (tcpdump) and wiretap (tshark) refuse is refused here (store.py has the same constants). */
+#define MAX_BLOCK (16u << 20)  /* libpcap INITIAL_MAX_BLOCKSIZE */
+#define MAX_SHB (1u << 20)     /* libpcap BT_SHB_INSANE_MAX */
+#define MAX_SNAPLEN 262144u    /* max_snaplen_for_dlt, WTAP_MAX_PACKET_SIZE_STANDARD */
+#define OPT_END 0u
+#define IF_TSRESOL 9u
+#define IF_TSOFFSET 14u
 
 static PyObject *ScanError;
 
@@ -59,6 +66,8 @@ typedef struct {
     uint64_t packets;
     Rec *recs;
     size_t nrecs, cap;
+    uint32_t *snaps; /* per interface: its snapshot length as libpcap adjusts it */
+    size_t snaps_cap;
     /* error */
     int failed; /* 1: malformed (offset, msg); 2: out of memory */
     size_t err_offset;
@@ -92,6 +101,95 @@ static int push(Scan *s, uint32_t type, size_t off, size_t len)
         return;                                                     \
     } while (0)
 
+static const char *block_name(uint32_t btype)
+{
+    switch (btype) {
+    case BT_SHB:
+        return "Section Header Block";
+    case BT_IDB:
+        return "Interface Description Block";
+    case BT_EPB:
+        return "Enhanced Packet Block";
+    default:
+        return "Interface Statistics Block";
+    }
+}
+
+/* store.py _option_length_rule: the length wiretap (tshark) insists on for this option, or NULL. */
+static const char *option_length_rule(uint32_t btype, unsigned code, unsigned length, unsigned first)
+{
+    if (code == 2988 || code == 2989 || code == 19372 || code == 19373)
+        return length < 4 ? "at least 4" : NULL;
+    if (btype != BT_EPB)
+        return NULL;
+    if (code == 2 || code == 6)
+        return length != 4 ? "4" : NULL;
+    if (code == 4 || code == 5)
+        return length != 8 ? "8" : NULL;
+    if (code == 7) {
+        if (length < 1)
+            return "at least 1";
+        return (first == 1 || first == 2) && length != 9 ? "9" : NULL;
+    }
+    return NULL;
+}
+
+/* store.py check_options: the options of the block at p (total bytes, at batch offset off) from
+ * `start` to its trailer lie within it; an end-of-options has length 0 and comes last; in an IDB,
+ * if_tsresol and if_tsoffset appear at most once, with their lengths and a usable resolution.
+ * Returns 0, or -1 with s->failed set. */
+static int check_options(const unsigned char *p, size_t total, size_t start, uint32_t btype, size_t off,
+                         Scan *s)
+{
+    const char *name = block_name(btype);
+    size_t end = total - 4, pos = start;
+    int seen_tsresol = 0, seen_tsoffset = 0;
+#define OFAIL(...)                                                  \
+    do {                                                            \
+        s->failed = 1;                                              \
+        s->err_offset = off;                                        \
+        snprintf(s->msg, sizeof(s->msg), __VA_ARGS__);              \
+        return -1;                                                  \
+    } while (0)
+    while (pos < end) {
+        if (end - pos < 4)
+            OFAIL("%s: option header overruns the block", name);
+        unsigned code = rd16(p + pos), length = rd16(p + pos + 2);
+        size_t padded = ((size_t)length + 3u) & ~(size_t)3u;
+        if (padded > end - pos - 4)
+            OFAIL("%s: option %u (length %u) overruns the block", name, code, length);
+        if (code == OPT_END) {
+            if (length)
+                OFAIL("%s: end-of-options option with length %u", name, length);
+            if (pos + 4 != end)
+                OFAIL("%s: data after the end-of-options option", name);
+            return 0;
+        }
+        const char *want = option_length_rule(btype, code, length, length ? p[pos + 4] : 0);
+        if (want)
+            OFAIL("%s: option %u with length %u (readers need %s)", name, code, length, want);
+        if (btype == BT_IDB && code == IF_TSRESOL) {
+            if (length != 1)
+                OFAIL("%s: if_tsresol option with length %u != 1", name, length);
+            if (seen_tsresol)
+                OFAIL("%s: more than one if_tsresol option", name);
+            seen_tsresol = 1;
+            unsigned res = p[pos + 4];
+            if ((res & 0x80) ? (res & 0x7F) > 63 : res > 19)
+                OFAIL("%s: if_tsresol 0x%02x is too fine", name, res);
+        } else if (btype == BT_IDB && code == IF_TSOFFSET) {
+            if (length != 8)
+                OFAIL("%s: if_tsoffset option with length %u != 8", name, length);
+            if (seen_tsoffset)
+                OFAIL("%s: more than one if_tsoffset option", name);
+            seen_tsoffset = 1;
+        }
+        pos += 4 + padded;
+    }
+#undef OFAIL
+    return 0;
+}
+
 /* The walk; no Python API (runs without the GIL). */
 static void walk(const unsigned char *buf, size_t end, Scan *s)
 {
@@ -113,6 +211,8 @@ static void walk(const unsigned char *buf, size_t end, Scan *s)
         if (rd32(p + total - 4) != total)
             FAIL(off, "block trailer length does not match");
         /* parse_batch */
+        if (total > MAX_BLOCK)
+            FAIL(off, "block of %u bytes (more than %u MiB)", total, MAX_BLOCK >> 20);
         if (btype == BT_EPB) {
             if (total < 32)
                 FAIL(off, "Enhanced Packet Block too short");
@@ -121,15 +221,26 @@ static void walk(const unsigned char *buf, size_t end, Scan *s)
                 FAIL(off, "packet refers to undeclared interface %u", if_id);
             if (28u + (uint64_t)caplen + 4u > total)
                 FAIL(off, "captured length exceeds block");
+            if (caplen > s->snaps[if_id])
+                FAIL(off, "captured length %u exceeds the interface's snapshot length %u", caplen,
+                     s->snaps[if_id]);
+            if (check_options(p, total, 28u + ((caplen + 3u) & ~3u), btype, off, s))
+                return;
             s->packets++;
         } else if (btype == BT_SHB) {
             if (have_shb)
                 FAIL(off, "a batch must be one section (second Section Header Block)");
             if (total < 28)
                 FAIL(off, "Section Header Block too short");
-            uint16_t major = rd16(p + 12);
+            uint16_t major = rd16(p + 12), minor = rd16(p + 14);
             if (major != 1)
                 FAIL(off, "unsupported pcapng major version %u", (unsigned)major);
+            if (minor != 0 && minor != 2)
+                FAIL(off, "unsupported pcapng version 1.%u (libpcap reads 1.0 and 1.2)", (unsigned)minor);
+            if (total > MAX_SHB)
+                FAIL(off, "Section Header Block of %u bytes (more than 1 MiB)", total);
+            if (check_options(p, total, 24, btype, off, s))
+                return;
             have_shb = 1;
             if (push(s, btype, off, total))
                 return;
@@ -138,6 +249,20 @@ static void walk(const unsigned char *buf, size_t end, Scan *s)
         } else if (btype == BT_IDB) {
             if (total < 20)
                 FAIL(off, "Interface Description Block too short");
+            if (check_options(p, total, 16, btype, off, s))
+                return;
+            if (nidbs == s->snaps_cap) {
+                size_t cap = s->snaps_cap ? s->snaps_cap * 2 : 16;
+                uint32_t *n = realloc(s->snaps, cap * sizeof(uint32_t));
+                if (!n) {
+                    s->failed = 2;
+                    return;
+                }
+                s->snaps = n;
+                s->snaps_cap = cap;
+            }
+            uint32_t snaplen = rd32(p + 12);
+            s->snaps[nidbs] = (snaplen && snaplen <= MAX_SNAPLEN) ? snaplen : MAX_SNAPLEN;
             nidbs++;
             if (push(s, btype, off, total))
                 return;
@@ -147,6 +272,8 @@ static void walk(const unsigned char *buf, size_t end, Scan *s)
             uint32_t if_id = rd32(p + 8);
             if ((uint64_t)if_id >= nidbs)
                 FAIL(off, "statistics refer to undeclared interface %u", if_id);
+            if (check_options(p, total, 20, btype, off, s))
+                return;
             if (push(s, btype, off, total))
                 return;
         } else {
@@ -197,6 +324,7 @@ static PyObject *scan(PyObject *self, PyObject *arg)
 out:
     Py_XDECREF(blocks);
     free(s.recs);
+    free(s.snaps);
     return result;
 }
 

@@ -434,6 +434,8 @@ static inline int write_epb(Ring *self, uint8_t *out, struct tpacket3_hdr *h)
     int vlan = (h->tp_status & TP_STATUS_VLAN_VALID) && self->ifs[id].linktype == LINKTYPE_ETHERNET &&
                caplen >= 12;
     uint32_t outlen = caplen + (vlan ? 4u : 0u);
+    if (outlen > self->snaplen) /* a restored tag must not take a frame cut at snaplen past the IDB's snaplen: */
+        outlen = self->snaplen; /* libpcap refuses a packet longer than its interface's snaplen */
     uint32_t total = epb_total(outlen);
     if (!self->buf_len)
         write_header(self, out);
@@ -448,10 +450,10 @@ static inline int write_epb(Ring *self, uint8_t *out, struct tpacket3_hdr *h)
         uint16_t tag[2] = {htons(tpid), htons((uint16_t)h->hv1.tp_vlan_tci)};
         memcpy(p, data, 12);
         memcpy(p + 12, tag, 4);
-        memcpy(p + 16, data + 12, caplen - 12);
+        memcpy(p + 16, data + 12, outlen - 16); /* outlen >= 16: caplen >= 12, snaplen >= 64 */
         self->vlan_restored++;
     } else {
-        memcpy(p, data, caplen);
+        memcpy(p, data, outlen);
     }
     epb_finish(p, outlen, total);
     if (self->n_rules)

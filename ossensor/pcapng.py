@@ -60,8 +60,22 @@ def _pad4(n: int) -> int:
     return (4 - n % 4) % 4
 
 
+MAX_OPTION = 0xFFFF  # an option's length is 16 bits
+
+
 def _option(code: int, value: bytes) -> bytes:
+    """One option, padded: its length field is the value's length, so it never overruns its block."""
+    if len(value) > MAX_OPTION:
+        raise ValueError(f"pcapng option {code}: {len(value)} bytes (at most {MAX_OPTION})")
     return struct.pack("<HH", code, len(value)) + value + b"\0" * _pad4(len(value))
+
+
+def _text(value: str) -> bytes:
+    """A string option's UTF-8 bytes, cut (at a character boundary) to fit an option."""
+    raw = value.encode()
+    if len(raw) <= MAX_OPTION:
+        return raw
+    return raw[:MAX_OPTION].decode("utf-8", "ignore").encode()
 
 
 def _options(opts: list[tuple[int, bytes]]) -> bytes:
@@ -77,12 +91,12 @@ def _block(btype: int, body: bytes) -> bytes:
 
 def shb(userappl: str = "ossensor") -> bytes:
     body = struct.pack("<IHHq", BYTE_ORDER_MAGIC, 1, 0, -1)
-    return _block(BT_SHB, body + _options([(SHB_USERAPPL, userappl.encode())]))
+    return _block(BT_SHB, body + _options([(SHB_USERAPPL, _text(userappl))]))
 
 
 def idb(name: str, linktype: int, snaplen: int) -> bytes:
     body = struct.pack("<HHI", linktype, 0, snaplen)
-    return _block(BT_IDB, body + _options([(IF_NAME, name.encode()), (IF_TSRESOL, b"\x09")]))
+    return _block(BT_IDB, body + _options([(IF_NAME, _text(name)), (IF_TSRESOL, b"\x09")]))
 
 
 def isb(if_id: int, ts_ns: int, *, ifrecv: int | None = None, ifdrop: int | None = None,
@@ -90,7 +104,7 @@ def isb(if_id: int, ts_ns: int, *, ifrecv: int | None = None, ifdrop: int | None
         comment: str | None = None) -> bytes:
     opts = []
     if comment:
-        opts.append((OPT_COMMENT, comment.encode()))
+        opts.append((OPT_COMMENT, _text(comment)))
     for code, value in ((ISB_IFRECV, ifrecv), (ISB_IFDROP, ifdrop), (ISB_FILTERACCEPT, filteraccept),
                         (ISB_OSDROP, osdrop), (ISB_USRDELIV, usrdeliv)):
         if value is not None:

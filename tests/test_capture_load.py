@@ -92,6 +92,35 @@ def test_vlan_tagged_frames_keep_their_tag(topo, tmp_path):
     assert [data for _, data, _ in ref] == [p.data for _, p in got]
 
 
+def test_vlan_tag_restored_within_a_small_snaplen(topo, tmp_path):
+    # 146-byte tagged frames, OSSENSOR_SNAPLEN=64: the ring holds the first 64 bytes of the untagged
+    # frame; with the tag put back the EPB must still say 64 (not 68), or the vSensor refuses the batch
+    # and tcpdump would refuse the stored file ("bigger than snaplen")
+    vs, port = start_vsensor(topo, tmp_path / "vs")
+    dump = tmp_path / "tcpdump.pcap"
+    td = start_tcpdump(topo, dump, "vlan 100 and udp port 5678")
+    sensor = start_sensor(topo, sensor_env(topo, tmp_path, port, BPF="vlan 100 and udp port 5678",
+                                           OSSENSOR_SNAPLEN="64", ANTIGENA_ENABLED="false"))
+    eth = "0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 0x02, 0x00, 0x00, 0x00, 0x00, 0x02"
+    tag = "0x81, 0x00, 0x20, 0x64, 0x08, 0x00"
+    ip = "0x45, 0x00, const16(128), 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, csumip(18, 37), 10, 78, 0, 1, 10, 78, 0, 2"
+    udp = "const16(1234), const16(5678), const16(108), 0x00, 0x00"
+    cfg = tmp_path / "vlan.cfg"
+    cfg.write_text(f"{{ {eth}, {tag}, {ip}, {udp}, fill(0x42, 100) }}\n")
+    sh(f"ip netns exec {topo.peer} trafgen -o {topo.peer_if} -i {cfg} -P 1 -n 20 -q -C", timeout=60)
+    sensor.wait_for(r"acked=20 ", timeout=20)
+    assert sensor.stop() == 0
+    td.stop()
+    got = vsensor_packets(tmp_path / "vs")
+    assert len(got) == 20
+    ref = read_pcap(dump)
+    for (_, p), (_, data, _) in zip(got, ref):
+        assert p.data == data[:64] and p.wirelen == len(data) == 146, (p.data.hex(), len(data))
+    (stored,) = (tmp_path / "vs").glob("*.pcapng")
+    run = subprocess.run(["tcpdump", "-r", str(stored), "--count"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.split()[0] == "20", (run.stdout, run.stderr)
+
+
 def test_fanout_readers_share_the_traffic_without_duplicates(topo, tmp_path):
     for ns, dev in ((topo.cap, topo.cap_if), (topo.peer, topo.peer_if)):
         sh(f"ip netns exec {ns} sysctl -qw net.ipv6.conf.{dev}.disable_ipv6=1")

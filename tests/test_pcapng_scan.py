@@ -116,6 +116,78 @@ def test_each_malformation_same_error(data, offset, reason):
     assert ref[:3] == ("error", offset, reason)
 
 
+def raw_block(btype: int, fixed: bytes, opts: bytes) -> bytes:
+    """A block with `opts` as its options area, verbatim (however wrong)."""
+    return pcapng._block(btype, fixed + opts)
+
+
+def opt(code: int, length: int, value: bytes = b"") -> bytes:
+    return struct.pack("<HH", code, length) + value
+
+
+SHB_FIXED = struct.pack("<IHHq", pcapng.BYTE_ORDER_MAGIC, 1, 0, -1)
+IDB_FIXED = struct.pack("<HHI", 1, 0, 65535)
+HEAD = pcapng.shb() + pcapng.idb("e", 1, 65535)
+END = opt(0, 0)
+
+
+@pytest.mark.parametrize("data,offset,reason", [
+    # the issue's case: an IDB option whose length overruns its block (tcpdump: "block of type 1 ... too short")
+    (pcapng.shb() + raw_block(1, IDB_FIXED, opt(2, 40, b"eth0")), len(pcapng.shb()),
+     "Interface Description Block: option 2 (length 40) overruns the block"),
+    (raw_block(pcapng.BT_SHB, SHB_FIXED, opt(4, 9, b"ossensor")), 0,
+     "Section Header Block: option 4 (length 9) overruns the block"),
+    (HEAD + raw_block(5, struct.pack("<III", 0, 0, 1), opt(4, 8, b"\0" * 4)), len(HEAD),
+     "Interface Statistics Block: option 4 (length 8) overruns the block"),
+    (HEAD + raw_block(6, struct.pack("<IIIII", 0, 0, 1, 1, 1), b"x\0\0\0" + opt(2, 4)), len(HEAD),
+     "Enhanced Packet Block: option 2 (length 4) overruns the block"),
+    (HEAD + raw_block(6, struct.pack("<IIIII", 0, 0, 1, 1, 1), b"x\0\0\0" + opt(2, 4, b"\0" * 4) + END),
+     None, None),  # valid: an EPB with epb_flags
+    (pcapng.shb() + raw_block(1, IDB_FIXED, opt(0, 4, b"\0" * 4)), len(pcapng.shb()),
+     "Interface Description Block: end-of-options option with length 4"),
+    (pcapng.shb() + raw_block(1, IDB_FIXED, END + opt(2, 1, b"e\0\0\0")), len(pcapng.shb()),
+     "Interface Description Block: data after the end-of-options option"),
+    (pcapng.shb() + raw_block(1, IDB_FIXED, opt(9, 2, b"\x09\0\0\0") + END), len(pcapng.shb()),
+     "Interface Description Block: if_tsresol option with length 2 != 1"),
+    (pcapng.shb() + raw_block(1, IDB_FIXED, opt(9, 1, b"\x09\0\0\0") * 2 + END), len(pcapng.shb()),
+     "Interface Description Block: more than one if_tsresol option"),
+    (pcapng.shb() + raw_block(1, IDB_FIXED, opt(9, 1, b"\x14\0\0\0") + END), len(pcapng.shb()),
+     "Interface Description Block: if_tsresol 0x14 is too fine"),
+    (pcapng.shb() + raw_block(1, IDB_FIXED, opt(9, 1, b"\xc0\0\0\0") + END), len(pcapng.shb()),
+     "Interface Description Block: if_tsresol 0xc0 is too fine"),
+    (pcapng.shb() + raw_block(1, IDB_FIXED, opt(9, 1, b"\xbf\0\0\0") + END), None, None),  # 2^-63: fine
+    (pcapng.shb() + raw_block(1, IDB_FIXED, opt(14, 4, b"\0" * 4) + END), len(pcapng.shb()),
+     "Interface Description Block: if_tsoffset option with length 4 != 8"),
+    (pcapng.shb() + raw_block(1, IDB_FIXED, opt(14, 8, b"\0" * 8) * 2 + END), len(pcapng.shb()),
+     "Interface Description Block: more than one if_tsoffset option"),
+    (pcapng.shb() + pcapng.idb("e", 1, 100) + pcapng.epb(0, 1, b"y" * 101), len(pcapng.shb()) + 40,
+     "captured length 101 exceeds the interface's snapshot length 100"),
+    (pcapng.shb() + pcapng.idb("e", 1, 0) + pcapng.epb(0, 1, b"y" * 262145), len(pcapng.shb()) + 40,
+     "captured length 262145 exceeds the interface's snapshot length 262144"),
+    (HEAD + raw_block(5, struct.pack("<III", 0, 0, 1), opt(1, 65532, b"c" * 65532) * 257 + END), len(HEAD),
+     "block of 16842780 bytes (more than 16 MiB)"),
+    (raw_block(pcapng.BT_SHB, SHB_FIXED, opt(1, 65532, b"c" * 65532) * 17 + END), 0,
+     "Section Header Block of 1114144 bytes (more than 1 MiB)"),
+], ids=lambda v: "" if isinstance(v, bytes) else str(v)[:40])
+def test_options_and_limits_same_error(data, offset, reason):
+    """Every block's options bounded by the block, and libpcap's other limits, refused alike by C and Python."""
+    ref = same(data)
+    if reason is None:
+        assert ref[0] == "ok"
+    else:
+        assert ref[:3] == ("error", offset, reason)
+
+
+def test_minor_version():
+    for minor, ok in ((0, True), (1, False), (2, True), (3, False)):
+        shb = bytearray(pcapng.shb())
+        struct.pack_into("<H", shb, 14, minor)
+        got = same(bytes(shb))
+        assert got[0] == ("ok" if ok else "error"), (minor, got)
+        if not ok:
+            assert got[2] == f"unsupported pcapng version 1.{minor} (libpcap reads 1.0 and 1.2)"
+
+
 def test_short_shb_and_major_version():
     shb = bytearray(pcapng.shb())
     struct.pack_into("<H", shb, 12, 2)

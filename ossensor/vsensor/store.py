@@ -52,6 +52,14 @@ DROP_BEHIND = 32 << 20       # page cache kept per file behind its end (see _dro
 DROP_STEP = 4 << 20          # ... dropped in steps of at least this much
 _NAME_MAX = 255
 
+# What libpcap (tcpdump) and wiretap (tshark) refuse, refused here first (libpcap sf-pcapng.c):
+MAX_BLOCK = 16 << 20       # libpcap's INITIAL_MAX_BLOCKSIZE: a longer block is "pcapng block size > maximum"
+MAX_SHB = 1 << 20          # BT_SHB_INSANE_MAX: a longer first SHB is not a pcapng file to libpcap
+MAX_SNAPLEN = 262144       # max_snaplen_for_dlt / WTAP_MAX_PACKET_SIZE_STANDARD: snaplen 0 or above means this
+IF_TSOFFSET = 14
+BLOCK_NAMES = {BT_SHB: "Section Header Block", BT_IDB: "Interface Description Block",
+               BT_EPB: "Enhanced Packet Block", BT_ISB: "Interface Statistics Block"}
+
 _ISB_COUNTERS = {
     pcapng.ISB_IFRECV: "ifrecv", pcapng.ISB_IFDROP: "ifdrop", pcapng.ISB_FILTERACCEPT: "filteraccept",
     pcapng.ISB_OSDROP: "osdrop", pcapng.ISB_USRDELIV: "usrdeliv",
@@ -64,7 +72,7 @@ class ParsedBatch:
     data: memoryview
     shb: memoryview
     idbs: list[memoryview]                      # raw IDB blocks in interface-id order
-    groups: list[tuple[int, bytes]]             # per interface: (link type, if_tsresol)
+    groups: list[tuple[int, bytes, int]]        # per interface: (link type, if_tsresol, snaplen)
     names: list[str]                            # per interface: if_name
     heads: list[tuple[int, int]]                # (offset, length) of the SHB and the IDBs, in order
     packets: int
@@ -93,7 +101,7 @@ class _Builder:
         self.view = view
         self.shb = None
         self.idbs: list[memoryview] = []
-        self.groups: list[tuple[int, bytes]] = []
+        self.groups: list[tuple[int, bytes, int]] = []
         self.names: list[str] = []
         self.heads: list[tuple[int, int]] = []
         self.stats: list[dict] = []
@@ -103,7 +111,7 @@ class _Builder:
         self.heads.append((off, len(raw)))
 
     def add_idb(self, off: int, raw: memoryview) -> None:
-        linktype = struct.unpack_from("<H", raw, 8)[0]
+        linktype, _, snaplen = struct.unpack_from("<HHI", raw, 8)
         tsresol, name = b"\x06", ""
         for code, value in pcapng.parse_options(raw[16:-4]):
             if code == pcapng.IF_TSRESOL:
@@ -111,7 +119,8 @@ class _Builder:
             elif code == pcapng.IF_NAME:
                 name = value.decode("utf-8", "replace")
         self.idbs.append(raw)
-        self.groups.append((linktype, tsresol))
+        # one file per group: libpcap refuses a file whose interfaces differ in link type or snaplen
+        self.groups.append((linktype, tsresol, snaplen))
         self.names.append(name)
         self.heads.append((off, len(raw)))
 
@@ -128,11 +137,77 @@ class _Builder:
                            self.stats)
 
 
+CUSTOM_OPTIONS = (2988, 2989, 19372, 19373)  # a Private Enterprise Number, then data
+
+
+def _option_length_rule(btype: int, code: int, length: int, first: int) -> str:
+    """The length wiretap (tshark) insists on for this option, as words, if `length` breaks it; else ""."""
+    if code in CUSTOM_OPTIONS:
+        return "at least 4" if length < 4 else ""
+    if btype != BT_EPB:
+        return ""
+    if code in (2, 6):    # epb_flags, epb_queue
+        return "4" if length != 4 else ""
+    if code in (4, 5):    # epb_dropcount, epb_packetid
+        return "8" if length != 8 else ""
+    if code == 7:         # epb_verdict: a type byte; TC and XDP verdicts are 8 bytes after it
+        if length < 1:
+            return "at least 1"
+        return "9" if first in (1, 2) and length != 9 else ""
+    return ""
+
+
+def check_options(raw: memoryview, start: int, btype: int, off: int) -> None:
+    """The options of block `raw` (at byte `off` of the batch) from `start` to its trailer: each one
+    within the block, an end-of-options (if any) of length 0 and last; in an IDB the two options
+    libpcap reads (if_tsresol, if_tsoffset) once each, of their length, a resolution it can use; the
+    options wiretap gives a fixed length (EPB flags, drop count, packet id, queue, verdict; custom
+    options in any block) of that length.
+    What libpcap or wiretap would refuse in the stored file is refused here. Raises PcapngError."""
+    name = BLOCK_NAMES[btype]
+    end = len(raw) - 4
+    pos = start
+    seen_tsresol = seen_tsoffset = False
+    while pos < end:
+        if end - pos < 4:
+            raise PcapngError(off, f"{name}: option header overruns the block")
+        code, length = struct.unpack_from("<HH", raw, pos)
+        if (length + 3) & ~3 > end - pos - 4:
+            raise PcapngError(off, f"{name}: option {code} (length {length}) overruns the block")
+        if code == pcapng.OPT_END:
+            if length:
+                raise PcapngError(off, f"{name}: end-of-options option with length {length}")
+            if pos + 4 != end:
+                raise PcapngError(off, f"{name}: data after the end-of-options option")
+            return
+        want = _option_length_rule(btype, code, length, raw[pos + 4] if length else 0)
+        if want:
+            raise PcapngError(off, f"{name}: option {code} with length {length} (readers need {want})")
+        if btype == BT_IDB and code == pcapng.IF_TSRESOL:
+            if length != 1:
+                raise PcapngError(off, f"{name}: if_tsresol option with length {length} != 1")
+            if seen_tsresol:
+                raise PcapngError(off, f"{name}: more than one if_tsresol option")
+            seen_tsresol = True
+            res = raw[pos + 4]
+            if (res & 0x7F) > 63 if res & 0x80 else res > 19:
+                raise PcapngError(off, f"{name}: if_tsresol 0x{res:02x} is too fine")
+        elif btype == BT_IDB and code == IF_TSOFFSET:
+            if length != 8:
+                raise PcapngError(off, f"{name}: if_tsoffset option with length {length} != 8")
+            if seen_tsoffset:
+                raise PcapngError(off, f"{name}: more than one if_tsoffset option")
+            seen_tsoffset = True
+        pos += 4 + ((length + 3) & ~3)
+
+
 def parse_batch(data: bytes | memoryview) -> ParsedBatch:
     """Check that `data` is exactly one well-formed little-endian pcapng section. Raises PcapngError.
 
-    Accepted blocks: one SHB first, then IDBs, EPBs and ISBs; every EPB/ISB must name an interface
-    declared before it, and an EPB's captured length must fit its block.
+    Accepted blocks: one SHB first (version 1.0 or 1.2), then IDBs, EPBs and ISBs; every EPB/ISB must
+    name an interface declared before it, an EPB's captured length must fit its block and its
+    interface's snapshot length; every block's options lie within it (check_options); no block over
+    16 MiB. What this accepts, tcpdump and tshark read from the stored file (tests/test_pcapng_readers.py).
 
     The walk over the blocks is C (native/pcapng_scan.c, one pass, GIL released, no Python object per
     packet); Python reads only the SHB, IDBs and ISBs it reports. parse_batch_py is the pure-Python
@@ -164,10 +239,13 @@ def parse_batch_py(data: bytes | memoryview) -> ParsedBatch:
         raise PcapngError(0, "empty body")
     b = _Builder(view)
     packets = 0
+    snaps: list[int] = []  # per interface: its snapshot length as libpcap adjusts it
     unpack = struct.unpack_from
     for blk in pcapng.iter_blocks(view):
         btype, off, raw = blk.btype, blk.offset, blk.raw
         length = len(raw)
+        if length > MAX_BLOCK:
+            raise PcapngError(off, f"block of {length} bytes (more than {MAX_BLOCK >> 20} MiB)")
         if btype == BT_EPB:
             if length < 32:
                 raise PcapngError(off, "Enhanced Packet Block too short")
@@ -176,21 +254,33 @@ def parse_batch_py(data: bytes | memoryview) -> ParsedBatch:
                 raise PcapngError(off, f"packet refers to undeclared interface {if_id}")
             if 28 + caplen + 4 > length:
                 raise PcapngError(off, "captured length exceeds block")
+            if caplen > snaps[if_id]:
+                raise PcapngError(off, f"captured length {caplen} exceeds the interface's snapshot length "
+                                       f"{snaps[if_id]}")
+            check_options(raw, 28 + ((caplen + 3) & ~3), btype, off)
             packets += 1
         elif btype == BT_SHB:
             if b.shb is not None:
                 raise PcapngError(off, "a batch must be one section (second Section Header Block)")
             if length < 28:
                 raise PcapngError(off, "Section Header Block too short")
-            major, _minor = unpack("<HH", raw, 12)
+            major, minor = unpack("<HH", raw, 12)
             if major != 1:
                 raise PcapngError(off, f"unsupported pcapng major version {major}")
+            if minor not in (0, 2):
+                raise PcapngError(off, f"unsupported pcapng version 1.{minor} (libpcap reads 1.0 and 1.2)")
+            if length > MAX_SHB:
+                raise PcapngError(off, f"Section Header Block of {length} bytes (more than 1 MiB)")
+            check_options(raw, 24, btype, off)
             b.add_shb(off, raw)
         elif b.shb is None:
             raise PcapngError(off, "body does not start with a Section Header Block")
         elif btype == BT_IDB:
             if length < 20:
                 raise PcapngError(off, "Interface Description Block too short")
+            check_options(raw, 16, btype, off)
+            snaplen = unpack("<I", raw, 12)[0]
+            snaps.append(snaplen if 0 < snaplen <= MAX_SNAPLEN else MAX_SNAPLEN)
             b.add_idb(off, raw)
         elif btype == BT_ISB:
             if length < 24:
@@ -198,6 +288,7 @@ def parse_batch_py(data: bytes | memoryview) -> ParsedBatch:
             if_id = unpack("<I", raw, 8)[0]
             if if_id >= len(b.idbs):
                 raise PcapngError(off, f"statistics refer to undeclared interface {if_id}")
+            check_options(raw, 20, btype, off)
             b.add_isb(raw)
         else:
             raise PcapngError(off, f"unsupported block type 0x{btype:08x} (a batch holds IDB, EPB and ISB)")
@@ -275,7 +366,7 @@ class Store:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._streams: dict[tuple[str, str], dict[tuple[int, bytes], _File]] = {}
+        self._streams: dict[tuple[str, str], dict[tuple[int, bytes, int], _File]] = {}
         self._next_n: dict[tuple[str, str], int] = {}
         self._closed = False
         self._log = open(self.out_dir / BATCH_LOG, "a", encoding="utf-8")
@@ -307,11 +398,11 @@ class Store:
                 raise OSError("store is closed")
             files = self._streams.setdefault((sensor, boot), {})
             # Which group file each interface goes to, and its interface id there.
-            group_keys: list[tuple[int, bytes]] = []
+            group_keys: list[tuple[int, bytes, int]] = []
             for g in batch.groups:
                 if g not in group_keys:
                     group_keys.append(g)
-            plan: dict[tuple[int, bytes], list] = {}
+            plan: dict[tuple[int, bytes, int], list] = {}
             for key in group_keys:
                 members = [i for i, g in enumerate(batch.groups) if g == key]
                 raw = [batch.idbs[i] for i in members]
@@ -345,7 +436,7 @@ class Store:
             written: list[str] = []
             done: list[_File] = []
             undo: list[tuple[_File, int]] = []
-            created: list[tuple[tuple[int, bytes], _File, _File | None]] = []
+            created: list[tuple[tuple[int, bytes, int], _File, _File | None]] = []
             try:
                 for key in group_keys:
                     current, parts, fresh, raw = plan[key]
