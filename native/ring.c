@@ -134,6 +134,8 @@ static PyObject *new_buffer(Ring *self)
     self->buf = b;
     self->buf_taken = 0;
     self->buf_size = (size_t)PyByteArray_GET_SIZE(b);
+    if (self->buf_size > self->buf_cap) /* a pooled buffer from before set_batch_bytes() lowered the cap */
+        self->buf_size = self->buf_cap;
     start_batch(self);
     return b;
 }
@@ -388,7 +390,7 @@ static PyObject *Ring_set_interfaces(Ring *self, PyObject *args)
         size_t extra = 0;
         for (unsigned i = self->hdr_ifs; i < self->n_ifs; i++)
             extra += (size_t)PyBytes_GET_SIZE(self->ifs[i].idb);
-        if (self->buf_len + extra + self->reserve <= (size_t)PyByteArray_GET_SIZE(self->buf)) {
+        if (self->buf_len + extra + self->reserve <= self->buf_size) {
             uint8_t *out = (uint8_t *)PyByteArray_AS_STRING(self->buf);
             for (unsigned i = self->hdr_ifs; i < self->n_ifs; i++) {
                 size_t k = (size_t)PyBytes_GET_SIZE(self->ifs[i].idb);
@@ -600,7 +602,7 @@ static PyObject *Ring_take(Ring *self, PyObject *args)
         PyBuffer_Release(&trailer);
         return NULL;
     }
-    if (self->buf_len + (size_t)trailer.len > self->buf_size) {
+    if (self->buf_len + (size_t)trailer.len > (size_t)PyByteArray_GET_SIZE(self->buf)) {
         if (PyByteArray_Resize(self->buf, (Py_ssize_t)(self->buf_len + (size_t)trailer.len)) < 0) {
             PyBuffer_Release(&trailer);
             return NULL;
@@ -712,6 +714,28 @@ U64_GETTER(stale)
 U64_GETTER(vlan_restored)
 U64_GETTER(buffers_made)
 
+/* set_batch_bytes(n) -> the batch size now in force: batches (header, packets and the trailer's
+ * reserve) are cut at n bytes from now on, but never below what one full-size packet needs. The batch
+ * being filled is cut at once if it already holds more. Called by the reader thread between reads. */
+static PyObject *Ring_set_batch_bytes(Ring *self, PyObject *arg)
+{
+    unsigned long long n = PyLong_AsUnsignedLongLong(arg);
+    if (n == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    size_t need = header_size(self) + self->reserve + self->snaplen + 64;
+    size_t cap = n < need ? need : (size_t)n;
+    self->buf_cap = cap & ~(size_t)3;
+    if (self->buf_cap < need)
+        self->buf_cap = (need + 3) & ~(size_t)3;
+    if (self->buf_size > self->buf_cap) {
+        if (self->buf_len + self->reserve > self->buf_cap)
+            self->batch_full = 1; /* already past the new size: the reader cuts it now */
+        else
+            self->buf_size = self->buf_cap;
+    }
+    return PyLong_FromSize_t(self->buf_cap);
+}
+
 /* trim(keep) -> buffers released. Lets go of pooled batch buffers nobody uses (their memory goes
  * back to the system) until at most `keep` stay pooled: after a burst, the pool need not hold
  * the queue's worth of memory for ever. */
@@ -776,6 +800,8 @@ static PyMethodDef Ring_methods[] = {
     {"kernel_stats", (PyCFunction)Ring_kernel_stats, METH_NOARGS, "(packets, drops, freezes) cumulative"},
     {"join_fanout", (PyCFunction)Ring_join_fanout, METH_VARARGS, "join_fanout(group, mode): PACKET_FANOUT"},
     {"fileno", (PyCFunction)Ring_fileno, METH_NOARGS, "socket file descriptor"},
+    {"set_batch_bytes", (PyCFunction)Ring_set_batch_bytes, METH_O,
+     "set_batch_bytes(n) -> bytes: cut batches at n bytes from now on (at least one full-size packet)"},
     {"trim", (PyCFunction)Ring_trim, METH_O, "trim(keep): release idle pooled batch buffers beyond keep"},
     {"ready", (PyCFunction)Ring_ready, METH_NOARGS, "(blocks ready for the reader, blocks in the ring)"},
     {"wake", (PyCFunction)Ring_wake, METH_NOARGS, "end the reader's wait in read() at once (any thread)"},

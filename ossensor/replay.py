@@ -21,6 +21,7 @@ import math
 import os
 import secrets
 import signal
+import struct
 import sys
 import threading
 import time
@@ -29,8 +30,10 @@ from dataclasses import dataclass, field
 from ossensor.exits import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from ossensor.ops import log as L
 from ossensor import pcapng
+from ossensor.ship import body_limit
 from ossensor.ship.batch import Batch, packet_hex, section
 
+FRAMING_ROOM = 64 << 10  # left under the vSensor's body limit for the SHB, IDBs and ISBs around the EPBs
 WAIT_SLICE = 0.2  # longest sleep while pacing: progress and Ctrl-C stay responsive
 
 
@@ -235,6 +238,11 @@ class VSensorSink:
             s = s.model_copy(update={"spool_dir": None})
         self.pipeline = Pipeline(s, log, self.acct, self.shipper, boot)
         self.pipeline.start()
+        self.pipeline.learn_limit()  # the vSensor's body limit, before the first batch is cut
+
+    def body_limit(self) -> int | None:
+        """The largest section the vSensor takes (framing included): sections are cut to fit it."""
+        return self.shipper.limit.value
 
     def id_base(self) -> int:
         return 0  # each batch is its own section
@@ -370,8 +378,10 @@ class Replay:
 
         s, log = self.s, self.log
         base = sink.id_base()
+        limit = sink.body_limit() if hasattr(sink, "body_limit") else None
+        epb_bytes = s.batch_max_bytes if limit is None else min(s.batch_max_bytes, limit - min(FRAMING_ROOM, limit // 4))
         try:
-            reader = Reader(path, s.bpf, s.snaplen, s.batch_max_bytes, f"file{index}", base)
+            reader = Reader(path, s.bpf, s.snaplen, epb_bytes, f"file{index}", base)
         except OSError as err:
             return f"{path}: cannot open: {err.strerror or err}"
         self.totals.files += 1
@@ -447,6 +457,36 @@ class Replay:
             self.progress.update(os.path.basename(path), done_before + reader.offset,
                                  self.totals.passed + reader.packets_passed)
 
+    def _cut_pieces(self, reader, sink, delivered, epbs, max_epb_bytes: int, interfaces, per_if) -> None:
+        """One batch per slice of `epbs` that fits (body_limit.split_epbs); counts per interface recounted
+        per slice (per-block Python: only when the limit was crossed)."""
+        for piece in body_limit.split_epbs(epbs, max(1, max_epb_bytes)):
+            counts: dict[str, list[int]] = {}
+            packets, first_ns, last_ns = 0, None, 0
+            for blk in pcapng.iter_blocks(piece):
+                if blk.btype != pcapng.BT_EPB:
+                    continue
+                if_id, hi, lo, caplen = struct.unpack_from("<IIII", blk.raw, 8)
+                c = counts.setdefault(interfaces[if_id][0], [0, 0])
+                c[0] += 1
+                c[1] += caplen
+                packets += 1
+                ts = (hi << 32) | lo
+                first_ns = ts if first_ns is None else first_ns
+                last_ns = ts
+            self.seq += 1
+            body = section(interfaces, self.s.snaplen, bytes(piece), ts_ns=time.time_ns(),
+                           delivered=[delivered.get(i, 0) for i in range(len(interfaces))],
+                           kernel_seen=reader.packets_passed, kernel_drops=0)
+            with self.totals.lock:
+                self.totals.batches += 1
+            captured = sum(b for _, b in counts.values())
+            self.log(L.BATCHES, f"batch seq={self.seq} packets={packets} bytes={captured} body={len(body)} "
+                                f"(one of several: the vSensor takes at most {sink.body_limit()} bytes)")
+            batch = Batch(self.seq, body, packets, captured, first_ns or 0, last_ns, time.monotonic())
+            batch.per_if = {name: (p, b) for name, (p, b) in counts.items()}
+            sink.put(batch, interfaces, 0)
+
     def _cut(self, reader, sink, delivered: dict[int, int], base: int) -> None:
         if not reader.batch_packets:
             return
@@ -462,6 +502,16 @@ class Replay:
             size = len(epbs)
         for i, (p, _) in enumerate(per_if):
             delivered[i] = delivered.get(i, 0) + p
+        limit = sink.body_limit() if not self.args.out else None
+        if limit is not None and epbs:
+            # SHB, IDBs and ISBs around the EPBs must fit the vSensor's limit too: the EPBs were cut
+            # FRAMING_ROOM short of it; a section still too large (a limit learnt later, or very many
+            # interfaces) goes as several
+            head = len(section(interfaces, self.s.snaplen, b"", ts_ns=0, delivered=[0] * len(interfaces),
+                               kernel_seen=0, kernel_drops=0))
+            if head + len(epbs) > limit:
+                self._cut_pieces(reader, sink, delivered, epbs, limit - head - 256, interfaces, per_if)
+                return
         self.seq += 1
         captured = sum(b for _, b in per_if)
         per_name = {interfaces[i][0]: (p, b) for i, (p, b) in enumerate(per_if) if p}

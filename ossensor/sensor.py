@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 
-from ossensor import __version__, config
+from ossensor import __version__, config, protocol
 from ossensor.exits import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Fatal
 from ossensor.interfaces import netlink, selection
 from ossensor.ops import privileges
@@ -119,11 +119,14 @@ class Sensor:
         self.shipper = None
         self.pipeline = None  # shipping.Pipeline, built in run()
         self.signals: StopSignals | None = None  # installed in run(), until it returns
+        self.ledger = None  # ship/kill_ledger.py, with a spool: what a SIGKILL would lose, counted
 
     # -- stages --------------------------------------------------------------------------
     def enqueue(self, batch: Batch) -> None:
         """The reader's hand-off: shipping.Pipeline (memory queue -> disk spool -> counted drops)."""
         self.pipeline.enqueue(batch)
+        if self.ledger is not None:  # spooled or counted: a SIGKILL from now on does not lose it
+            self.ledger.settled(batch.packets)
 
     def stats_line(self) -> str:
         if self.capture:
@@ -139,7 +142,8 @@ class Sensor:
         per_if = " ".join(one(n, st) for n, st in sorted(snap["per_if_stages"].items()))
         return (f"stats captured={snap['captured']} bytes={snap['captured_bytes']} "
                 f"kernel_drops={snap['kernel_drops']} queue_drops={d['queue']} spool_drops={d['spool']} "
-                f"refused={d['refused']} shutdown_drops={d['shutdown']} acked={snap['acked']} "
+                f"refused={d['refused']} shutdown_drops={d['shutdown']} lost_on_kill={d['lost_on_kill']} "
+                f"acked={snap['acked']} "
                 f"batches={snap['batches']} recovered={snap['recovered']} queued={snap['queued']} "
                 f"spooled={snap['spooled']} sent={snap['sent_packets']} retries={snap['retries']} "
                 f"{self.pipeline.stats_fields() if self.pipeline else 'in_queue=0'} "
@@ -168,10 +172,34 @@ class Sensor:
             self.log.warning(f"threads started before the drop still hold capabilities: "
                              f"{', '.join(report.threads_with_caps)}")
 
+    def _open_ledger(self) -> None:
+        """The SIGKILL ledger in the spool directory: count what a killed earlier run lost, and keep
+        this run's counts there (ship/kill_ledger.py)."""
+        from ossensor.ship.kill_ledger import KillLedger
+
+        try:
+            self.ledger = KillLedger.open(self.spool.dir, self.s.sensor_name)
+        except BlockingIOError:
+            self.log.warning(f"another ossensor named {self.s.sensor_name!r} uses the spool {self.spool.dir}: "
+                             f"packets a SIGKILL would take from this one are not counted")
+            return
+        except OSError as err:
+            self.log.warning(f"cannot keep the SIGKILL ledger in {self.spool.dir}: {err.strerror or err}; "
+                             f"packets a SIGKILL would take are not counted")
+            return
+        prev = self.ledger.previous
+        if prev is not None and prev.lost:
+            self.acct.lost_on_kill(prev.lost)
+            self.log(L.BASIC, f"the previous run (pid {prev.pid}) was killed: {prev.lost} packets it had "
+                              f"captured were not yet batched or spooled; counted as lost_on_kill")
+        self.capture.attach_ledger(self.ledger)
+
     def run(self) -> int:
         try:
             return self._run()
         finally:
+            if self.ledger is not None:
+                self.ledger.close(clean=True)  # not killed: the next start finds nothing lost
             if self.signals is not None:
                 self.signals.restore()
 
@@ -202,7 +230,8 @@ class Sensor:
             from ossensor.capture.live import LiveCapture, pool_buffers_for
 
             params = dict(ring_bytes=s.ring_mb << 20, block_timeout_ms=s.block_timeout_ms, snaplen=s.snaplen,
-                          batch_bytes=s.batch_max_bytes, batch_age_s=s.batch_max_age_ms / 1000,
+                          batch_bytes=min(s.batch_max_bytes, protocol.MAX_BODY),  # framing included
+                          batch_age_s=s.batch_max_age_ms / 1000,
                           filter_expr=expr, log=log, accounting=self.acct,
                           pool_buffers=pool_buffers_for((s.queue_mb + s.inflight_mb) << 20, s.batch_max_bytes))
             if s.capture_threads > 1:  # several rings in a PACKET_FANOUT group, a reader each
@@ -231,9 +260,14 @@ class Sensor:
                      f"{s.tls_ca_file or 'the system trust store'}"
                      f"{', client certificate ' + str(s.tls_cert_file) if s.tls_cert_file else ''}"
                      f"{', via proxy ' + via.shown + ' (' + via.variable + ')' if via else ', direct'})")
+        # batches fit the vSensor's body limit (framing included): the ring's buffers are sized to it, and
+        # to the smaller one the vSensor may announce (hello, below) or name in a 413 (ship/body_limit.py)
+        self.shipper.limit.on_change(self.capture.set_batch_bytes)
         self.pipeline = Pipeline(s, log, self.acct, self.shipper, self.boot)  # queue -> spool -> vSensor
         self.queue, self.spool = self.pipeline.queue, self.pipeline.spool  # for metrics
         self.pipeline.recover()
+        if self.spool is not None:
+            self._open_ledger()
 
         from ossensor.ops.metrics import Observer  # metrics, probes, rate lines (docs/troubleshooting.md)
 
@@ -268,6 +302,7 @@ class Sensor:
         reader.start()
         try:
             self.pipeline.start()
+            threading.Thread(target=self.pipeline.learn_limit, name="hello", daemon=True).start()
             self.watcher.start()
             self.obs.start(self.shipper)
             self.antigena.start()

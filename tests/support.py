@@ -172,11 +172,11 @@ def start_vsensor(topo: Topology, out: Path, port: int | None = None, key: str =
 
 
 @contextlib.contextmanager
-def loopback_vsensor(out: Path, key: str = KEY):
+def loopback_vsensor(out: Path, key: str = KEY, extra: list[str] | None = None):
     """The reference vSensor in this namespace on an ephemeral loopback port: yields (proc, port);
-    killed on the way out, even on failure."""
-    p = Proc([sys.executable, "-m", "ossensor", "vsensor", "--listen", "127.0.0.1:0", "--out", str(out)],
-             env={"VSENSOR_HMAC_KEY": key})
+    killed on the way out, even on failure. extra: more command-line arguments."""
+    p = Proc([sys.executable, "-m", "ossensor", "vsensor", "--listen", "127.0.0.1:0", "--out", str(out)]
+             + (extra or []), env={"VSENSOR_HMAC_KEY": key})
     try:
         yield p, int(p.wait_for(r"listening on https://127\.0\.0\.1:(\d+)").group(1))
     finally:

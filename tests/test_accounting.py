@@ -43,4 +43,26 @@ def test_invariant_over_every_outcome_in_packets_and_bytes():
     assert s["captured_bytes"] + s["recovered_bytes"] == s["acked_bytes"] + sum(s["dropped_bytes"].values())
     assert s["sent_batches"] == 1 and s["retries"] == 1
     assert s["per_if_stages"]["eth0"]["drop_queue"] == (2, 200)
-    assert acct.isb_drops() == ({"eth0": 2, "eth1": 3}, {"queue": 2, "spool": 0, "refused": 3, "shutdown": 0})
+    assert acct.isb_drops() == ({"eth0": 2, "eth1": 3}, {"queue": 2, "spool": 0, "refused": 3, "shutdown": 0, "lost_on_kill": 0})
+
+
+def test_lost_on_kill_is_a_stage_in_stats_isb_and_metrics():
+    """What a killed earlier run lost (ship/kill_ledger.py): recovered by this run and dropped at once at
+    `lost_on_kill`, so the invariant holds; it shows in the ISB drops and in the metrics."""
+    from types import SimpleNamespace
+
+    from ossensor.ops.metrics import Collector, Health
+
+    acct = A.Accounting()
+    acct.add_batch(10, 1000, {"eth0": (10, 1000)})
+    acct.lost_on_kill(7)
+    s = acct.snapshot()
+    assert s["dropped"]["lost_on_kill"] == 7 and s["recovered"] == 7 and acct.in_flight() == 10
+    assert _balanced(acct)
+    assert acct.isb_drops()[1]["lost_on_kill"] == 7
+    sensor = SimpleNamespace(acct=acct, s=SimpleNamespace(sensor_name="t"), boot="b")
+    for family in Collector(sensor, Health.__new__(Health)).collect():  # up to the drops family
+        if family.name == "ossensor_dropped_packets":
+            break
+    stage = {smp.labels.get("stage"): smp.value for smp in family.samples if smp.name.endswith("_total")}
+    assert stage["lost_on_kill"] == 7, stage

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 
@@ -119,6 +120,26 @@ def test_vlan_tag_restored_within_a_small_snaplen(topo, tmp_path):
     (stored,) = (tmp_path / "vs").glob("*.pcapng")
     run = subprocess.run(["tcpdump", "-r", str(stored), "--count"], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and run.stdout.split()[0] == "20", (run.stdout, run.stderr)
+
+
+def test_live_batches_fit_the_limit_the_vsensor_announces(topo, tmp_path):
+    # a vSensor taking 1 MiB bodies (its hello says so), 4 MiB batches configured: the ring's batches are
+    # cut at 1 MiB, framing included (Ring.set_batch_bytes); nothing is refused, everything stored
+    for ns, dev in ((topo.cap, topo.cap_if), (topo.peer, topo.peer_if)):
+        sh(f"ip netns exec {ns} sysctl -qw net.ipv6.conf.{dev}.disable_ipv6=1")
+    vs, port = start_vsensor(topo, tmp_path / "vs", extra=["--max-body-mb", "1"])
+    sensor = start_sensor(topo, sensor_env(topo, tmp_path, port, BPF="udp dst port 5678", OSSENSOR_BATCH_MAX_KB="4096",
+                                           OSSENSOR_BATCH_MAX_AGE_MS="3000", ANTIGENA_ENABLED="false"))
+    sensor.wait_for(r"batches now cut at \d+ bytes \(the vSensor takes at most 1048576 bytes", timeout=20)
+    cfg = tmp_path / "udp.cfg"
+    cfg.write_text(trafgen_udp_cfg(200))
+    sh(f"ip netns exec {topo.peer} trafgen -o {topo.peer_if} -i {cfg} -P 1 -n 20000 -b 20000pps -q -C", timeout=60)
+    assert sensor.stop(timeout=60) == 0, sensor.output
+    c = final_counts(sensor)
+    assert c["captured"] + c["kernel_drops"] == 20000 and c["acked"] == c["captured"] and c["refused"] == 0, c
+    assert "too large" not in sensor.output
+    sizes = [json.loads(line)["bytes"] for line in (tmp_path / "vs" / "batches.jsonl").read_text().splitlines()]
+    assert max(sizes) <= 1 << 20 and len(sizes) >= 4, sizes
 
 
 def test_fanout_readers_share_the_traffic_without_duplicates(topo, tmp_path):

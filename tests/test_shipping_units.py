@@ -164,7 +164,7 @@ def test_without_spool_a_full_queue_drops_and_counts_per_interface():
     snap = acct.snapshot()
     assert snap["queued"] == 21 and snap["dropped"]["queue"] == 14 and snap["dropped_bytes"]["queue"] == 600_000
     assert snap["per_if_stages"]["eth0"]["drop_queue"] == (14, 600_000)
-    assert acct.isb_drops() == ({"eth0": 14}, {"queue": 14, "spool": 0, "refused": 0, "shutdown": 0})
+    assert acct.isb_drops() == ({"eth0": 14}, {"queue": 14, "spool": 0, "refused": 0, "shutdown": 0, "lost_on_kill": 0})
     assert "queue full" in out.getvalue()
     assert pipe.queue.nbytes <= 1 << 20
 

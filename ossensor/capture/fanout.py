@@ -57,6 +57,14 @@ class FanoutCapture:
         for m in self.members:
             m.set_interfaces(interfaces)
 
+    def attach_ledger(self, ledger) -> None:
+        for i, m in enumerate(self.members):
+            m.attach_ledger(ledger, i)
+
+    def set_batch_bytes(self, nbytes: int) -> None:
+        for m in self.members:
+            m.set_batch_bytes(nbytes)
+
     def start(self) -> None:
         """Bind each ring with a reject-all filter, join the group, then give each its program:
         until all have joined, a bound ring would receive every packet, not its share."""

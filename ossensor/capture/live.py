@@ -112,6 +112,10 @@ class LiveCapture:
         self._overloaded = False  # the queue ran (nearly) full and has not emptied since: no waiting
         self._queue_busy_at = 0.0  # when a batch last waited in the queue (pool trimming)
         self._idbs: dict[tuple[str, int], bytes] = {}
+        self._batch_bytes_pending: int | None = None  # set_batch_bytes(), applied by the reader thread
+        self._ledger = None       # ship/kill_ledger.py: packets read, stored once per loop turn (SIGKILL accounting)
+        self._ledger_slot = 0
+        self._cut_packets = 0     # packets in the batches this reader cut
         self.ring.set_interfaces([], pcapng.shb())
         # Ethernet's program is compiled now, while the process may still open the live libpcap
         # handle it needs (capabilities are dropped later): an Ethernet interface hot-plugged
@@ -213,6 +217,28 @@ class LiveCapture:
             blk = self._idbs[key] = pcapng.idb(iface.name, iface.linktype, self.snaplen)
         return blk
 
+    def attach_ledger(self, ledger, slot: int = 0) -> None:
+        """Count what this reader took out of the ring (cut batches and the open one) in `ledger`'s
+        slot, once per loop turn: a SIGKILL's loss is counted by the next start (ship/kill_ledger.py)."""
+        self._ledger, self._ledger_slot = ledger, slot
+
+    def _note_read(self) -> None:
+        if self._ledger is not None:
+            self._ledger.set_read(self._ledger_slot, self._cut_packets + self.ring.batch_packets)
+
+    def set_batch_bytes(self, nbytes: int) -> None:
+        """Cut batches at `nbytes` (the vSensor's body limit, learnt: ship/body_limit.py), framing
+        included, from the reader's next turn on (any thread)."""
+        self._batch_bytes_pending = nbytes
+        self.wake()
+
+    def _apply_batch_bytes(self) -> None:
+        nbytes, self._batch_bytes_pending = self._batch_bytes_pending, None
+        if nbytes is not None and nbytes < self.batch_bytes:
+            self.batch_bytes = self.ring.set_batch_bytes(nbytes)
+            self.log(L.BASIC, f"batches now cut at {self.batch_bytes} bytes (the vSensor takes at most "
+                              f"{nbytes} bytes per batch)")
+
     def start(self) -> None:
         with self._lock:
             self._started = True
@@ -236,6 +262,7 @@ class LiveCapture:
         isbs = trailer(names[:n_hdr], ts_ns=ts_ns, delivered=delivered, kernel_seen=k_seen,
                        kernel_drops=k_drops, drops=self.acct.isb_drops())
         body, packets, first_ns, last_ns, _ = self.ring.take(isbs)
+        self._cut_packets += packets
         self._seq = next(self._seq_source)
         captured = sum(b for _, b in counts)
         self.acct.add_batch(packets, captured, per_name)
@@ -271,6 +298,9 @@ class LiveCapture:
                 backlog.wait_below(hold_bytes, min(HOLD_WAIT_S, wait / 1000))
             else:
                 ring.read(wait, READ_LINGER_MS)
+                self._note_read()
+            if self._batch_bytes_pending is not None:
+                self._apply_batch_bytes()
             hook = getattr(self, "antigena_hook", None)  # Antigena: rules in, hits out (C matched them)
             if hook is not None:
                 hook(ring)
@@ -286,6 +316,7 @@ class LiveCapture:
         # final drain: what the kernel already holds goes into the last batches
         while True:
             n = ring.read(0)
+            self._note_read()
             if ring.batch_full:
                 self._flush(emit)
             elif not n:

@@ -4,8 +4,9 @@ Invariant (DESIGN "Nothing lost silently"), in packets and in bytes:
 
     captured + recovered = acknowledged + dropped at a named stage + in flight
 
-`captured` is what this process wrote into batches; `recovered` is what it found in the
-disk spool at start (written by an earlier process, sent by this one). "In flight" is in
+`captured` is what this process wrote into batches; `recovered` is what an earlier process
+left to this one: batches found in the disk spool at start (sent by this one), and packets that
+a SIGKILL took from it before they were batched or spooled (counted at `lost_on_kill` at once). "In flight" is in
 the memory queue, in the spool, or being sent. Kernel ring drops happen before capture and
 are counted beside it. All counters are cumulative, in total and per interface.
 
@@ -15,6 +16,8 @@ Stages where it can be dropped (`STAGES`):
   spool     the disk spool was full (or a spool file was torn / unreadable)
   refused   the vSensor refused the batch (401/403/4xx): retrying cannot help
   shutdown  not delivered within OSSENSOR_SHUTDOWN_TIMEOUT and no spool to keep it
+  lost_on_kill  captured by an earlier run (same OSSENSOR_SPOOL_DIR) that was killed (SIGKILL)
+            before they were batched or spooled: counted by this run at start (ship/kill_ledger.py)
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-STAGES = ("queue", "spool", "refused", "shutdown")  # where a captured packet can be dropped
+STAGES = ("queue", "spool", "refused", "shutdown", "lost_on_kill")  # where a captured packet can be dropped
 MAX_INTERFACES = 4096  # per-interface counters kept (oldest idle ones are let go beyond it)
 FLOW = ("captured", "recovered", "queued", "spooled", "sent", "acked")  # stages it passes
 
@@ -105,6 +108,13 @@ class Accounting:
             self.recovered += packets
             self.recovered_bytes += nbytes
             self._per_if("recovered", per_if)
+
+    def lost_on_kill(self, packets: int) -> None:
+        """An earlier run, killed, had captured `packets` not yet batched or spooled: they are this
+        run's to count (recovered, then dropped at `lost_on_kill`; bytes and interfaces unknown)."""
+        with self.lock:
+            self.recovered += packets
+            self.dropped["lost_on_kill"] += packets
 
     def stage(self, stage: str, packets: int, per_if: dict[str, tuple[int, int]] | None = None) -> None:
         """A batch passed `stage` ("queued", "spooled")."""

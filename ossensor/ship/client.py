@@ -2,8 +2,9 @@
 
 Outcomes are classified so the caller can count them: acknowledged (200, or 409
 "already have it" after a retry whose answer was lost), refused (401/403/4xx: wrong
-key, stale clock, malformed — retrying cannot help), or retry (connection errors,
-timeouts, 5xx).
+key, stale clock, malformed — retrying cannot help; 413 and a batch larger than the
+vSensor's known body limit: "batch too large for the vSensor (N > M bytes)", see
+ship/body_limit.py), or retry (connection errors, timeouts, 5xx).
 
 Everything goes through urllib3 directly: requests, built on it, cost more CPU per signed POST
 (shipping thread, local vSensor over TLS: 109 KB 0.7-0.8 -> 0.4 ms, 4 MiB 5.4-7.2 -> 4.6-4.9 ms) and
@@ -22,6 +23,7 @@ import urllib3
 from urllib3 import exceptions as U3
 
 from ossensor import __version__, protocol
+from ossensor.ship import body_limit
 from ossensor.ship.proxy import url_host
 
 
@@ -70,6 +72,8 @@ class Shipper:
             self._manager = urllib3.PoolManager(**pool, **tls)
         self._pool = self._manager.connection_from_url(self.base)
         self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
+        # the vSensor's body limit: protocol.MAX_BODY, lowered by what /v1/hello or a 413 says
+        self.limit = body_limit.BodyLimit()
 
     @classmethod
     def for_settings(cls, s, *, boot: str, proxy: str | None, connections: int = 1) -> "Shipper":
@@ -122,6 +126,12 @@ class Shipper:
         rtt = time.monotonic() - t0
         status = resp.status
         reason = _reason(resp.data)
+        if status == 200 and path == protocol.PATH_HELLO:
+            self.limit.learn(body_limit.announced(resp.data))
+        if status == 413:  # refused as too large: say so, learn the limit it names, never retry it
+            limit = body_limit.from_reason(reason)
+            self.limit.learn(limit)
+            return Outcome("refused", 413, body_limit.too_large(len(body), limit or self.limit.value), rtt)
         if status == 200:
             return Outcome("acked", 200, reason or "accepted", rtt)
         if status == 409:
@@ -140,7 +150,17 @@ class Shipper:
 
     def send(self, seq: int, body: bytes, *, boot: str | None = None, sensor: str | None = None,
              encoding: str = "identity") -> Outcome:
-        return self._post(protocol.PATH_BATCHES, seq, body, boot=boot, sensor=sensor, encoding=encoding)
+        if not self.limit.fits(len(body)):  # the vSensor would answer 413 (or close mid-body): not sent
+            return Outcome("refused", 413, body_limit.too_large(len(body), self.limit.value), 0.0)
+        out = self._post(protocol.PATH_BATCHES, seq, body, boot=boot, sensor=sensor, encoding=encoding)
+        if out.kind == "retry" and out.status is None and len(body) > body_limit.MIN_LIMIT:
+            # A vSensor refusing a body as too large answers 413 and closes before reading it: over TLS
+            # the sender often sees only the connection end (EOF, reset) mid-body. Ask its limit (hello)
+            # before calling that a connection failure.
+            self.hello()
+            if not self.limit.fits(len(body)):
+                return Outcome("refused", 413, body_limit.too_large(len(body), self.limit.value), out.rtt)
+        return out
 
     def hello(self) -> Outcome:
         return self._post(protocol.PATH_HELLO, 0, b"")

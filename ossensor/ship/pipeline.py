@@ -124,6 +124,14 @@ class Pipeline:
                               f"{f', {len(torn)} torn files skipped' if torn else ''}")
         return len(batches)
 
+    def learn_limit(self) -> int:
+        """Ask the vSensor (POST /v1/hello) how large a batch it takes; the Shipper keeps the answer
+        (ship/body_limit.py) and tells whoever cuts batches. Returns the limit now in force."""
+        out = self.client.hello()
+        self.log(L.SENDS, f"hello -> {out.status or '-'} {out.kind}: {out.reason} rtt_ms={out.rtt * 1000:.1f} "
+                          f"body_limit={self.client.limit.value}")
+        return self.client.limit.value
+
     def start(self) -> list[threading.Thread]:
         for i in range(self.senders):
             t = threading.Thread(target=self.run, name="shipper" if i == 0 else f"shipper-{i}", daemon=True)
