@@ -457,7 +457,7 @@ class Replay:
             self.progress.update(os.path.basename(path), done_before + reader.offset,
                                  self.totals.passed + reader.packets_passed)
 
-    def _cut_pieces(self, reader, sink, delivered, epbs, max_epb_bytes: int, interfaces, per_if) -> None:
+    def _cut_pieces(self, reader, sink, delivered, epbs, max_epb_bytes: int, interfaces, snaplens) -> None:
         """One batch per slice of `epbs` that fits (body_limit.split_epbs); counts per interface recounted
         per slice (per-block Python: only when the limit was crossed)."""
         for piece in body_limit.split_epbs(epbs, max(1, max_epb_bytes)):
@@ -475,7 +475,7 @@ class Replay:
                 first_ns = ts if first_ns is None else first_ns
                 last_ns = ts
             self.seq += 1
-            body = section(interfaces, self.s.snaplen, bytes(piece), ts_ns=time.time_ns(),
+            body = section(interfaces, snaplens, bytes(piece), ts_ns=time.time_ns(),
                            delivered=[delivered.get(i, 0) for i in range(len(interfaces))],
                            kernel_seen=reader.packets_passed, kernel_drops=0)
             with self.totals.lock:
@@ -485,7 +485,7 @@ class Replay:
                                 f"(one of several: the vSensor takes at most {sink.body_limit()} bytes)")
             batch = Batch(self.seq, body, packets, captured, first_ns or 0, last_ns, time.monotonic())
             batch.per_if = {name: (p, b) for name, (p, b) in counts.items()}
-            sink.put(batch, interfaces, 0)
+            sink.put(batch, interfaces, 0, reader.snaplens)
 
     def _cut(self, reader, sink, delivered: dict[int, int], base: int) -> None:
         if not reader.batch_packets:
@@ -507,10 +507,11 @@ class Replay:
             # SHB, IDBs and ISBs around the EPBs must fit the vSensor's limit too: the EPBs were cut
             # FRAMING_ROOM short of it; a section still too large (a limit learnt later, or very many
             # interfaces) goes as several
-            head = len(section(interfaces, self.s.snaplen, b"", ts_ns=0, delivered=[0] * len(interfaces),
+            snaplens = [min(self.s.snaplen, snap) for snap in reader.snaplens]
+            head = len(section(interfaces, snaplens, b"", ts_ns=0, delivered=[0] * len(interfaces),
                                kernel_seen=0, kernel_drops=0))
             if head + len(epbs) > limit:
-                self._cut_pieces(reader, sink, delivered, epbs, limit - head - 256, interfaces, per_if)
+                self._cut_pieces(reader, sink, delivered, epbs, limit - head - 256, interfaces, snaplens)
                 return
         self.seq += 1
         captured = sum(b for _, b in per_if)
