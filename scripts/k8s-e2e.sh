@@ -96,7 +96,7 @@ teardown() {
 trap teardown EXIT
 trap 'exit 130' INT TERM
 
-[ ! -e /run/netns/$NODE_NS ] || fail "namespace $NODE_NS exists: a previous run was killed; delete it (ip netns del $NODE_NS)"
+[ ! -e /run/netns/$NODE_NS ] || fail "namespace $NODE_NS was left by a killed run: removed now with the rest of its state; run again"
 rm -rf "$E" "$R"
 mkdir -p "$E/logs" "$E/pki" "$E/etc" "$E/cni" "$E/kubelet/seccomp" "$R/containerd"
 
