@@ -19,6 +19,7 @@ K8S_CACHE=${OSSENSOR_K8S_CACHE:-/var/cache/ossensor-k8s}
 MODE=${1:-run}
 case "$MODE" in run|build) ;; *) echo "usage: $0 [run|build]" >&2; exit 2 ;; esac
 [ "$(id -u)" = 0 ] || { echo "k8s-e2e: needs root (network namespaces, containerd, kubelet)" >&2; exit 2; }
+command -v kubectl >/dev/null || { echo "k8s-e2e: needs a kubectl with kustomize v4+ on PATH to render daemonset/overlays/e2e" >&2; exit 2; }
 
 # -- fixed names: one run at a time (a lock), all of them ours ----------------------------------------------
 E=/var/lib/ossensor-e2e                 # state: etcd, pki, containerd root, kubelet root (the overlay names it)
@@ -66,8 +67,11 @@ teardown() {
     trap - EXIT INT TERM
     if [ $rc != 0 ] && [ -d "$E/logs" ]; then
         k8s_log "failed (status $rc); the last lines of each log:"
-        for p in "$E"/logs/*.log; do echo "== $p"; tail -n 15 "$p"; done >&2
+        for p in "$E"/logs/*.log; do echo "== $p"; grep -v ' not found$' "$p" | tail -n 8; done >&2
         mkdir -p "$K8S_CACHE/last-failure" && cp -r "$E/logs" "$K8S_CACHE/last-failure/" 2>/dev/null
+    fi
+    if [ $rc != 0 ] && [ -S "$SOCK" ]; then
+        for p in talker sink; do echo "== pod $p"; kc describe pod $p | tail -n 12; kc logs $p --tail=10; done >&2 2>/dev/null
     fi
     if [ -S "$SOCK" ]; then   # containers first, while containerd still runs
         for c in $("${CTR[@]}" tasks ls -q 2>/dev/null); do "${CTR[@]}" tasks kill -s KILL "$c" >/dev/null 2>&1; done
@@ -135,9 +139,9 @@ wait_until 30 "the vSensor listening" grep -q "listening on" "$E/logs/vsensor.lo
     openssl genrsa -out sa.key 2048 2>/dev/null
     openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
     : > tokens.csv
-    for who in admin:admin:system:masters kubelet:system:node:$NODE:system:nodes \
-               controller-manager:system:kube-controller-manager: scheduler:system:kube-scheduler:; do
-        name=${who%%:*}; rest=${who#*:}; group=${rest##*:}; user=${rest%:*}
+    for who in "admin|admin|system:masters" "kubelet|system:node:$NODE|system:nodes" \
+               "controller-manager|system:kube-controller-manager|system:masters" "scheduler|system:kube-scheduler|"; do
+        IFS='|' read -r name user group <<<"$who"
         tok=$(openssl rand -hex 16)
         echo "$tok,$user,uid-$name${group:+,\"$group\"}" >> tokens.csv
         cat > "$name.kubeconfig" <<K
@@ -197,7 +201,7 @@ state = "$R/containerd/state"
 C
 cat > "$E/cni/10-ossensor-e2e.conflist" <<C
 {"cniVersion": "0.4.0", "name": "ossensor-e2e", "plugins": [
-  {"type": "bridge", "bridge": "oss23br", "isGateway": true, "ipMasq": false,
+  {"type": "bridge", "bridge": "oss23br", "isGateway": true, "isDefaultGateway": true, "ipMasq": false,
    "ipam": {"type": "host-local", "ranges": [[{"subnet": "$POD_CIDR"}]], "dataDir": "$E/cni-ipam"}},
   {"type": "loopback"}]}
 C
@@ -217,11 +221,14 @@ pass "node $NODE Ready $t s after the kubelet started"
 wait_until 60 "the default service account" kc -n default get serviceaccount default >/dev/null
 
 # -- the sensor: the project's manifests (overlay e2e) -------------------------------------------------------
-kc create namespace ossensor >/dev/null
+kc create namespace ossensor --save-config >/dev/null
 echo -n "$KEY" > "$E/key"
 kc -n ossensor create secret generic ossensor-hmac --from-file=hmac-key="$E/key" --from-file=ca.pem="$E/vs/ca.pem" >/dev/null
 t_apply=$SECONDS
-kc apply -k "$ROOT/daemonset/overlays/e2e" >/dev/null
+# kubectl 1.20's built-in kustomize (v2) predates inline `patches:`: the machine's newer kubectl renders the
+# overlay (as `kubectl apply -k` does today) and the cluster's kubectl applies it
+render_overlay() { kubectl kustomize "$ROOT/daemonset/overlays/e2e"; }
+render_overlay | kc apply -f - >/dev/null
 pod_ready() { [ "$(kc -n ossensor get pod "$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]; }
 wait_ready_pod() { # echoes the Running and Ready pod that is not $1
     local p
@@ -288,11 +295,14 @@ t_hp=$SECONDS
 wait_until 15 "the sensor adding the new pod's veth (hot-plug)" \
     bash -c "[ \$(${KC[*]@Q} -n ossensor logs $POD -c ossensor | grep -c ' interface veth.*: capturing (') -gt $n_before ]" >/dev/null
 pass "hot-plug: the sink pod's veth captured $((SECONDS - t_hp)) s after the pod Running: $(captured_ifaces | tail -n 1)"
-pod_yaml talker "import socket, time
+pod_yaml talker "import socket, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 while True:
-    s.sendto(b'ossensor-e2e-pod-to-pod', ('$SINK_IP', 9999))
-    s.sendto(b'ossensor-e2e-pod-to-outside', ('$VS_IP', 9999))
+    for msg, dst in ((b'ossensor-e2e-pod-to-pod', '$SINK_IP'), (b'ossensor-e2e-pod-to-outside', '$VS_IP')):
+        try:
+            s.sendto(msg, (dst, 9999))
+        except OSError as err:
+            print(dst, err, file=sys.stderr, flush=True)
     time.sleep(0.5)" | kc apply -f - >/dev/null
 wait_until 60 "pod talker Running" bash -c "${KC[*]@Q} get pod talker -o jsonpath='{.status.phase}' | grep -qx Running" >/dev/null
 vs_check() { PYTHONPATH="$ROOT" python3 "$ROOT/scripts/k8s-e2e/vsensor_check.py" "$E/vs" $VS_IP $VS_PORT \
@@ -343,7 +353,7 @@ PIDS+=("logs-follower:$follower")
 sleep 1
 grace=$(kc -n ossensor get pod "$POD" -o jsonpath='{.spec.terminationGracePeriodSeconds}')
 t=$SECONDS
-kc delete -k "$ROOT/daemonset/overlays/e2e" --wait=false >/dev/null
+render_overlay | kc delete -f - --wait=false >/dev/null
 wait_until 60 "the sensor pod gone" bash -c "! ${KC[*]@Q} -n ossensor get pod $POD" >/dev/null
 took=$((SECONDS - t))
 wait "$follower" 2>/dev/null || true
