@@ -223,7 +223,8 @@ wait_until 60 "the default service account" kc -n default get serviceaccount def
 # -- the sensor: the project's manifests (overlay e2e) -------------------------------------------------------
 kc create namespace ossensor --save-config >/dev/null
 echo -n "$KEY" > "$E/key"
-kc -n ossensor create secret generic ossensor-hmac --from-file=hmac-key="$E/key" --from-file=ca.pem="$E/vs/ca.pem" >/dev/null
+kc -n ossensor create secret generic ossensor-hmac --from-file=hmac-key="$E/key" --from-file=ca.pem="$E/vs/ca.pem" \
+    --save-config >/dev/null
 t_apply=$SECONDS
 # kubectl 1.20's built-in kustomize (v2) predates inline `patches:`: the machine's newer kubectl renders the
 # overlay (as `kubectl apply -k` does today) and the cluster's kubectl applies it
@@ -331,7 +332,7 @@ t=$(wait_until 120 "the wrong key reaching the pod's Secret volume" \
 if d=$(kc -n ossensor exec "$POD" -c ossensor -- ossensor diagnose 2>&1); then fail "ossensor diagnose passed with a wrong key"; fi
 grep -q "VSENSOR_HMAC_KEY" <<<"$d" || fail "ossensor diagnose with a wrong key does not name the key:
 $d"
-pass "wrong key in the Secret (reached the pod in $t s): diagnose fails naming it: $(grep -m1 VSENSOR_HMAC_KEY <<<"$d")"
+pass "wrong key in the Secret (reached the pod in $t s): diagnose fails naming it: $(grep -m1 "refuses" <<<"$d" || grep -m1 VSENSOR_HMAC_KEY <<<"$d")"
 kc -n ossensor create secret generic ossensor-hmac --from-file=hmac-key="$E/key" --from-file=ca.pem="$E/vs/ca.pem" \
     --dry-run=client -o yaml | kc apply -f - >/dev/null
 wait_until 120 "the right key back in the pod" \
@@ -359,10 +360,9 @@ took=$((SECONDS - t))
 wait "$follower" 2>/dev/null || true
 grep -q "stopping: flushing the last batch" "$E/logs/last-pod.log" || fail "delete: no 'stopping' line (SIGTERM not handled?)"
 fin=$(grep " L0 final stats " "$E/logs/last-pod.log") || fail "delete: no final stats line"
-grep -Eq "signal=SIGTERM|SIGTERM" "$E/logs/last-pod.log" || k8s_log "note: the log does not name SIGTERM"
 cap=$(grep -Eo "captured=[0-9]+" <<<"$fin" | cut -d= -f2); ack=$(grep -Eo "acked=[0-9]+" <<<"$fin" | cut -d= -f2)
 [ "$took" -le "$grace" ] || fail "delete: the pod took $took s, over its grace period ($grace s)"
 { [ -n "$cap" ] && [ "$cap" = "$ack" ]; } || fail "delete: the last batch was not all acknowledged: $fin"
-pass "kubectl delete: SIGTERM handled, last batch flushed (captured=$cap acked=$ack), pod gone in $took s (grace $grace s)"
+pass "kubectl delete: stopped on the kubelet's SIGTERM ('stopping' line), last batch flushed (captured=$cap acked=$ack), pod gone in $took s (grace $grace s)"
 
 k8s_log "all checks passed in $((SECONDS - T0)) s"
