@@ -19,6 +19,7 @@ command -v runc >/dev/null || need_apt+=(runc)
 command -v debootstrap >/dev/null || need_apt+=(debootstrap)
 command -v capsh >/dev/null || need_apt+=(libcap2-bin)
 command -v strace >/dev/null || need_apt+=(strace)
+command -v shellcheck >/dev/null || need_apt+=(shellcheck)  # the k8s e2e scripts (tests/test_k8s_e2e.py)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
