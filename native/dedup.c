@@ -1,0 +1,159 @@
+/* Duplicate suppression: the identity of a packet and the table of recent ones (dedup.h). */
+#include "dedup.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#define LT_ETHERNET 1
+#define LT_RAW 101
+#define LT_IPV4 228
+#define LT_IPV6 229
+
+struct dd_table *dd_new(unsigned window_ms)
+{
+    /* mmap, not calloc: the table's pages are zero and faulted in only as sets are used */
+    void *p = mmap(NULL, sizeof(struct dd_table), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    struct dd_table *t = p;
+    t->window_ns = (uint64_t)window_ms * 1000000ull;
+    t->refs = 1;
+    return t;
+}
+
+struct dd_table *dd_share(struct dd_table *t)
+{
+    __atomic_add_fetch(&t->refs, 1, __ATOMIC_ACQ_REL);
+    __atomic_store_n(&t->shared, 1, __ATOMIC_RELEASE);
+    return t;
+}
+
+void dd_release(struct dd_table *t)
+{
+    if (t && __atomic_sub_fetch(&t->refs, 1, __ATOMIC_ACQ_REL) == 0)
+        munmap(t, sizeof *t);
+}
+
+/* The hash: wyhash's 64x64->128 multiply-fold over 16-byte steps, the length folded in last. */
+#define K0 0xa0761d6478bd642full
+#define K1 0xe7037ed1a0b428dbull
+#define K2 0x8ebc6af09c88c6e3ull
+
+static inline uint64_t mum(uint64_t a, uint64_t b)
+{
+    __uint128_t r = (__uint128_t)a * b;
+    return (uint64_t)r ^ (uint64_t)(r >> 64);
+}
+
+static inline uint64_t load64(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
+/* Bytes [0, n) of p, where bytes of the first 16 are masked by m0, m1 (little-endian words). */
+static uint64_t hash_masked(const uint8_t *p, uint32_t n, uint64_t m0, uint64_t m1, uint64_t seed)
+{
+    uint64_t h = seed ^ K0;
+    uint32_t i = 0;
+    uint8_t tail[16];
+    for (; i + 16 <= n; i += 16) {
+        uint64_t a = load64(p + i), b = load64(p + i + 8);
+        if (i == 0) {
+            a &= m0;
+            b &= m1;
+        }
+        h = mum(a ^ K1, b ^ h);
+    }
+    if (i < n) {
+        memset(tail, 0, sizeof tail);
+        memcpy(tail, p + i, n - i);
+        uint64_t a = load64(tail), b = load64(tail + 8);
+        if (i == 0) {
+            a &= m0;
+            b &= m1;
+        }
+        h = mum(a ^ K1, b ^ h);
+    }
+    return mum(h ^ K2, (uint64_t)n ^ K1);
+}
+
+uint64_t dd_identity(const uint8_t *data, uint32_t caplen, uint32_t wirelen, int linktype, uint32_t *len)
+{
+    uint32_t off = 0;
+    int ip = 0; /* 4 or 6 */
+    if (linktype == LT_ETHERNET && caplen >= 14) {
+        uint16_t et = (uint16_t)(data[12] << 8 | data[13]);
+        off = 14;
+        while ((et == 0x8100 || et == 0x88a8) && caplen >= off + 4) { /* tags left in the frame */
+            et = (uint16_t)(data[off + 2] << 8 | data[off + 3]);
+            off += 4;
+        }
+        ip = et == 0x0800 ? 4 : et == 0x86dd ? 6 : 0;
+    } else if ((linktype == LT_RAW || linktype == LT_IPV4 || linktype == LT_IPV6) && caplen >= 1) {
+        ip = data[0] >> 4;
+    }
+    if (ip == 4 && caplen >= off + 20 && (data[off] >> 4) == 4) {
+        *len = caplen - off;
+        /* TTL (byte 8) and header checksum (10, 11): in the second word */
+        return hash_masked(data + off, caplen - off, ~0ull, ~0x00000000ffff00ffull, wirelen - off);
+    }
+    if (ip == 6 && caplen >= off + 40 && (data[off] >> 4) == 6) {
+        *len = caplen - off;
+        /* hop limit (byte 7): the first word's top byte */
+        return hash_masked(data + off, caplen - off, ~(0xffull << 56), ~0ull, wirelen - off);
+    }
+    *len = caplen;
+    return hash_masked(data, caplen, ~0ull, ~0ull, (uint64_t)wirelen | (uint64_t)1 << 40);
+}
+
+static inline void lock(struct dd_table *t, unsigned s)
+{
+    while (__atomic_test_and_set(&t->locks[s], __ATOMIC_ACQUIRE)) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
+}
+
+static inline void unlock(struct dd_table *t, unsigned s)
+{
+    __atomic_clear(&t->locks[s], __ATOMIC_RELEASE);
+}
+
+int dd_check(struct dd_table *t, uint64_t key, uint32_t len, uint64_t ns, int ifindex)
+{
+    unsigned s = (unsigned)(key >> 32) & (DD_SETS - 1);
+    int shared = __atomic_load_n(&t->shared, __ATOMIC_RELAXED);
+    if (shared)
+        lock(t, s % DD_LOCKS);
+    struct dd_entry *set = t->set[s], *victim = &set[0];
+    int dup = 0;
+    for (unsigned w = 0; w < DD_WAYS; w++) {
+        struct dd_entry *e = &set[w];
+        if (e->key == key && e->len == len && e->ns) {
+            uint64_t age = ns > e->ns ? ns - e->ns : e->ns - ns;
+            if (age <= t->window_ns && e->ifindex != ifindex) {
+                dup = 1; /* a copy: the entry stays the first copy's */
+                goto out;
+            }
+            victim = e; /* the same interface again, or too old: a new packet, renews the entry */
+            break;
+        }
+        if (e->ns < victim->ns)
+            victim = e;
+    }
+    victim->key = key;
+    victim->len = len;
+    victim->ns = ns;
+    victim->ifindex = ifindex;
+out:
+    if (shared)
+        unlock(t, s % DD_LOCKS);
+    return dup;
+}

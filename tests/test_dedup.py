@@ -1,0 +1,171 @@
+"""Issue 19: a node's topology (tests/node_topology.py), each packet once.
+
+The sensor runs in the node namespace with its default selection (every interface but lo) and
+NETWORK_DEVICE_ANY=1, BPF `udp` so that the counts are exactly the test's datagrams. The vSensor
+runs there too, on loopback (not selected)."""
+
+from __future__ import annotations
+
+import collections
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from support import KEY, ROOT, Proc, sensor_env, vsensor_packets
+from node_topology import NodeTopology, wait_until
+
+pytestmark = pytest.mark.timeout(240)
+
+N = 1000
+MARK = re.compile(rb"(p2p|out|routed|same[a-z0-9]*|podA|podB)-(?:([0-9]{8})-)?")
+
+
+def stored(out: Path) -> collections.Counter:
+    """(flow, seq) -> copies the vSensor stored, over the test's datagrams."""
+    c: collections.Counter = collections.Counter()
+    for _, p in vsensor_packets(out):
+        m = MARK.search(p.data[42:60])  # Ethernet 14 + IPv4 20 + UDP 8: the payload's start
+        if m:
+            c[(m.group(1).decode(), m.group(2))] += 1
+    return c
+
+
+class Node:
+    """The topology with the vSensor and the sensor running in its node namespace."""
+
+    def __init__(self, tmp: Path, threads: int = 1, **env):
+        self.tmp, self.threads, self.env = tmp, threads, env
+
+    def __enter__(self):
+        self.topo = NodeTopology().__enter__()
+        self.procs: list[Proc] = []
+        try:
+            self.out = self.tmp / "vs"
+            vs = self._spawn([sys.executable, "-m", "ossensor", "vsensor", "--listen", "127.0.0.1:0",
+                              "--out", str(self.out)], {"VSENSOR_HMAC_KEY": KEY})
+            port = int(vs.wait_for(r"listening on https://127\.0\.0\.1:(\d+)").group(1))
+            env = sensor_env(None, self.tmp, port, NETWORK_DEVICE_ANY="1", BPF="udp",
+                             OSSENSOR_CAPTURE_THREADS=str(self.threads), **self.env)
+            self.sensor = self._spawn([sys.executable, "-m", "ossensor", "run"], env)
+            self.sensor.wait_for(r"capturing on", timeout=30)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _spawn(self, argv, env):
+        p = Proc(argv, env=env, netns=self.topo.node)
+        self.procs.append(p)
+        return p
+
+    def stop(self) -> dict[str, int]:
+        """Stop the sensor; the final stats line's numbers."""
+        assert self.sensor.stop(30) == 0, self.sensor.output
+        line = [ln for ln in self.sensor.lines if "final stats" in ln][-1]
+        return {k: int(v) for k, v in re.findall(r" (captured|duplicates|acked)=(\d+)", line)}
+
+    def __exit__(self, *exc):
+        for p in self.procs:
+            p.kill()
+        self.topo.__exit__()
+
+
+def three_flows(node: Node) -> None:
+    t = node.topo
+    t.send_udp(0, t.pod_ip[1], N, tag="p2p")       # pod -> pod over the bridge: vethpod1, vethpod2
+    t.send_udp(0, t.outside_ip, N, tag="out")      # pod -> outside: vethpod1, cni0, eth0 (routed)
+    t.send_udp(0, t.pod_ip[2], N, tag="routed")    # pod -> routed pod: vethpod1, cni0, cali0001
+
+
+def wait_stored(node: Node, total: int, timeout: float = 30) -> collections.Counter:
+    wait_until(lambda: sum(stored(node.out).values()) >= total, timeout, 0.5)
+    return stored(node.out)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_each_packet_once_dedup_on(tmp_path, threads):
+    with Node(tmp_path, threads=threads) as node:
+        three_flows(node)
+        got = wait_stored(node, 3 * N)
+        stats = node.stop()
+        got = stored(node.out)
+    for flow in ("p2p", "out", "routed"):
+        seqs = {s: n for (f, s), n in got.items() if f == flow}
+        assert len(seqs) == N, (flow, len(seqs))
+        assert set(seqs.values()) == {1}, (flow, collections.Counter(seqs.values()))
+    # every copy beyond the first is counted: 1 + 2 + 2 per datagram (see three_flows)
+    assert stats["captured"] == 3 * N, stats
+    assert stats["duplicates"] == 5 * N, stats
+
+
+def test_every_copy_with_dedup_off(tmp_path):
+    with Node(tmp_path, OSSENSOR_DEDUP="off") as node:
+        three_flows(node)
+        wait_stored(node, 8 * N)
+        stats = node.stop()
+        got = stored(node.out)
+    per_flow = collections.Counter()
+    for (f, _), n in got.items():
+        per_flow[f] += n
+    assert per_flow == {"p2p": 2 * N, "out": 3 * N, "routed": 3 * N}, per_flow
+    assert stats["captured"] == 8 * N and stats["duplicates"] == 0, stats
+    # what dedup removes (test above: 5 * N duplicates) is exactly this difference
+    assert sum(per_flow.values()) - 3 * N == 5 * N
+
+
+def test_identical_datagrams_on_one_path_all_arrive(tmp_path):
+    """300 byte-identical datagrams 3 ms apart (well inside the 20 ms window): the same bytes on
+    the same interface are new packets; their copies on the other port are not."""
+    with Node(tmp_path) as node:
+        t = node.topo
+        t.send_udp(0, t.pod_ip[1], 300, gap_s=0.003, tag="same", sport=40001)
+        wait_stored(node, 300)
+        stats = node.stop()
+        got = stored(node.out)
+    assert got[("same", None)] == 300, got
+    assert stats["duplicates"] == 300, stats
+
+
+def test_two_pods_identical_payloads_both_arrive(tmp_path):
+    """Two pods send the same payload, from the same port, to one destination: distinct packets
+    (their source addresses differ), both kept."""
+    with Node(tmp_path) as node:
+        t = node.topo
+        for pod in (0, 1):
+            t.send_udp(pod, t.pod_ip[2], 200, tag="samepods", sport=40002)
+        wait_stored(node, 400)
+        node.stop()
+        pkts = [p for _, p in vsensor_packets(node.out) if b"samepods-" in p.data]
+    by_src = collections.Counter(bytes(p.data[26:30]) for p in pkts)
+    assert sorted(by_src.values()) == [200, 200], by_src
+
+
+@pytest.mark.parametrize("name,value,expect", [
+    ("OSSENSOR_DEDUP", "maybe", "must be on or off"),
+    ("OSSENSOR_DEDUP_WINDOW_MS", "0", "1-1000"),
+    ("OSSENSOR_DEDUP_WINDOW_MS", "5000", "1-1000"),
+    ("OSSENSOR_DEDUP_WINDOW_MS", "20ms", "1-1000"),
+])
+def test_bad_values_one_line_exit_2(tmp_path, name, value, expect):
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OSSENSOR_", "VSENSOR_"))}
+    env.update(PYTHONPATH=str(ROOT), VSENSOR_HOSTNAME="127.0.0.1", VSENSOR_HMAC_KEY=KEY,
+               OSSENSOR_CONFIG_PATH=str(tmp_path / "o.cfg"), **{name: value})
+    r = subprocess.run([sys.executable, "-m", "ossensor", "run"], env=env, capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()]
+    assert len(lines) == 1 and name in lines[0] and expect in lines[0] and "Traceback" not in lines[0], lines
+
+
+def test_settings_defaults():
+    from ossensor.config.settings import Settings
+
+    s = Settings(VSENSOR_HOSTNAME="h", VSENSOR_HMAC_KEY=KEY)
+    assert s.dedup is True and s.dedup_window_ms == 20
+    s = Settings(VSENSOR_HOSTNAME="h", VSENSOR_HMAC_KEY=KEY, OSSENSOR_DEDUP="off", OSSENSOR_DEDUP_WINDOW_MS="5")
+    assert s.dedup is False and s.dedup_window_ms == 5
