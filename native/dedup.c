@@ -4,7 +4,6 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #define LT_ETHERNET 1
 #define LT_RAW 101
@@ -13,13 +12,12 @@
 
 struct dd_table *dd_new(unsigned window_ms)
 {
-    /* mmap, not calloc: the table's pages are zero and faulted in only as sets are used */
-    void *p = mmap(NULL, sizeof(struct dd_table), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) {
+    /* calloc of this size is a fresh zero mapping: pages are faulted in only as sets are used */
+    struct dd_table *t = calloc(1, sizeof *t);
+    if (!t) {
         errno = ENOMEM;
         return NULL;
     }
-    struct dd_table *t = p;
     t->window_ns = (uint64_t)window_ms * 1000000ull;
     t->refs = 1;
     return t;
@@ -35,7 +33,7 @@ struct dd_table *dd_share(struct dd_table *t)
 void dd_release(struct dd_table *t)
 {
     if (t && __atomic_sub_fetch(&t->refs, 1, __ATOMIC_ACQ_REL) == 0)
-        munmap(t, sizeof *t);
+        free(t);
 }
 
 /* The hash: wyhash's 64x64->128 multiply-fold over 16-byte steps, the length folded in last. */

@@ -7,13 +7,14 @@ runs there too, on loopback (not selected)."""
 from __future__ import annotations
 
 import collections
+import os
 import re
 import sys
 from pathlib import Path
 
 import pytest
 
-from support import KEY, ROOT, Proc, sensor_env, vsensor_packets
+from support import KEY, NATIVE_PRELUDE, ROOT, Proc, sensor_env, vsensor_packets
 from node_topology import NodeTopology, wait_until
 
 pytestmark = pytest.mark.timeout(240)
@@ -48,7 +49,10 @@ class Node:
             port = int(vs.wait_for(r"listening on https://127\.0\.0\.1:(\d+)").group(1))
             env = sensor_env(None, self.tmp, port, NETWORK_DEVICE_ANY="1", BPF="udp",
                              OSSENSOR_CAPTURE_THREADS=str(self.threads), **self.env)
-            self.sensor = self._spawn([sys.executable, "-m", "ossensor", "run"], env)
+            # in the ASan rerun (tests/asan.py, test_capture_load.py) the sanitized ossensor._native
+            argv = ([sys.executable, "-c", NATIVE_PRELUDE + "from ossensor.cli import main; raise SystemExit(main())",
+                     "run"] if os.environ.get("NATIVE_SO") else [sys.executable, "-m", "ossensor", "run"])
+            self.sensor = self._spawn(argv, env)
             self.sensor.wait_for(r"capturing on", timeout=30)
         except BaseException:
             self.__exit__()
@@ -149,7 +153,6 @@ def test_two_pods_identical_payloads_both_arrive(tmp_path):
     ("OSSENSOR_DEDUP_WINDOW_MS", "20ms", "1-1000"),
 ])
 def test_bad_values_one_line_exit_2(tmp_path, name, value, expect):
-    import os
     import subprocess
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OSSENSOR_", "VSENSOR_"))}
@@ -169,3 +172,29 @@ def test_settings_defaults():
     assert s.dedup is True and s.dedup_window_ms == 20
     s = Settings(VSENSOR_HOSTNAME="h", VSENSOR_HMAC_KEY=KEY, OSSENSOR_DEDUP="off", OSSENSOR_DEDUP_WINDOW_MS="5")
     assert s.dedup is False and s.dedup_window_ms == 5
+
+
+def test_interfaces_warns_about_overlaps():
+    """`ossensor interfaces` in the node: the bridge with its ports, the veths, a macvlan on the uplink
+    (this kernel has no 8021q module: a VLAN device is found the same way, by its lower device)."""
+    import json
+    import subprocess
+
+    with NodeTopology() as t:
+        subprocess.run(["ip", "-n", t.node, "link", "add", "link", t.uplink, "name", "mv0", "type", "macvlan",
+                        "mode", "bridge"], check=True, timeout=30)
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        argv = ["ip", "netns", "exec", t.node, sys.executable, "-m", "ossensor", "interfaces"]
+        plain = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+        js = subprocess.run(argv + ["--json"], capture_output=True, text=True, env=env, timeout=60)
+        off = subprocess.run(argv + ["--json"], capture_output=True, text=True, timeout=60,
+                             env=dict(env, OSSENSOR_DEDUP="off"))
+    assert plain.returncode == 0 and js.returncode == 0, plain.stderr + js.stderr
+    assert "warning: duplicate" in plain.stdout and "OSSENSOR_DEDUP=on" in plain.stdout, plain.stdout
+    dup = json.loads(js.stdout)["duplicate"]
+    kinds = {o["kind"]: o["interfaces"] for o in dup["overlaps"]}
+    assert kinds["bridge-ports"] == ["cni0", "vethpod1", "vethpod2"], kinds
+    assert kinds["lower-device"] == ["mv0", "eth0"], kinds
+    assert set(kinds["veths"]) == {"vethpod1", "vethpod2", "cali0001", "eth0"}, kinds
+    assert dup["dedup"] is True and "not a loss" in dup["advice"]
+    assert json.loads(off.stdout)["duplicate"]["dedup"] is False
