@@ -33,6 +33,18 @@ def stored(out: Path) -> collections.Counter:
     return c
 
 
+def isb_duplicates(out: Path) -> dict[str, int]:
+    """Per interface, the latest cumulative `duplicates` the vSensor read in the batches' ISBs."""
+    import json
+
+    last: dict[str, int] = {}
+    for line in (out / "batches.jsonl").read_text().splitlines():
+        for st in json.loads(line).get("stats", []):
+            if "duplicates" in st:
+                last[st["if_name"]] = max(last.get(st["if_name"], 0), st["duplicates"])
+    return last
+
+
 class Node:
     """The topology with the vSensor and the sensor running in its node namespace."""
 
@@ -102,6 +114,8 @@ def test_each_packet_once_dedup_on(tmp_path, threads):
     # every copy beyond the first is counted: 1 + 2 + 2 per datagram (see three_flows)
     assert stats["captured"] == 3 * N, stats
     assert stats["duplicates"] == 5 * N, stats
+    # ... and the vSensor receives the counts: cumulative per interface in the ISBs (not a loss)
+    assert sum(isb_duplicates(node.out).values()) == 5 * N, isb_duplicates(node.out)
 
 
 def test_every_copy_with_dedup_off(tmp_path):
