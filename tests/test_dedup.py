@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from support import KEY, NATIVE_PRELUDE, ROOT, Proc, sensor_env, vsensor_packets
+from support import KEY, NATIVE_PRELUDE, ROOT, Proc, free_port, sensor_env, vsensor_packets
 from node_topology import NodeTopology, wait_until
 
 pytestmark = pytest.mark.timeout(240)
@@ -43,6 +43,26 @@ def isb_duplicates(out: Path) -> dict[str, int]:
             if "duplicates" in st:
                 last[st["if_name"]] = max(last.get(st["if_name"], 0), st["duplicates"])
     return last
+
+
+def metrics(node: "Node", port: int, want_duplicates: int) -> str:
+    """/metrics from the node namespace, once it counts want_duplicates (the counts reach the
+    accounting when the reader cuts a batch: within OSSENSOR_BATCH_MAX_AGE_MS of the last copy)."""
+    import subprocess
+
+    code = f"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{port}/metrics', timeout=10).read().decode())"
+    text = ""
+
+    def done() -> bool:
+        nonlocal text
+        r = subprocess.run(["ip", "netns", "exec", node.topo.node, sys.executable, "-c", code], capture_output=True,
+                           text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        text = r.stdout
+        return sum(float(v) for v in re.findall(r"^ossensor_duplicates_total\{[^}]*\} (\S+)", text, re.M)) >= want_duplicates
+
+    wait_until(done, 15, 0.5)
+    return text
 
 
 class Node:
@@ -102,9 +122,11 @@ def wait_stored(node: Node, total: int, timeout: float = 30) -> collections.Coun
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_each_packet_once_dedup_on(tmp_path, threads):
-    with Node(tmp_path, threads=threads) as node:
+    port = free_port()
+    with Node(tmp_path, threads=threads, OSSENSOR_METRICS_PORT=str(port), OSSENSOR_METRICS_ADDR="127.0.0.1") as node:
         three_flows(node)
         got = wait_stored(node, 3 * N)
+        scrape = "\n".join(ln for ln in metrics(node, port, 5 * N).splitlines() if ln.startswith("ossensor_duplicates_total"))
         stats = node.stop()
         got = stored(node.out)
     for flow in ("p2p", "out", "routed"):
@@ -114,6 +136,9 @@ def test_each_packet_once_dedup_on(tmp_path, threads):
     # every copy beyond the first is counted: 1 + 2 + 2 per datagram (see three_flows)
     assert stats["captured"] == 3 * N, stats
     assert stats["duplicates"] == 5 * N, stats
+    # ... in the metrics, per interface (the copies: vethpod2 for the bridge flow; cni0 and eth0 or cali0001)
+    per_if = {m[0]: float(m[1]) for m in re.findall(r'interface="([^"]+)"} ([0-9.e+]+)', scrape)}
+    assert sum(per_if.values()) == 5 * N and set(per_if) <= {"cni0", "vethpod2", "cali0001", "eth0"}, scrape
     # ... and the vSensor receives the counts: cumulative per interface in the ISBs (not a loss)
     assert sum(isb_duplicates(node.out).values()) == 5 * N, isb_duplicates(node.out)
 
