@@ -12,13 +12,13 @@
 
 struct dd_table *dd_new(unsigned window_ms)
 {
-    /* calloc of this size is a fresh zero mapping: pages are faulted in only as sets are used */
-    struct dd_table *t = calloc(1, sizeof *t);
-    if (!t) {
+    void *p = NULL;
+    if (posix_memalign(&p, 64, sizeof(struct dd_table))) { /* sets on cache lines */
         errno = ENOMEM;
         return NULL;
     }
-    t->window_ns = (uint64_t)window_ms * 1000000ull;
+    struct dd_table *t = memset(p, 0, sizeof *t);
+    t->window_t = (uint32_t)(((uint64_t)window_ms * 1000000ull) >> DD_TICK_SHIFT);
     t->refs = 1;
     return t;
 }
@@ -81,7 +81,7 @@ static uint64_t hash_masked(const uint8_t *p, uint32_t n, uint64_t m0, uint64_t 
     return mum(h ^ K2, (uint64_t)n ^ K1);
 }
 
-uint64_t dd_identity(const uint8_t *data, uint32_t caplen, uint32_t wirelen, int linktype, uint32_t *len)
+uint64_t dd_identity(const uint8_t *data, uint32_t caplen, uint32_t wirelen, int linktype)
 {
     uint32_t off = 0;
     int ip = 0; /* 4 or 6 */
@@ -97,16 +97,13 @@ uint64_t dd_identity(const uint8_t *data, uint32_t caplen, uint32_t wirelen, int
         ip = data[0] >> 4;
     }
     if (ip == 4 && caplen >= off + 20 && (data[off] >> 4) == 4) {
-        *len = caplen - off;
         /* TTL (byte 8) and header checksum (10, 11): in the second word */
         return hash_masked(data + off, caplen - off, ~0ull, ~0x00000000ffff00ffull, wirelen - off);
     }
     if (ip == 6 && caplen >= off + 40 && (data[off] >> 4) == 6) {
-        *len = caplen - off;
         /* hop limit (byte 7): the first word's top byte */
         return hash_masked(data + off, caplen - off, ~(0xffull << 56), ~0ull, wirelen - off);
     }
-    *len = caplen;
     return hash_masked(data, caplen, ~0ull, ~0ull, (uint64_t)wirelen | (uint64_t)1 << 40);
 }
 
@@ -124,31 +121,35 @@ static inline void unlock(struct dd_table *t, unsigned s)
     __atomic_clear(&t->locks[s], __ATOMIC_RELEASE);
 }
 
-int dd_check(struct dd_table *t, uint64_t key, uint32_t len, uint64_t ns, int ifindex)
+int dd_check(struct dd_table *t, uint64_t key, uint64_t ns, int ifindex)
 {
     unsigned s = (unsigned)(key >> 32) & (DD_SETS - 1);
+    uint32_t now = (uint32_t)(ns >> DD_TICK_SHIFT) | 1; /* never 0: that marks an empty entry */
     int shared = __atomic_load_n(&t->shared, __ATOMIC_RELAXED);
     if (shared)
         lock(t, s % DD_LOCKS);
     struct dd_entry *set = t->set[s], *victim = &set[0];
+    uint32_t oldest = 0;
     int dup = 0;
     for (unsigned w = 0; w < DD_WAYS; w++) {
         struct dd_entry *e = &set[w];
-        if (e->key == key && e->len == len && e->ns) {
-            uint64_t age = ns > e->ns ? ns - e->ns : e->ns - ns;
-            if (age <= t->window_ns && e->ifindex != ifindex) {
+        int32_t d = (int32_t)(now - e->t); /* copies may be read out of order (several readers) */
+        uint32_t age = e->t ? (uint32_t)(d < 0 ? -d : d) : UINT32_MAX;
+        if (e->key == key && e->t) {
+            if (age <= t->window_t && e->ifindex != ifindex) {
                 dup = 1; /* a copy: the entry stays the first copy's */
                 goto out;
             }
             victim = e; /* the same interface again, or too old: a new packet, renews the entry */
             break;
         }
-        if (e->ns < victim->ns)
+        if (age >= oldest) {
+            oldest = age;
             victim = e;
+        }
     }
     victim->key = key;
-    victim->len = len;
-    victim->ns = ns;
+    victim->t = now;
     victim->ifindex = ifindex;
 out:
     if (shared)

@@ -8,10 +8,13 @@
  * without IP compare whole. The same identity again on the interface of the first copy is a
  * new packet (a retransmission, a repeated datagram): the entry then restarts from it.
  *
- * The table is fixed: DD_SETS sets of DD_WAYS entries (65,536 entries, 1.5 MiB), the oldest
- * entry of a set replaced. An entry holds a 64-bit hash of the identity and its length, so a
- * full table only ever misses duplicates (more copies kept), never suppresses a distinct packet
- * short of a 64-bit hash collision between two packets on different interfaces within the window.
+ * The table is fixed: DD_SETS sets of DD_WAYS entries (8,192 entries of 16 bytes, 128 KiB: it
+ * stays in the L2 cache while batches stream through the others), the oldest entry of a set
+ * replaced. The copies of one packet cross a node within microseconds, so an entry needs to
+ * outlive only the few packets captured meanwhile; the table holds about the last 8,000. An
+ * entry holds a 64-bit hash of the identity (its length folded in), so an overrun table only
+ * ever misses duplicates (more copies kept), never suppresses a distinct packet short of a
+ * 64-bit hash collision between two packets on different interfaces within the window.
  *
  * The readers of a fanout group share one table (dd_share): then every set is taken under a
  * spinlock (one of DD_LOCKS stripes); a table with one reader takes no lock. No Python here.
@@ -21,20 +24,20 @@
 
 #include <stdint.h>
 
-#define DD_SETS (1u << 14)
-#define DD_WAYS 4u
+#define DD_SETS (1u << 11)
+#define DD_WAYS 4u /* 4 x 16 bytes: a set is one cache line */
 #define DD_LOCKS 256u
+#define DD_TICK_SHIFT 10 /* entry times in units of 1.024 us, 32 bits: they wrap every 73 minutes */
 
 struct dd_entry {
-    uint64_t key; /* hash of the identity */
-    uint64_t ns;  /* capture time of the copy that made (or renewed) the entry; 0: empty */
+    uint64_t key;    /* hash of the identity (its length folded in) */
+    uint32_t t;      /* capture time of the copy that made (or renewed) the entry, in ticks; 0: empty */
     int32_t ifindex; /* interface of that copy */
-    uint32_t len;    /* length of the identity, in bytes */
 };
 
 struct dd_table {
-    struct dd_entry set[DD_SETS][DD_WAYS];
-    uint64_t window_ns;
+    struct dd_entry set[DD_SETS][DD_WAYS] __attribute__((aligned(64)));
+    uint32_t window_t; /* the window, in ticks */
     int refs;   /* rings using the table (atomic) */
     int shared; /* more than one reader: take the stripe locks */
     uint8_t locks[DD_LOCKS];
@@ -49,11 +52,11 @@ struct dd_table *dd_share(struct dd_table *t);
 void dd_release(struct dd_table *t);
 
 /* The identity hash of a packet of `caplen` captured bytes (wirelen on the wire) at `data`, of
- * pcapng link type `linktype`; *len gets the identity's length. */
-uint64_t dd_identity(const uint8_t *data, uint32_t caplen, uint32_t wirelen, int linktype, uint32_t *len);
+ * pcapng link type `linktype`. */
+uint64_t dd_identity(const uint8_t *data, uint32_t caplen, uint32_t wirelen, int linktype);
 
 /* 1 when the packet is a copy of one captured on another interface within the window (do not
  * write it); 0 when it is a new packet (it is remembered). */
-int dd_check(struct dd_table *t, uint64_t key, uint32_t len, uint64_t ns, int ifindex);
+int dd_check(struct dd_table *t, uint64_t key, uint64_t ns, int ifindex);
 
 #endif

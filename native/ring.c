@@ -437,10 +437,9 @@ static inline int write_epb(Ring *self, uint8_t *out, struct tpacket3_hdr *h)
     const uint8_t *data = (const uint8_t *)h + h->tp_mac;
     uint32_t caplen = h->tp_snaplen, wirelen = h->tp_len;
     uint64_t ns = (uint64_t)h->tp_sec * 1000000000ull + h->tp_nsec;
-    if (self->dd) {
-        uint32_t len;
-        uint64_t key = dd_identity(data, caplen, wirelen, self->ifs[id].linktype, &len);
-        if (dd_check(self->dd, key, len, ns, sll->sll_ifindex)) {
+    if (self->dd && self->n_ifs > 1) { /* one interface: no copy to meet */
+        uint64_t key = dd_identity(data, caplen, wirelen, self->ifs[id].linktype);
+        if (dd_check(self->dd, key, ns, sll->sll_ifindex)) {
             self->ifs[id].dup_packets++;
             self->ifs[id].dup_bytes += caplen;
             return 1;
