@@ -237,3 +237,70 @@ def test_interfaces_warns_about_overlaps():
     assert set(kinds["veths"]) == {"vethpod1", "vethpod2", "cali0001", "eth0"}, kinds
     assert dup["dedup"] is True and "not a loss" in dup["advice"]
     assert json.loads(off.stdout)["duplicate"]["dedup"] is False
+
+
+FANOUT_LB_SCRIPT = r"""
+import re, sys, threading, time
+sys.path.insert(0, sys.argv[1])
+exec(sys.argv[2])  # NATIVE_PRELUDE: the ASan build in the ASan rerun
+from ossensor import pcapng
+from ossensor.capture import fanout
+from ossensor.capture.fanout import FanoutCapture
+from ossensor.interfaces.netlink import enumerate_interfaces
+from ossensor.ops import log as L
+from ossensor.ship.accounting import Accounting
+
+fanout.PACKET_FANOUT_HASH = int(sys.argv[3])  # round robin: copies of one packet land on different rings
+acct = Accounting()
+cap = FanoutCapture(2, ring_bytes=8 << 20, block_timeout_ms=10, snaplen=262144, batch_bytes=1 << 20,
+                    batch_age_s=0.1, filter_expr="udp", log=L.Log(0), accounting=acct,
+                    dedup_window_ms=int(sys.argv[4]))
+cap.set_interfaces([i for i in enumerate_interfaces() if not i.loopback])
+bodies = []
+stop = threading.Event()
+cap.start()
+t = threading.Thread(target=cap.run, args=(stop, lambda b: bodies.append(bytes(b.body)), None, False))
+t.start()
+print("READY", flush=True)
+sys.stdin.readline()
+time.sleep(0.5)
+stop.set(); cap.wake(); t.join(10)
+
+seqs = {}
+for body in bodies:
+    for sec in pcapng.read_sections(body):
+        for p in sec.packets:
+            m = re.search(rb"lb-([0-9]{8})-", p.data)
+            if m:
+                seqs[m.group(1)] = seqs.get(m.group(1), 0) + 1
+print("RESULT", len(seqs), sum(seqs.values()), acct.duplicates, flush=True)
+"""
+
+
+@pytest.mark.parametrize("window", [20, 0])
+def test_fanout_round_robin_copies_meet_in_the_shared_table(window):
+    """Two rings in a PACKET_FANOUT_LB group (round robin: the copies of one packet are spread over
+    both rings, the worst case for a per-ring table): with the shared table each datagram is written
+    once; without dedup (window 0) every copy is."""
+    import subprocess
+
+    with NodeTopology() as t:
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        p = subprocess.Popen(["ip", "netns", "exec", t.node, sys.executable, "-c", FANOUT_LB_SCRIPT, str(ROOT / "tests"),
+                              NATIVE_PRELUDE if os.environ.get("NATIVE_SO") else "", "1", str(window)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        try:
+            assert p.stdout.readline().strip() == "READY"
+            t.send_udp(0, t.outside_ip, 500, tag="lb")  # 3 copies each: vethpod1, cni0, eth0
+            out, _ = p.communicate("go\n", timeout=60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+    m = re.search(r"RESULT (\d+) (\d+) (\d+)", out)
+    assert m, out
+    distinct, written, dups = map(int, m.groups())
+    assert distinct == 500, out
+    if window:
+        assert written == 500 and dups == 1000, out
+    else:
+        assert written == 1500 and dups == 0, out
