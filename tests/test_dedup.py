@@ -319,3 +319,15 @@ def test_snat_copies_are_not_recognised(tmp_path):
     seqs = {s: n for (f, s), n in got.items() if f == "out"}
     assert len(seqs) == 300 and set(seqs.values()) == {2}, collections.Counter(seqs.values())
     assert stats["duplicates"] == 300, stats  # the bridge's copy of the pod's packet
+
+
+@pytest.mark.timeout(420)
+def test_dedup_under_asan(tmp_path):
+    """The node tests that drive native/dedup.c through the ring (one reader, two sharing the table,
+    round robin over two rings, identical datagrams) again with ossensor._native built with
+    -fsanitize=address and leak checking (tests/asan.py, the sources setup.py declares)."""
+    import asan
+
+    so, libasan = asan.build(tmp_path, "ossensor._native")
+    asan.rerun([__file__], "NATIVE_SO", so, libasan, leaks_in=("ring.c", "ring_rx.c", "dedup.c"), timeout=400,
+               select="(each_packet_once or fanout_round or identical_datagrams) and not asan")
