@@ -2,6 +2,9 @@
 
 Each runs until SIGTERM, then prints one line `RESULT captured=N dropped=M` and exits.
   ossensor-null : ossensor's live capture (native ring → pcapng batches) into a null sink
+  ossensor-dedup: the same with duplicate suppression on (native/dedup.c, 20 ms window), on DEV and lo
+                  (with one interface the ring skips the table: no copy to meet); every packet hashed and
+                  looked up, none a duplicate (the worst case: every one inserted)
   pcapy         : pcapy-ng next_batch loop (libpcap, batches, Python per batch)
   scapy         : scapy sniff(store=False) (Python per packet)
 """
@@ -18,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 RING_MB = int(os.environ.get("BENCH_RING_MB", "64"))
 
 
-def ossensor_null(dev: str) -> None:
+def ossensor_null(dev: str, dedup_window_ms: int = 0) -> None:
     from ossensor.ops import log as L
     from ossensor.ship.accounting import Accounting
     from ossensor.capture.live import LiveCapture
@@ -26,8 +29,10 @@ def ossensor_null(dev: str) -> None:
 
     acct = Accounting()
     cap = LiveCapture(ring_bytes=RING_MB << 20, block_timeout_ms=10, snaplen=262144, batch_bytes=4 << 20,
-                      batch_age_s=1.0, filter_expr="", log=L.Log(0), accounting=acct)
-    cap.set_interfaces([i for i in enumerate_interfaces() if i.name == dev])
+                      batch_age_s=1.0, filter_expr="", log=L.Log(0), accounting=acct,
+                      dedup_window_ms=dedup_window_ms)
+    # dedup on: lo as well (idle here), so the table is used (the ring skips it for a single interface)
+    cap.set_interfaces([i for i in enumerate_interfaces() if i.name == dev or (dedup_window_ms and i.name == "lo")])
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     cap.start()
@@ -80,4 +85,5 @@ def scapy_sniff(dev: str) -> None:
 
 if __name__ == "__main__":
     kind, dev = sys.argv[1], sys.argv[2]
-    {"ossensor-null": ossensor_null, "pcapy": pcapy_loop, "scapy": scapy_sniff}[kind](dev)
+    {"ossensor-null": ossensor_null, "ossensor-dedup": lambda d: ossensor_null(d, 20), "pcapy": pcapy_loop,
+     "scapy": scapy_sniff}[kind](dev)

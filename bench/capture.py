@@ -11,6 +11,7 @@ between bursts, they answered a 4 MiB batch only after tens of ms):
 
   tcpdump        tcpdump -w /dev/null, 64 MiB ring (-B)
   ossensor-null  ossensor's capture only (native ring -> pcapng batches -> null sink)
+  ossensor-dedup the same, dedup on (OSSENSOR_DEDUP's table, native/dedup.c): "capture only, dedup on"
   ossensor-full  `ossensor run`: capture -> pcapng -> HMAC -> TLS -> reference vSensor (on loopback)
   tcpdump-socat  tcpdump -w - | socat - OPENSSL:vSensor  (the do-it-yourself full path)
   pcapy          pcapy-ng next_batch loop
@@ -302,6 +303,8 @@ def main() -> int:
                 "listening on"),
             Run("ossensor-null", [sys.executable, str(ROOT / "bench/_capturers.py"), "ossensor-null", CAP_IF],
                 "READY"),
+            Run("ossensor-dedup", [sys.executable, str(ROOT / "bench/_capturers.py"), "ossensor-dedup", CAP_IF],
+                "READY"),
             Run("ossensor-full", [sys.executable, "-m", "ossensor", "run"], "capturing on", env=sensor_env),
             Run("tcpdump-socat", ["sh", "-c", f"tcpdump -i {CAP_IF} -n -s 262144 -B 65536 -w - 2>{tmp}/td.err | "
                                               f"socat -u -b 262144 - OPENSSL:127.0.0.1:{port + 1},verify=0 & "
@@ -367,6 +370,12 @@ def report(results: list[dict], floors: dict[int, float]) -> None:
         loss = 100.0 * (r["sent"] - r.get("delivered", r["captured"])) / max(r["sent"], 1)
         print(f"{r['capturer']:14} {r['size']:5} {r['rate']!s:>8} {r['us_per_pkt']:8.3f} {ratio:9.2f} "
               f"{loss:7.2f} {r['peak_rss_mib']:8.1f}")
+    null = {(r["size"], r["rate"]): r for r in results if r["capturer"] == "ossensor-null"}
+    for r in results:
+        n = null.get((r["size"], r["rate"]))
+        if r["capturer"] == "ossensor-dedup" and n and n["us_per_pkt"]:
+            print(f"capture only, dedup on / capture only {r['size']} B rate={r['rate']}: CPU x"
+                  f"{r['us_per_pkt'] / n['us_per_pkt']:.3f} (+{r['us_per_pkt'] - n['us_per_pkt']:.3f} us/pkt)")
     for size, floor in floors.items():
         b = base.get((size, MODERATE.get(size, 100_000)))
         if b:

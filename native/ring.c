@@ -25,6 +25,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "dedup.h"
 #include "ring_rx.h"
 
 #define LINKTYPE_ETHERNET 1
@@ -38,6 +39,7 @@ typedef struct {
     PyObject *idb;    /* this interface's pcapng Interface Description Block (bytes) */
     uint64_t packets; /* written into batches, since the last take() */
     uint64_t bytes;   /* captured bytes written, since the last take() */
+    uint64_t dup_packets, dup_bytes; /* copies suppressed (dedup.h), since the last take_duplicates() */
 } IfEntry;
 
 typedef struct {
@@ -79,6 +81,8 @@ typedef struct {
     /* Antigena (antigena.h): rules matched in write_epb only when n_rules != 0 */
     struct ag_table *ag;
     unsigned n_rules;
+
+    struct dd_table *dd; /* duplicate suppression (dedup.h); NULL: off */
 } Ring;
 
 #include "antigena.h"
@@ -165,6 +169,7 @@ static void Ring_dealloc(Ring *self)
         Py_XDECREF(self->pool[i]);
     Py_XDECREF(self->shb);
     ag_free(self);
+    dd_release(self->dd);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -433,6 +438,15 @@ static inline int write_epb(Ring *self, uint8_t *out, struct tpacket3_hdr *h)
     }
     const uint8_t *data = (const uint8_t *)h + h->tp_mac;
     uint32_t caplen = h->tp_snaplen, wirelen = h->tp_len;
+    uint64_t ns = (uint64_t)h->tp_sec * 1000000000ull + h->tp_nsec;
+    if (self->dd && self->n_ifs > 1) { /* one interface: no copy to meet */
+        uint64_t key = dd_identity(data, caplen, wirelen, self->ifs[id].linktype);
+        if (dd_check(self->dd, key, ns, sll->sll_ifindex)) {
+            self->ifs[id].dup_packets++;
+            self->ifs[id].dup_bytes += caplen;
+            return 1;
+        }
+    }
     int vlan = (h->tp_status & TP_STATUS_VLAN_VALID) && self->ifs[id].linktype == LINKTYPE_ETHERNET &&
                caplen >= 12;
     uint32_t outlen = caplen + (vlan ? 4u : 0u);
@@ -443,7 +457,6 @@ static inline int write_epb(Ring *self, uint8_t *out, struct tpacket3_hdr *h)
         write_header(self, out);
     if (id >= self->hdr_ifs || self->buf_len + total + self->reserve > self->buf_size)
         return 0;
-    uint64_t ns = (uint64_t)h->tp_sec * 1000000000ull + h->tp_nsec;
     uint8_t *p = epb_start(out + self->buf_len, total, id, ns, outlen, wirelen + (vlan ? 4u : 0u));
     if (vlan) {
         /* The NIC or kernel stripped the 802.1Q tag into the ring header: put it back
@@ -652,6 +665,44 @@ static PyObject *Ring_join_fanout(Ring *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* set_dedup(window_ms, share_with=None): suppress copies of one packet seen on another interface
+ * within window_ms (0: off); share_with: a Ring of the same fanout group whose table to share. */
+static PyObject *Ring_set_dedup(Ring *self, PyObject *args)
+{
+    unsigned window_ms;
+    PyObject *peer = Py_None;
+    if (!PyArg_ParseTuple(args, "I|O", &window_ms, &peer) || check_open(self) < 0)
+        return NULL;
+    if (peer != Py_None && (!PyObject_TypeCheck(peer, Py_TYPE(self)) || !((Ring *)peer)->dd)) {
+        PyErr_SetString(PyExc_ValueError, "share_with must be a Ring with dedup on");
+        return NULL;
+    }
+    struct dd_table *t = NULL;
+    if (peer != Py_None)
+        t = dd_share(((Ring *)peer)->dd);
+    else if (window_ms && !(t = dd_new(window_ms)))
+        return PyErr_NoMemory();
+    dd_release(self->dd);
+    self->dd = t;
+    Py_RETURN_NONE;
+}
+
+/* take_duplicates() -> [(packets, bytes) suppressed per interface id] since the last call */
+static PyObject *Ring_take_duplicates(Ring *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *l = PyList_New(self->n_ifs);
+    for (unsigned i = 0; l && i < self->n_ifs; i++) {
+        PyObject *t = Py_BuildValue("(KK)", (unsigned long long)self->ifs[i].dup_packets,
+                                    (unsigned long long)self->ifs[i].dup_bytes);
+        if (!t)
+            Py_CLEAR(l);
+        else
+            PyList_SET_ITEM(l, i, t);
+        self->ifs[i].dup_packets = self->ifs[i].dup_bytes = 0;
+    }
+    return l;
+}
+
 /* kernel_stats() -> (packets, drops, freezes), cumulative since the socket opened.
  * The kernel resets its counters on every read, so we accumulate. packets includes drops. */
 static PyObject *Ring_kernel_stats(Ring *self, PyObject *Py_UNUSED(ignored))
@@ -799,6 +850,8 @@ static PyMethodDef Ring_methods[] = {
     {"batch_counts", (PyCFunction)Ring_batch_counts, METH_NOARGS, "(interfaces in batch, [(packets, bytes)])"},
     {"kernel_stats", (PyCFunction)Ring_kernel_stats, METH_NOARGS, "(packets, drops, freezes) cumulative"},
     {"join_fanout", (PyCFunction)Ring_join_fanout, METH_VARARGS, "join_fanout(group, mode): PACKET_FANOUT"},
+    {"set_dedup", (PyCFunction)Ring_set_dedup, METH_VARARGS, "set_dedup(window_ms, share_with=None); 0: off"},
+    {"take_duplicates", (PyCFunction)Ring_take_duplicates, METH_NOARGS, "[(packets, bytes)] suppressed per id"},
     {"fileno", (PyCFunction)Ring_fileno, METH_NOARGS, "socket file descriptor"},
     {"set_batch_bytes", (PyCFunction)Ring_set_batch_bytes, METH_O,
      "set_batch_bytes(n) -> bytes: cut batches at n bytes from now on (at least one full-size packet)"},

@@ -136,8 +136,9 @@ class Sensor:
         d = snap["dropped"]
         def one(name: str, st: dict) -> str:  # captured/bytes, then acked and dropped per stage (packets)
             drops = ",".join(f"{k[5:]}:{v[0]}" for k, v in st.items() if k.startswith("drop_") and v[0])
+            dup = st.get("duplicate", (0, 0))[0]  # copies counted, not sent: not a loss
             return (f"{name}={st['captured'][0]}/{st['captured'][1]}B/acked:{st['acked'][0]}"
-                    f"{'/dropped:' + drops if drops else ''}")
+                    f"{'/dropped:' + drops if drops else ''}{f'/duplicate:{dup}' if dup else ''}")
 
         per_if = " ".join(one(n, st) for n, st in sorted(snap["per_if_stages"].items()))
         return (f"stats captured={snap['captured']} bytes={snap['captured_bytes']} "
@@ -147,7 +148,8 @@ class Sensor:
                 f"batches={snap['batches']} recovered={snap['recovered']} queued={snap['queued']} "
                 f"spooled={snap['spooled']} sent={snap['sent_packets']} retries={snap['retries']} "
                 f"{self.pipeline.stats_fields() if self.pipeline else 'in_queue=0'} "
-                f"in_flight={self.acct.in_flight()} stale={snap['stale']} {self._ring_fields()}"
+                f"in_flight={self.acct.in_flight()} stale={snap['stale']} duplicates={snap['duplicates']} "
+                f"{self._ring_fields()}"
                 f"per_interface[{per_if}]")
 
     def _ring_fields(self) -> str:
@@ -233,7 +235,8 @@ class Sensor:
                           batch_bytes=min(s.batch_max_bytes, protocol.MAX_BODY),  # framing included
                           batch_age_s=s.batch_max_age_ms / 1000,
                           filter_expr=expr, log=log, accounting=self.acct,
-                          pool_buffers=pool_buffers_for((s.queue_mb + s.inflight_mb) << 20, s.batch_max_bytes))
+                          pool_buffers=pool_buffers_for((s.queue_mb + s.inflight_mb) << 20, s.batch_max_bytes),
+                          dedup_window_ms=s.dedup_window_ms if getattr(s, "dedup", False) else 0)
             if s.capture_threads > 1:  # several rings in a PACKET_FANOUT group, a reader each
                 from ossensor.capture.fanout import FanoutCapture
 

@@ -22,12 +22,16 @@ PACKET_FANOUT_HASH = 0
 
 
 class FanoutCapture:
-    def __init__(self, readers: int, *, ring_bytes: int, **kwargs):
+    def __init__(self, readers: int, *, ring_bytes: int, dedup_window_ms: int = 0, **kwargs):
         seq = itertools.count(1)
         delivered = Delivered()
         share = max(2 << 20, ring_bytes // readers)
         self.members = [LiveCapture(ring_bytes=share, seq_source=seq, totals=self.totals, delivered=delivered,
-                                    **kwargs) for _ in range(readers)]
+                                    dedup_window_ms=dedup_window_ms if i == 0 else 0, **kwargs)
+                        for i in range(readers)]
+        if dedup_window_ms:  # one table for all: copies meet whichever ring receives them
+            for m in self.members[1:]:
+                m.ring.set_dedup(dedup_window_ms, self.members[0].ring)
         self.group = os.getpid() & 0xFFFF
 
     @property

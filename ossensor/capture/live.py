@@ -79,10 +79,13 @@ class LiveCapture:
                  batch_age_s: float, filter_expr: str, log: L.Log, accounting: Accounting,
                  seq_source: Iterator[int] | None = None,
                  totals: Callable[[], tuple[int, int, int]] | None = None,
-                 delivered: "Delivered | None" = None, pool_buffers: int = POOL_KEEP):
+                 delivered: "Delivered | None" = None, pool_buffers: int = POOL_KEEP,
+                 dedup_window_ms: int = 0):
         """seq_source, totals and delivered are shared by the readers of a fanout group
         (capture/fanout.py): one sequence of batch numbers, ring-wide counters summed over the
-        group's rings, and one count per interface of the packets delivered into batches."""
+        group's rings, and one count per interface of the packets delivered into batches.
+        dedup_window_ms: a copy of a packet captured on another interface within that window is
+        counted (stage "duplicate"), not written (native/dedup.h); 0: every copy is written."""
         from ossensor._native import Ring
 
         self.snaplen = snaplen
@@ -93,6 +96,8 @@ class LiveCapture:
         self.acct = accounting
         self.ring = Ring(ring_bytes=ring_bytes, block_size=BLOCK_SIZE, block_timeout_ms=block_timeout_ms,
                          snaplen=snaplen, batch_bytes=batch_bytes, pool_buffers=pool_buffers)
+        if dedup_window_ms:
+            self.ring.set_dedup(dedup_window_ms)
         self._settle_s = 2 * block_timeout_ms / 1000 + 0.02  # a filter swap's last packets are read by then
         self._compact_after = 0.0
         self.ring.attach_filter([(bpf.BPF_RET_K, 0, 0, 0)])  # nothing until interfaces are set
@@ -197,6 +202,7 @@ class LiveCapture:
         else:
             table = list(self._pending)
             self._pending = None
+        self.count_duplicates()  # by the ids of the table being replaced
         for i, iface in enumerate(table):
             if iface.index in wanted and wanted[iface.index].linktype == iface.linktype:
                 table[i] = wanted[iface.index]  # a rename keeps the id, takes the new name
@@ -244,8 +250,21 @@ class LiveCapture:
             self._started = True
         self.ring.start()
 
+    def count_duplicates(self) -> None:
+        """Reader thread: the copies the ring suppressed since the last call, into the accounting
+        (stage "duplicate", per interface name; not a loss: the first copy was captured)."""
+        names = [i.name for i in self._table]
+        per_name: dict[str, tuple[int, int]] = {}
+        for i, (p, b) in enumerate(self.ring.take_duplicates()):
+            if p and i < len(names):
+                p0, b0 = per_name.get(names[i], (0, 0))
+                per_name[names[i]] = (p0 + p, b0 + b)
+        if per_name:
+            self.acct.add_duplicates(per_name)
+
     def _cut(self, ts_ns: int) -> Batch | None:
         """Close the batch: the C reader wrote its SHB, IDBs and EPBs in place; add the ISBs."""
+        self.count_duplicates()
         if not self.ring.batch_packets:
             return None
         n_hdr, counts = self.ring.batch_counts()
@@ -260,7 +279,7 @@ class LiveCapture:
         with self.acct.lock:
             self.acct.kernel_seen, self.acct.kernel_drops, self.acct.stale = k_seen, k_drops, stale
         isbs = trailer(names[:n_hdr], ts_ns=ts_ns, delivered=delivered, kernel_seen=k_seen,
-                       kernel_drops=k_drops, drops=self.acct.isb_drops())
+                       kernel_drops=k_drops, drops=self.acct.isb_drops(), duplicates=self.acct.isb_duplicates())
         body, packets, first_ns, last_ns, _ = self.ring.take(isbs)
         self._cut_packets += packets
         self._seq = next(self._seq_source)

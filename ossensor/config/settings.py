@@ -48,6 +48,8 @@ VARIABLES = [
     "OSSENSOR_STATS_INTERVAL", "OSSENSOR_SENSOR_NAME",
     # observability (issue 8): log format, metrics/probes HTTP endpoint, readiness bound
     "OSSENSOR_LOG_FORMAT", "OSSENSOR_METRICS_PORT", "OSSENSOR_METRICS_ADDR", "OSSENSOR_READY_ACK_SECS",
+    # a node's topology (issue 19): copies of one packet on several interfaces
+    "OSSENSOR_DEDUP", "OSSENSOR_DEDUP_WINDOW_MS",
 ]
 
 
@@ -81,6 +83,8 @@ class Settings(BaseSettings):
     tls_key_file: Optional[Path] = Field(None, validation_alias="OSSENSOR_TLS_KEY_FILE")
     ring_mb: int = Field(64, validation_alias="OSSENSOR_RING_MB")
     capture_threads: int = Field(1, validation_alias="OSSENSOR_CAPTURE_THREADS")  # PACKET_FANOUT readers
+    dedup: bool = Field(True, validation_alias="OSSENSOR_DEDUP")  # copies on other interfaces: counted, not sent
+    dedup_window_ms: int = Field(20, validation_alias="OSSENSOR_DEDUP_WINDOW_MS")
     block_timeout_ms: int = Field(10, validation_alias="OSSENSOR_BLOCK_TIMEOUT_MS")
     batch_max_bytes: int = Field(4096 * 1024, validation_alias="OSSENSOR_BATCH_MAX_KB")
     batch_max_age_ms: int = Field(1000, validation_alias="OSSENSOR_BATCH_MAX_AGE_MS")
@@ -203,6 +207,21 @@ class Settings(BaseSettings):
     @classmethod
     def _v_capture_threads(cls, v):
         return parse_int(v, 1, 16)
+
+    @field_validator("dedup", mode="before")
+    @classmethod
+    def _v_dedup(cls, v):
+        text = v if isinstance(v, bool) else str(v).strip().lower()
+        if text in (True, "on"):
+            return True
+        if text in (False, "off"):
+            return False
+        raise ValueError(f"must be on or off, got {show(v)}")
+
+    @field_validator("dedup_window_ms", mode="before")
+    @classmethod
+    def _v_dedup_window(cls, v):
+        return parse_int(v, 1, 1000)
 
     @field_validator("block_timeout_ms", mode="before")
     @classmethod
@@ -336,6 +355,8 @@ class Settings(BaseSettings):
             ("OSSENSOR_SNAPLEN", str(self.snaplen)),
             ("OSSENSOR_RING_MB", str(self.ring_mb)),
             ("OSSENSOR_CAPTURE_THREADS", str(self.capture_threads)),
+            ("OSSENSOR_DEDUP", "on" if self.dedup else "off"),
+            ("OSSENSOR_DEDUP_WINDOW_MS", str(self.dedup_window_ms)),
             ("OSSENSOR_BLOCK_TIMEOUT_MS", str(self.block_timeout_ms)),
             ("OSSENSOR_BATCH_MAX_KB", str(self.batch_max_bytes // 1024)),
             ("OSSENSOR_BATCH_MAX_AGE_MS", str(self.batch_max_age_ms)),

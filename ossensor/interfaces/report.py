@@ -13,7 +13,7 @@ import sys
 from typing import Mapping, TextIO
 
 from ossensor.exits import EXIT_FAIL, EXIT_OK, EXIT_USAGE
-from ossensor.interfaces import netlink, selection
+from ossensor.interfaces import netlink, overlap, selection
 
 
 
@@ -23,6 +23,9 @@ def report(environ: Mapping[str, str]) -> dict:
     selector = selection.Selector.from_settings(settings)
     default_dev, default_how = netlink.default_route_device()
     sel = selector.select(netlink.enumerate_interfaces())
+    chosen = [v.interface.name for v in sel.verdicts if v.selected]
+    overlaps = overlap.find(chosen, overlap.links())
+    dedup_on, window = overlap.dedup_state(environ)
     return {
         "rules": {
             "OSSENSOR_NETWORK_DEVICE": settings.network_device,
@@ -49,7 +52,10 @@ def report(environ: Mapping[str, str]) -> dict:
             }
             for v in sel.verdicts
         ],
-        "selected": [v.interface.name for v in sel.verdicts if v.selected],
+        "selected": chosen,
+        # the selection captures some packets more than once (issue 19): where, and what dedup does
+        "duplicate": {"overlaps": overlaps, "dedup": dedup_on, "window_ms": window,
+                      "advice": overlap.advice(dedup_on, window) if overlaps else None},
     }
 
 
@@ -117,6 +123,10 @@ def _write(rep: dict, as_json: bool, out: TextIO) -> None:
     out.write(f"selected: {', '.join(rep['selected']) or 'none'}"
               + (" (NETWORK_DEVICE_ANY=1: interfaces appearing later are judged by the same rules)"
                  if r["NETWORK_DEVICE_ANY"] else "") + "\n")
+    for o in rep["duplicate"]["overlaps"]:
+        out.write(f"warning: duplicate copies: {o['why']}\n")
+    if rep["duplicate"]["overlaps"]:
+        out.write(f"duplicate handling: {rep['duplicate']['advice']}\n")
     if not rep["selected"]:
         out.write("nothing would be captured now: `ossensor run` waits INTERFACE_WAIT_ATTEMPTS x "
                   "INTERFACE_WAIT_SECS for a selected interface, then exits\n")

@@ -53,7 +53,7 @@ _COUNTERS = {
     "acked": ("ossensor_acked_packets", "packets the vSensor acknowledged"),
     "acked_batches": ("ossensor_acked_batches", "batches the vSensor acknowledged"),
 }
-_HANDLED = set(_COUNTERS) | {"kernel_drops", "dropped", "per_if", "per_if_stages"}
+_HANDLED = set(_COUNTERS) | {"kernel_drops", "dropped", "per_if", "per_if_stages", "duplicates"}
 _ANTIGENA_GAUGES = {"active": "Antigena block actions in force now"}  # the other Antigena numbers only grow
 
 
@@ -189,6 +189,16 @@ class Collector:
             ifb.add_metric([name], b)
         yield ifp
         yield ifb
+
+        # copies of packets captured on another interface (issue 19): counted, not sent; not a loss
+        dups = CounterMetricFamily("ossensor_duplicates", "copies of a packet already captured on another "
+                                   "interface, counted and not sent (OSSENSOR_DEDUP); not a loss",
+                                   labels=["interface"])
+        for name, per_stage in sorted((snap.get("per_if_stages") or {}).items()):
+            pb = per_stage.get("duplicate")
+            if isinstance(pb, (tuple, list)) and pb and pb[0]:
+                dups.add_metric([name], pb[0])
+        yield dups
 
         # per interface and stage (issue 5's accounting: captured, queued, spooled, sent, acked, drop_<stage>)
         stages = snap.get("per_if_stages") or {}
@@ -427,6 +437,7 @@ class Observer:
                   for k, v in (snap.get("per_if") or {}).items()}
         drops_if = {name: {s[5:]: pb[0] for s, pb in st.items() if s.startswith("drop_") and pb[0]}
                     for name, st in (snap.get("per_if_stages") or {}).items()}
+        dups_if = {name: st.get("duplicate", (0, 0))[0] for name, st in (snap.get("per_if_stages") or {}).items()}
         cur = {"per_if": per_if, "kernel_drops": snap.get("kernel_drops", 0),
                "dropped": sum((snap.get("dropped") or {}).values())}
         if self._prev is not None:
@@ -437,7 +448,8 @@ class Observer:
                 dropped = drops_if.get(name) or {}
                 self.log(L.STATS, f"rate interface={name} packets_per_s={(p - p0) / dt:.1f} "
                                   f"bytes_per_s={(b - b0) / dt:.0f} packets={p} bytes={b} "
-                                  f"dropped={sum(dropped.values())}"
+                                  f"dropped={sum(dropped.values())} "
+                                  f"duplicate={dups_if.get(name, 0)}"
                                   + "".join(f" drop_{s}={n}" for s, n in sorted(dropped.items())))
             self.log(L.STATS, f"rate drops kernel_ring_per_s={(cur['kernel_drops'] - prev['kernel_drops']) / dt:.1f} "
                               f"after_capture_per_s={(cur['dropped'] - prev['dropped']) / dt:.1f}")

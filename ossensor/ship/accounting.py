@@ -18,6 +18,11 @@ Stages where it can be dropped (`STAGES`):
   shutdown  not delivered within OSSENSOR_SHUTDOWN_TIMEOUT and no spool to keep it
   lost_on_kill  captured by an earlier run (same OSSENSOR_SPOOL_DIR) that was killed (SIGKILL)
             before they were batched or spooled: counted by this run at start (ship/kill_ledger.py)
+
+Beside them, per interface, `duplicate`: copies of a packet already captured on another
+interface (a pod's veth, then the bridge, then the uplink), counted and not written
+(OSSENSOR_DEDUP, native/dedup.h). Not a loss: the first copy is in `captured`, so duplicates
+stay outside the invariant.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ FLOW = ("captured", "recovered", "queued", "spooled", "sent", "acked")  # stages
 
 
 def _zero() -> dict[str, list[int]]:
-    return {k: [0, 0] for k in FLOW + tuple("drop_" + s for s in STAGES)}
+    return {k: [0, 0] for k in FLOW + tuple("drop_" + s for s in STAGES) + ("duplicate",)}
 
 
 @dataclass
@@ -56,6 +61,8 @@ class Accounting:
     kernel_seen: int = 0      # packets that passed the kernel filter (PACKET_STATISTICS tp_packets)
     kernel_drops: int = 0     # of those, dropped because the ring was full
     stale: int = 0            # skipped: interface no longer selected (left in the ring from before)
+    duplicates: int = 0       # copies of a packet captured on another interface: counted, not written
+    duplicate_bytes: int = 0
     captured: int = 0         # written into batches
     captured_bytes: int = 0
     batches: int = 0
@@ -102,6 +109,17 @@ class Accounting:
             self.captured += packets
             self.captured_bytes += nbytes
             self._per_if("captured", per_if)
+
+    def add_duplicates(self, per_if: dict[str, tuple[int, int]]) -> None:
+        with self.lock:
+            self.duplicates += sum(p for p, _ in per_if.values())
+            self.duplicate_bytes += sum(b for _, b in per_if.values())
+            self._per_if("duplicate", per_if)
+
+    def isb_duplicates(self) -> dict[str, int]:
+        """For the batches' ISBs: copies suppressed per interface, cumulative."""
+        with self.lock:
+            return {n: c.stages["duplicate"][0] for n, c in self.per_if.items() if c.stages["duplicate"][0]}
 
     def add_recovered(self, packets: int, nbytes: int, per_if: dict[str, tuple[int, int]] | None) -> None:
         with self.lock:
@@ -161,6 +179,7 @@ class Accounting:
         with self.lock:
             return {
                 "kernel_seen": self.kernel_seen, "kernel_drops": self.kernel_drops, "stale": self.stale,
+                "duplicates": self.duplicates, "duplicate_bytes": self.duplicate_bytes,
                 "captured": self.captured, "captured_bytes": self.captured_bytes, "batches": self.batches,
                 "recovered": self.recovered, "recovered_bytes": self.recovered_bytes,
                 "queued": self.queued, "spooled": self.spooled, "torn_files": self.torn_files,

@@ -43,7 +43,8 @@ class Batch:
 
 def section(interfaces: list[tuple[str, int]], snaplen: int | list[int], epbs: bytes, *, ts_ns: int,
             delivered: list[int], kernel_seen: int, kernel_drops: int,
-            drops: tuple[dict[str, int], dict[str, int]] | None = None) -> bytes:
+            drops: tuple[dict[str, int], dict[str, int]] | None = None,
+            duplicates: dict[str, int] | None = None) -> bytes:
     """A whole section around `epbs` (file replay; live capture has the C reader write the
     header and its EPBs in place, and only appends the trailer). `snaplen`: one for all interfaces,
     or one each (replay keeps each input interface's)."""
@@ -53,12 +54,23 @@ def section(interfaces: list[tuple[str, int]], snaplen: int | list[int], epbs: b
                                            kernel_seen=kernel_seen, kernel_drops=kernel_drops, drops=drops)
 
 
+DUP_PREFIX = "duplicates="  # in an ISB's comment: copies counted, not sent (not a loss)
+
+
+def dup_note(duplicates: dict[str, int] | None, name: str, sep: str) -> str:
+    n = (duplicates or {}).get(name, 0)
+    return f"{sep}{DUP_PREFIX}{n} (copies of packets captured on another interface; not a loss)" if n else ""
+
+
 def trailer(names: list[str], *, ts_ns: int, delivered: list[int], kernel_seen: int, kernel_drops: int,
-            drops: tuple[dict[str, int], dict[str, int]] | None = None) -> bytes:
+            drops: tuple[dict[str, int], dict[str, int]] | None = None,
+            duplicates: dict[str, int] | None = None) -> bytes:
     """The ISBs that close a section, one per interface id (names in id order).
     delivered: cumulative packets per interface; drops: Accounting.isb_drops() -- per interface,
     packets dropped at ossensor's own stages (isb_ifdrop), and ring-wide totals per stage
-    (named in the first ISB's comment)."""
+    (named in the first ISB's comment); duplicates: per interface, copies of packets captured on
+    another interface that were counted, not sent (cumulative; "duplicates=N" in that ISB's comment,
+    not a loss)."""
     tail = []
     by_if, by_stage = drops if drops is not None else (None, None)
     for i, name in enumerate(names):
@@ -69,10 +81,12 @@ def trailer(names: list[str], *, ts_ns: int, delivered: list[int], kernel_seen: 
             if by_stage is not None:
                 comment += ("; isb_ifdrop = dropped by ossensor after capture; ossensor drops: "
                             + " ".join(f"{k}={v}" for k, v in by_stage.items()))
+            comment += dup_note(duplicates, name, "; ")
             tail.append(pcapng.isb(0, ts_ns, usrdeliv=delivered[0], filteraccept=kernel_seen,
                                    osdrop=kernel_drops, ifdrop=ifdrop, comment=comment))
         else:
-            tail.append(pcapng.isb(i, ts_ns, usrdeliv=delivered[i], ifdrop=ifdrop))
+            tail.append(pcapng.isb(i, ts_ns, usrdeliv=delivered[i], ifdrop=ifdrop,
+                                   comment=dup_note(duplicates, name, "") or None))
     return b"".join(tail)
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import struct
 import threading
 import time
@@ -60,6 +61,7 @@ IF_TSOFFSET = 14
 BLOCK_NAMES = {BT_SHB: "Section Header Block", BT_IDB: "Interface Description Block",
                BT_EPB: "Enhanced Packet Block", BT_ISB: "Interface Statistics Block"}
 
+_DUPLICATES = re.compile(r"(?:^|; )duplicates=([0-9]{1,20})\b")
 _ISB_COUNTERS = {
     pcapng.ISB_IFRECV: "ifrecv", pcapng.ISB_IFDROP: "ifdrop", pcapng.ISB_FILTERACCEPT: "filteraccept",
     pcapng.ISB_OSDROP: "osdrop", pcapng.ISB_USRDELIV: "usrdeliv",
@@ -130,6 +132,10 @@ class _Builder:
         for code, value in pcapng.parse_options(raw[20:-4]):
             if code in _ISB_COUNTERS and len(value) == 8:
                 entry[_ISB_COUNTERS[code]] = struct.unpack("<Q", value)[0]
+            elif code == pcapng.OPT_COMMENT:  # the sensor's suppressed copies (issue 19): not a loss
+                m = _DUPLICATES.search(bytes(value).decode("utf-8", "replace"))
+                if m:
+                    entry["duplicates"] = int(m.group(1))
         self.stats.append(entry)
 
     def done(self, packets: int) -> ParsedBatch:
