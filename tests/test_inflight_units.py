@@ -144,3 +144,47 @@ def test_shutdown_with_several_sends_outstanding_counts_each_once(tmp_path):
         assert not t.is_alive()
     assert acct.snapshot()["acked"] == 0 and acct.in_flight() == 60
     assert len(list((tmp_path / "s").glob("*.osb"))) == 6  # all resent at the next start (409 where accepted)
+
+
+class _DownVSensor:
+    """Always unreachable: every send is a connection failure, answered at once."""
+    base = "https://vsensor.test:8443"
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.sends = 0
+
+    def send(self, seq, body, *, boot=None, encoding="identity") -> Outcome:
+        with self.lock:
+            self.sends += 1
+        return Outcome("retry", None, "connection refused (test)", 0.0)
+
+
+def test_an_outage_met_by_every_sender_logs_like_one_sender(monkeypatch):
+    # 16 senders each retrying its own batch through the same outage: the error lines must follow the
+    # outage (one at its start, then one per 10 failed attempts of a sender's worth), not each sender's
+    # own attempt counter (16 lines at every 10th attempt)
+    import ossensor.ship.pipeline as P
+    monkeypatch.setattr(P, "backoff", lambda attempt, retry_after=None: 0.002)
+    vs = _DownVSensor()
+    out = io.StringIO()
+    acct = Accounting()
+    pipe = Pipeline(_Settings(inflight_mb=4, batch_kb=256), L.Log(2, stream=out), acct, client=vs, boot=BOOT)
+    assert pipe.senders == MAX_SENDERS
+    pipe.start()
+    for seq in range(1, MAX_SENDERS + 1):
+        b = Batch(seq, b"x" * 1000, 10, 1000, 1, 2, 0.0, per_if={"eth0": (10, 1000)})
+        acct.add_batch(b.packets, b.captured_bytes, b.per_if)
+        assert pipe.enqueue(b)
+    deadline = time.monotonic() + 20
+    while vs.sends < MAX_SENDERS * 25 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    summary = pipe.finish(0.5)
+    sends = vs.sends
+    assert sends >= MAX_SENDERS * 25
+    errors = [ln for ln in out.getvalue().splitlines() if "cannot send to vSensor" in ln]
+    # one sender making `sends` attempts would log 1 + sends // 10 lines; 16 senders no more than that
+    # would, in sender-sized steps (one line per 10 attempts of each of the 16)
+    assert 1 <= len(errors) <= 1 + sends // (10 * MAX_SENDERS) + 1, (len(errors), sends)
+    assert summary["lost_batches"] == MAX_SENDERS   # nothing delivered, each counted once
+    assert acct.in_flight() == 0
