@@ -94,6 +94,8 @@ class Pipeline:
         self._given_up: set[int] = set()     # id() of batches finish() counted while they were being sent
         self._last_error_log = 0.0
         self._failing_since: float | None = None
+        self._outage = threading.Lock()      # guards _failing_since, _outage_failures, _last_error_log
+        self._outage_failures = 0            # failed sends of the current outage, all senders together
         self._last_refusal = ("", 0.0)
         self._last_full_log = 0.0
         self._bugs = 0  # unexpected exceptions in the shipper (logged, batch kept, retried)
@@ -337,11 +339,12 @@ class Pipeline:
                 if not self._settle(batch, "acked"):
                     return True  # finish() counted it already (kept in the spool: a resend gets 409)
                 self._forget(batch)
-                if self._failing_since is not None:
+                with self._outage:
+                    since, self._failing_since, self._outage_failures = self._failing_since, None, 0
+                if since is not None:
                     self.log(L.BASIC, f"vSensor {self.client.base} reachable again after "
-                                      f"{time.monotonic() - self._failing_since:.1f} s; "
+                                      f"{time.monotonic() - since:.1f} s; "
                                       f"{len(self.queue)} batches waiting")
-                    self._failing_since = None
                 if self._last_refusal[0]:
                     self.log(L.BASIC, "vSensor accepts batches again")
                     self._last_refusal = ("", 0.0)
@@ -353,13 +356,19 @@ class Pipeline:
                 self._report_refusal(out)
                 return True
             attempt += 1
-            if self._failing_since is None:
-                self._failing_since = time.monotonic()
             pause = backoff(attempt, out.retry_after)
             now = time.monotonic()
-            # one line per outage start and per 10 attempts, however many senders meet the failure
-            if (attempt == 1 and now - self._last_error_log > 5) or attempt % 10 == 0:
-                self._last_error_log = now
+            # one line per outage start and per 10 attempts of a sender's worth, however many senders
+            # meet the failure: the failures are counted for the pipeline, not per sender
+            with self._outage:
+                if self._failing_since is None:
+                    self._failing_since = now
+                self._outage_failures += 1
+                say = ((self._outage_failures == 1 and now - self._last_error_log > 5)
+                       or self._outage_failures % (10 * self.senders) == 0)
+                if say:
+                    self._last_error_log = now
+            if say:
                 self.log.error(f"cannot send to vSensor {self.client.base}: {out.reason}; retrying in "
                                f"{pause:.1f} s (attempt {attempt}; {len(self.queue)} batches queued, "
                                f"{len(self.queue.in_hand)} in flight)")
