@@ -188,3 +188,31 @@ def test_an_outage_met_by_every_sender_logs_like_one_sender(monkeypatch):
     assert 1 <= len(errors) <= 1 + sends // (10 * MAX_SENDERS) + 1, (len(errors), sends)
     assert summary["lost_batches"] == MAX_SENDERS   # nothing delivered, each counted once
     assert acct.in_flight() == 0
+
+
+def test_a_spool_file_that_cannot_be_removed_does_not_send_its_batch_again(tmp_path, monkeypatch):
+    """The spool file of an acknowledged batch cannot be removed (EIO, a read-only remount): the batch
+    is acknowledged once, counted once, not put back in the queue and sent again; the file is said."""
+    import errno
+    from ossensor.ship.spool import Spool
+
+    real_remove = Spool.remove
+    failed: list[str] = []
+
+    def remove(self, path):
+        if not failed:
+            failed.append(str(path))
+            raise OSError(errno.EIO, "Input/output error", str(path))
+        return real_remove(self, path)
+
+    monkeypatch.setattr(Spool, "remove", remove)
+    vs = _SlowVSensor(delays=(0.0, 0.01))
+    pipe, acct, out, summary = _run(_Settings(inflight_mb=1, batch_kb=256, spool_dir=tmp_path / "s"), vs, n=8,
+                                    size=100_000)
+    assert failed
+    assert sorted(vs.accepted) == list(range(1, 9))
+    assert vs.duplicates == 0 and sum(vs.attempts.values()) == 8, vs.attempts   # each sent once
+    s = acct.snapshot()
+    assert s["acked"] == 80 and s["acked_batches"] == 8 and acct.in_flight() == 0, s
+    assert "unexpected" not in out.getvalue()
+    assert failed[0] in out.getvalue() and "Input/output error" in out.getvalue()
