@@ -269,7 +269,10 @@ class Pipeline:
                 if self._bugs == 1 or self._bugs % 100 == 0:
                     self.log.error(f"shipper: unexpected {type(err).__name__}: {err} (batch seq={batch.seq} "
                                    f"kept; occurrence {self._bugs})")
-                self.queue.requeue_front(batch)
+                with self.queue.lock:  # put back only if still unsettled: a settled batch is never sent again
+                    unsettled = id(batch) in self.queue.in_hand
+                if unsettled:
+                    self.queue.requeue_front(batch)
                 if self.deadline is not None:
                     return
                 self.stop.wait(backoff(min(self._bugs, 6)))
@@ -306,7 +309,7 @@ class Pipeline:
             with self.acct.lock:
                 self.acct.torn_files += 1
             self.log.error(f"spool file {batch.spool_path} unreadable, {batch.packets} packets lost: {err}")
-            self.spool.remove(batch.spool_path)
+            self._remove_spool_file(batch.spool_path)
             return None
 
     def ship_one(self, batch: Batch) -> bool:
@@ -378,7 +381,16 @@ class Pipeline:
 
     def _forget(self, batch: Batch) -> None:
         if batch.spool_path and self.spool is not None:
-            self.spool.remove(batch.spool_path)
+            self._remove_spool_file(batch.spool_path)
+
+    def _remove_spool_file(self, path: str) -> None:
+        """The batch is settled whatever happens here: a file that cannot be removed (EIO, a read-only
+        remount) is said and left; the next start sends it again and the vSensor answers 409."""
+        try:
+            self.spool.remove(path)
+        except OSError as err:
+            self._warn_full(f"spool file {path} of a settled batch could not be removed: "
+                            f"{err.strerror or err}; it is sent again at the next start (answered 409)")
 
     def _report_refusal(self, out: Outcome) -> None:
         hint = ""
