@@ -216,3 +216,38 @@ def test_a_spool_file_that_cannot_be_removed_does_not_send_its_batch_again(tmp_p
     assert s["acked"] == 80 and s["acked_batches"] == 8 and acct.in_flight() == 0, s
     assert "unexpected" not in out.getvalue()
     assert failed[0] in out.getvalue() and "Input/output error" in out.getvalue()
+
+
+def test_finish_with_16_sends_hanging_keeps_to_the_shutdown_timeout(tmp_path):
+    """16 senders each stuck in a send that does not return (a vSensor that stalls): finish(timeout) gives
+    them all the same deadline, not half a second more each in turn (timeout + 8 s with 16 senders)."""
+    gate = threading.Event()
+
+    class Stalled(_SlowVSensor):
+        def send(self, seq, body, **kw):
+            gate.wait(30)
+            return super().send(seq, body, **kw)
+
+    vs = Stalled(delays=(0.0, 0.0))
+    acct = Accounting()
+    pipe = Pipeline(_Settings(inflight_mb=4, batch_kb=256, spool_dir=tmp_path / "s"), L.Log(1, stream=io.StringIO()),
+                    acct, client=vs, boot=BOOT)
+    assert pipe.senders == MAX_SENDERS
+    pipe.start()
+    for seq in range(1, MAX_SENDERS + 1):
+        b = Batch(seq, b"x" * 1000, 10, 1000, 1, 2, 0.0, per_if={"eth0": (10, 1000)})
+        acct.add_batch(b.packets, b.captured_bytes, b.per_if)
+        pipe.enqueue(b)
+    deadline = time.monotonic() + 10
+    while len(pipe.queue.in_hand) < MAX_SENDERS and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(pipe.queue.in_hand) == MAX_SENDERS
+    try:
+        t0 = time.monotonic()
+        res = pipe.finish(0.5)
+        took = time.monotonic() - t0
+    finally:
+        gate.set()
+    assert (res["kept_batches"], res["lost_batches"]) == (MAX_SENDERS, 0)
+    # a bound, not a speed: 0.5 s of timeout and one 0.5 s grace for all the threads (was 0.5 + 16 x 0.5)
+    assert took < 0.5 + 0.5 + 2.0, took
