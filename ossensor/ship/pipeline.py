@@ -411,8 +411,9 @@ class Pipeline:
         self.queue.close()
         with self._window:
             self._window.notify_all()  # senders waiting for room see the deadline
+        grace = self.deadline + 0.5  # one grace for all the senders, not 0.5 s more per sender in turn
         for t in self._threads:
-            t.join(max(0.0, self.deadline - time.monotonic()) + 0.5)
+            t.join(max(0.0, grace - time.monotonic()))
         with self.queue.lock:  # the senders settle the batches in hand under this lock: one fate
             left = self.queue.drain()
             for cur in list(self.queue.in_hand.values()):
