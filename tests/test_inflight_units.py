@@ -144,3 +144,110 @@ def test_shutdown_with_several_sends_outstanding_counts_each_once(tmp_path):
         assert not t.is_alive()
     assert acct.snapshot()["acked"] == 0 and acct.in_flight() == 60
     assert len(list((tmp_path / "s").glob("*.osb"))) == 6  # all resent at the next start (409 where accepted)
+
+
+class _DownVSensor:
+    """Always unreachable: every send is a connection failure, answered at once."""
+    base = "https://vsensor.test:8443"
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.sends = 0
+
+    def send(self, seq, body, *, boot=None, encoding="identity") -> Outcome:
+        with self.lock:
+            self.sends += 1
+        return Outcome("retry", None, "connection refused (test)", 0.0)
+
+
+def test_an_outage_met_by_every_sender_logs_like_one_sender(monkeypatch):
+    # 16 senders each retrying its own batch through the same outage: the error lines must follow the
+    # outage (one at its start, then one per 10 failed attempts of a sender's worth), not each sender's
+    # own attempt counter (16 lines at every 10th attempt)
+    import ossensor.ship.pipeline as P
+    monkeypatch.setattr(P, "backoff", lambda attempt, retry_after=None: 0.002)
+    vs = _DownVSensor()
+    out = io.StringIO()
+    acct = Accounting()
+    pipe = Pipeline(_Settings(inflight_mb=4, batch_kb=256), L.Log(2, stream=out), acct, client=vs, boot=BOOT)
+    assert pipe.senders == MAX_SENDERS
+    pipe.start()
+    for seq in range(1, MAX_SENDERS + 1):
+        b = Batch(seq, b"x" * 1000, 10, 1000, 1, 2, 0.0, per_if={"eth0": (10, 1000)})
+        acct.add_batch(b.packets, b.captured_bytes, b.per_if)
+        assert pipe.enqueue(b)
+    deadline = time.monotonic() + 20
+    while vs.sends < MAX_SENDERS * 25 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    summary = pipe.finish(0.5)
+    sends = vs.sends
+    assert sends >= MAX_SENDERS * 25
+    errors = [ln for ln in out.getvalue().splitlines() if "cannot send to vSensor" in ln]
+    # one sender making `sends` attempts would log 1 + sends // 10 lines; 16 senders no more than that
+    # would, in sender-sized steps (one line per 10 attempts of each of the 16)
+    assert 1 <= len(errors) <= 1 + sends // (10 * MAX_SENDERS) + 1, (len(errors), sends)
+    assert summary["lost_batches"] == MAX_SENDERS   # nothing delivered, each counted once
+    assert acct.in_flight() == 0
+
+
+def test_a_spool_file_that_cannot_be_removed_does_not_send_its_batch_again(tmp_path, monkeypatch):
+    """The spool file of an acknowledged batch cannot be removed (EIO, a read-only remount): the batch
+    is acknowledged once, counted once, not put back in the queue and sent again; the file is said."""
+    import errno
+    from ossensor.ship.spool import Spool
+
+    real_remove = Spool.remove
+    failed: list[str] = []
+
+    def remove(self, path):
+        if not failed:
+            failed.append(str(path))
+            raise OSError(errno.EIO, "Input/output error", str(path))
+        return real_remove(self, path)
+
+    monkeypatch.setattr(Spool, "remove", remove)
+    vs = _SlowVSensor(delays=(0.0, 0.01))
+    pipe, acct, out, summary = _run(_Settings(inflight_mb=1, batch_kb=256, spool_dir=tmp_path / "s"), vs, n=8,
+                                    size=100_000)
+    assert failed
+    assert sorted(vs.accepted) == list(range(1, 9))
+    assert vs.duplicates == 0 and sum(vs.attempts.values()) == 8, vs.attempts   # each sent once
+    s = acct.snapshot()
+    assert s["acked"] == 80 and s["acked_batches"] == 8 and acct.in_flight() == 0, s
+    assert "unexpected" not in out.getvalue()
+    assert failed[0] in out.getvalue() and "Input/output error" in out.getvalue()
+
+
+def test_finish_with_16_sends_hanging_keeps_to_the_shutdown_timeout(tmp_path):
+    """16 senders each stuck in a send that does not return (a vSensor that stalls): finish(timeout) gives
+    them all the same deadline, not half a second more each in turn (timeout + 8 s with 16 senders)."""
+    gate = threading.Event()
+
+    class Stalled(_SlowVSensor):
+        def send(self, seq, body, **kw):
+            gate.wait(30)
+            return super().send(seq, body, **kw)
+
+    vs = Stalled(delays=(0.0, 0.0))
+    acct = Accounting()
+    pipe = Pipeline(_Settings(inflight_mb=4, batch_kb=256, spool_dir=tmp_path / "s"), L.Log(1, stream=io.StringIO()),
+                    acct, client=vs, boot=BOOT)
+    assert pipe.senders == MAX_SENDERS
+    pipe.start()
+    for seq in range(1, MAX_SENDERS + 1):
+        b = Batch(seq, b"x" * 1000, 10, 1000, 1, 2, 0.0, per_if={"eth0": (10, 1000)})
+        acct.add_batch(b.packets, b.captured_bytes, b.per_if)
+        pipe.enqueue(b)
+    deadline = time.monotonic() + 10
+    while len(pipe.queue.in_hand) < MAX_SENDERS and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(pipe.queue.in_hand) == MAX_SENDERS
+    try:
+        t0 = time.monotonic()
+        res = pipe.finish(0.5)
+        took = time.monotonic() - t0
+    finally:
+        gate.set()
+    assert (res["kept_batches"], res["lost_batches"]) == (MAX_SENDERS, 0)
+    # a bound, not a speed: 0.5 s of timeout and one 0.5 s grace for all the threads (was 0.5 + 16 x 0.5)
+    assert took < 0.5 + 0.5 + 2.0, took

@@ -273,12 +273,26 @@ def tls_problems(ca: str | None, cert: str | None, key: str | None) -> list[tupl
     if cert is not None and key is not None:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         try:
-            ctx.load_cert_chain(str(cert), str(key))
+            # a passphrase is asked for only when the key is encrypted: without this callback OpenSSL asks
+            # on the terminal (the start hangs under one) and there is no setting to give it
+            ctx.load_cert_chain(str(cert), str(key), password=_no_passphrase)
+        except _Encrypted:
+            out.append(("OSSENSOR_TLS_KEY_FILE", f"OSSENSOR_TLS_KEY_FILE: {clip(key)} is encrypted (it needs a "
+                                                 "passphrase); give an unencrypted PEM key, e.g. "
+                                                 "`openssl pkey -in KEY -out PLAIN`, readable by this user only"))
         except (ssl.SSLError, OSError, ValueError) as err:
             out.append(("OSSENSOR_TLS_CERT_FILE", f"OSSENSOR_TLS_CERT_FILE: {clip(cert)} with OSSENSOR_TLS_KEY_FILE "
                                                   f"{clip(key)}: not a PEM certificate and its private key "
                                                   f"({_ssl_reason(err)})"))
     return out
+
+
+class _Encrypted(Exception):
+    pass
+
+
+def _no_passphrase():
+    raise _Encrypted
 
 
 def _ssl_reason(err: Exception) -> str:

@@ -94,6 +94,8 @@ class Pipeline:
         self._given_up: set[int] = set()     # id() of batches finish() counted while they were being sent
         self._last_error_log = 0.0
         self._failing_since: float | None = None
+        self._outage = threading.Lock()      # guards _failing_since, _outage_failures, _last_error_log
+        self._outage_failures = 0            # failed sends of the current outage, all senders together
         self._last_refusal = ("", 0.0)
         self._last_full_log = 0.0
         self._bugs = 0  # unexpected exceptions in the shipper (logged, batch kept, retried)
@@ -267,7 +269,10 @@ class Pipeline:
                 if self._bugs == 1 or self._bugs % 100 == 0:
                     self.log.error(f"shipper: unexpected {type(err).__name__}: {err} (batch seq={batch.seq} "
                                    f"kept; occurrence {self._bugs})")
-                self.queue.requeue_front(batch)
+                with self.queue.lock:  # put back only if still unsettled: a settled batch is never sent again
+                    unsettled = id(batch) in self.queue.in_hand
+                if unsettled:
+                    self.queue.requeue_front(batch)
                 if self.deadline is not None:
                     return
                 self.stop.wait(backoff(min(self._bugs, 6)))
@@ -304,7 +309,7 @@ class Pipeline:
             with self.acct.lock:
                 self.acct.torn_files += 1
             self.log.error(f"spool file {batch.spool_path} unreadable, {batch.packets} packets lost: {err}")
-            self.spool.remove(batch.spool_path)
+            self._remove_spool_file(batch.spool_path)
             return None
 
     def ship_one(self, batch: Batch) -> bool:
@@ -337,11 +342,12 @@ class Pipeline:
                 if not self._settle(batch, "acked"):
                     return True  # finish() counted it already (kept in the spool: a resend gets 409)
                 self._forget(batch)
-                if self._failing_since is not None:
+                with self._outage:
+                    since, self._failing_since, self._outage_failures = self._failing_since, None, 0
+                if since is not None:
                     self.log(L.BASIC, f"vSensor {self.client.base} reachable again after "
-                                      f"{time.monotonic() - self._failing_since:.1f} s; "
+                                      f"{time.monotonic() - since:.1f} s; "
                                       f"{len(self.queue)} batches waiting")
-                    self._failing_since = None
                 if self._last_refusal[0]:
                     self.log(L.BASIC, "vSensor accepts batches again")
                     self._last_refusal = ("", 0.0)
@@ -353,13 +359,19 @@ class Pipeline:
                 self._report_refusal(out)
                 return True
             attempt += 1
-            if self._failing_since is None:
-                self._failing_since = time.monotonic()
             pause = backoff(attempt, out.retry_after)
             now = time.monotonic()
-            # one line per outage start and per 10 attempts, however many senders meet the failure
-            if (attempt == 1 and now - self._last_error_log > 5) or attempt % 10 == 0:
-                self._last_error_log = now
+            # one line per outage start and per 10 attempts of a sender's worth, however many senders
+            # meet the failure: the failures are counted for the pipeline, not per sender
+            with self._outage:
+                if self._failing_since is None:
+                    self._failing_since = now
+                self._outage_failures += 1
+                say = ((self._outage_failures == 1 and now - self._last_error_log > 5)
+                       or self._outage_failures % (10 * self.senders) == 0)
+                if say:
+                    self._last_error_log = now
+            if say:
                 self.log.error(f"cannot send to vSensor {self.client.base}: {out.reason}; retrying in "
                                f"{pause:.1f} s (attempt {attempt}; {len(self.queue)} batches queued, "
                                f"{len(self.queue.in_hand)} in flight)")
@@ -369,7 +381,16 @@ class Pipeline:
 
     def _forget(self, batch: Batch) -> None:
         if batch.spool_path and self.spool is not None:
-            self.spool.remove(batch.spool_path)
+            self._remove_spool_file(batch.spool_path)
+
+    def _remove_spool_file(self, path: str) -> None:
+        """The batch is settled whatever happens here: a file that cannot be removed (EIO, a read-only
+        remount) is said and left; the next start sends it again and the vSensor answers 409."""
+        try:
+            self.spool.remove(path)
+        except OSError as err:
+            self._warn_full(f"spool file {path} of a settled batch could not be removed: "
+                            f"{err.strerror or err}; it is sent again at the next start (answered 409)")
 
     def _report_refusal(self, out: Outcome) -> None:
         hint = ""
@@ -390,8 +411,9 @@ class Pipeline:
         self.queue.close()
         with self._window:
             self._window.notify_all()  # senders waiting for room see the deadline
+        grace = self.deadline + 0.5  # one grace for all the senders, not 0.5 s more per sender in turn
         for t in self._threads:
-            t.join(max(0.0, self.deadline - time.monotonic()) + 0.5)
+            t.join(max(0.0, grace - time.monotonic()))
         with self.queue.lock:  # the senders settle the batches in hand under this lock: one fate
             left = self.queue.drain()
             for cur in list(self.queue.in_hand.values()):
