@@ -137,7 +137,7 @@ def read_count(tool: str, path: Path) -> int:
     return len(run.stdout.split())
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(bodies=st.lists(batch(), min_size=1, max_size=3))
 def test_accepted_batches_read_in_tcpdump_and_tshark(tmp_path_factory, bodies):
     out = tmp_path_factory.mktemp("readers")
