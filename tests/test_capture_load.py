@@ -66,6 +66,18 @@ def test_high_rate_every_packet_captured_or_counted(topo, tmp_path):
     assert len(vsensor_packets(tmp_path / "vs")) == c["acked"]
 
 
+
+def send_vlan_udp(topo, tmp_path, payload: int, n: int = 20) -> None:
+    """n 802.1Q-tagged (VID 100) UDP frames to port 5678 from the peer, with `payload` bytes of 0x42 (trafgen)."""
+    eth = "0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 0x02, 0x00, 0x00, 0x00, 0x00, 0x02"
+    tag = "0x81, 0x00, 0x20, 0x64, 0x08, 0x00"  # TPID 0x8100, PCP 1, VID 100, then IPv4
+    ip = (f"0x45, 0x00, const16({28 + payload}), 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, csumip(18, 37), "
+          "10, 78, 0, 1, 10, 78, 0, 2")
+    udp = f"const16(1234), const16(5678), const16({8 + payload}), 0x00, 0x00"
+    cfg = tmp_path / "vlan.cfg"
+    cfg.write_text(f"{{ {eth}, {tag}, {ip}, {udp}, fill(0x42, {payload}) }}\n")
+    sh(f"ip netns exec {topo.peer} trafgen -o {topo.peer_if} -i {cfg} -P 1 -n {n} -q -C", timeout=60)
+
 def test_vlan_tagged_frames_keep_their_tag(topo, tmp_path):
     # 802.1Q frames (VLAN 100) cross the veth; the receiving kernel moves the tag out of
     # band (TP_STATUS_VLAN_VALID) and the reader must put it back, as tcpdump does
@@ -74,13 +86,7 @@ def test_vlan_tagged_frames_keep_their_tag(topo, tmp_path):
     td = start_tcpdump(topo, dump, "vlan 100 and udp port 5678")
     sensor = start_sensor(topo, sensor_env(topo, tmp_path, port, BPF="vlan 100 and udp port 5678",
                                            ANTIGENA_ENABLED="false"))
-    eth = "0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 0x02, 0x00, 0x00, 0x00, 0x00, 0x02"
-    tag = "0x81, 0x00, 0x20, 0x64, 0x08, 0x00"  # TPID 0x8100, PCP 1, VID 100, then IPv4
-    ip = "0x45, 0x00, const16(46), 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, csumip(18, 37), 10, 78, 0, 1, 10, 78, 0, 2"
-    udp = "const16(1234), const16(5678), const16(26), 0x00, 0x00"
-    cfg = tmp_path / "vlan.cfg"
-    cfg.write_text(f"{{ {eth}, {tag}, {ip}, {udp}, fill(0x42, 18) }}\n")
-    sh(f"ip netns exec {topo.peer} trafgen -o {topo.peer_if} -i {cfg} -P 1 -n 20 -q -C", timeout=60)
+    send_vlan_udp(topo, tmp_path, payload=18)
     sensor.wait_for(r"acked=20 ", timeout=20)
     assert sensor.stop() == 0
     td.stop()
@@ -102,13 +108,7 @@ def test_vlan_tag_restored_within_a_small_snaplen(topo, tmp_path):
     td = start_tcpdump(topo, dump, "vlan 100 and udp port 5678")
     sensor = start_sensor(topo, sensor_env(topo, tmp_path, port, BPF="vlan 100 and udp port 5678",
                                            OSSENSOR_SNAPLEN="64", ANTIGENA_ENABLED="false"))
-    eth = "0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 0x02, 0x00, 0x00, 0x00, 0x00, 0x02"
-    tag = "0x81, 0x00, 0x20, 0x64, 0x08, 0x00"
-    ip = "0x45, 0x00, const16(128), 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, csumip(18, 37), 10, 78, 0, 1, 10, 78, 0, 2"
-    udp = "const16(1234), const16(5678), const16(108), 0x00, 0x00"
-    cfg = tmp_path / "vlan.cfg"
-    cfg.write_text(f"{{ {eth}, {tag}, {ip}, {udp}, fill(0x42, 100) }}\n")
-    sh(f"ip netns exec {topo.peer} trafgen -o {topo.peer_if} -i {cfg} -P 1 -n 20 -q -C", timeout=60)
+    send_vlan_udp(topo, tmp_path, payload=100)
     sensor.wait_for(r"acked=20 ", timeout=20)
     assert sensor.stop() == 0
     td.stop()
