@@ -403,7 +403,7 @@ def _run_bad(tmp_path, *args, key: str | None = KEY) -> subprocess.CompletedProc
     (("--listen", "127.0.0.1:0", "--max-body-mb", "0"), KEY, "--max-body-mb must be a number from 0.001"),
     (("--listen", "127.0.0.1:0", "--max-body-mb", "-1"), KEY, "--max-body-mb must be a number from 0.001"),
     (("--listen", "127.0.0.1:0", "--max-body-mb", "1025"), KEY, "--max-body-mb must be a number from 0.001"),
-    (("--listen", "127.0.0.1:0", "--max-connections", "0"), KEY, "--max-connections must be from 1 to 4096"),
+    (("--listen", "127.0.0.1:0", "--max-connections", "0"), KEY, "--max-connections must be from 1 to 65536"),
     (("--listen", "nonsense"), KEY, "--listen"),
     (("--listen", "::1:8443"), KEY, "brackets"),
     (("--listen", "127.0.0.1:99999"), KEY, "port"),

@@ -12,7 +12,8 @@ Routes (docs/protocol.md is the contract):
 * ``GET /healthz`` - 200 ``ok``.
 
 A request whose headers fail (syntax, content type, signature, time window) is refused before any of
-its body is read. At most ``--max-connections`` connections are served at once; more get a fast 503.
+its body is read. Connections are served by one asyncio loop (aiohttp, vsensor/routes.py) under deadlines
+a slow client cannot extend (vsensor/listener.py); over ``--max-connections`` a connection gets a fast 503.
 
 One plain line per request on standard output (flushed). Never the key nor a signature.
 """
@@ -20,43 +21,38 @@ One plain line per request on standard output (flushed). Never the key nor a sig
 from __future__ import annotations
 
 import argparse
-import io
+import asyncio
 import ipaddress
-import json
+import logging
 import math
 import os
+import resource
 import socket
-import socketserver
 import ssl
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from ossensor import __version__, protocol
+from aiohttp import web
+
+from ossensor import protocol
 from ossensor.exits import EXIT_USAGE
-from ossensor.pcapng import PcapngError
 from ossensor.ops.stop_signals import StopSignals
 from ossensor.vsensor import antigena as _antigena
+from ossensor.vsensor import listener as _listener
+from ossensor.vsensor import routes as _routes
 from ossensor.vsensor import store as _store
 from ossensor.vsensor import tls as _tls
 
 DEFAULT_LISTEN = "0.0.0.0:443"
 DEFAULT_OUT = "./vsensor-out"
-HELLO_MAX_BODY = 64 * 1024
-IDLE_TIMEOUT_S = 120       # a keep-alive connection idle (or a body stalled) this long is closed
-HANDSHAKE_TIMEOUT_S = 15
-DRAIN_CHUNK = 256 * 1024
-REFUSED_DRAIN_MAX = HELLO_MAX_BODY  # a refused request's body up to this is drained (keep-alive) ...
-LINGER_S = 2.0                      # ... a larger one is not read: answer, discard for this long, close
-MAX_CONNECTIONS = 64                # connections served at once (one thread each)
-BUSY_REFUSERS = 16                  # threads answering 503 to connections over that limit
 MAX_BODY_MB_RANGE = (0.001, 1024.0)
-MAX_CONNECTIONS_RANGE = (1, 4096)
-VSENSOR_NAME = "ossensor-reference"
-# headers a request may carry once only (and every X-Ossensor-* header)
-_SINGLE_HEADERS = {"content-length", "content-type", "content-encoding", "transfer-encoding", "host", "expect"}
+MAX_CONNECTIONS_RANGE = (1, 65536)
+IDLE_TIMEOUT_RANGE = (1.0, 3600.0)
+LISTEN_BACKLOG = 4096
+FD_SPARE = 256  # descriptors beyond the connections: files, handshakes under way, the loop's own
+VSENSOR_NAME = _routes.VSENSOR_NAME
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,9 +74,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default {protocol.MAX_BODY // (1024 * 1024)})")
     parser.add_argument("--max-skew", type=int, default=protocol.MAX_SKEW_S, metavar="SECONDS",
                         help=f"refuse batches signed further than this from our clock (default {protocol.MAX_SKEW_S})")
-    parser.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS, metavar="N",
-                        help="connections served at once, one thread each; more are answered 503 at once "
-                             f"(default {MAX_CONNECTIONS}; each sensor keeps up to 2 open: batches, Antigena)")
+    parser.add_argument("--max-connections", type=int, default=_listener.MAX_CONNECTIONS, metavar="N",
+                        help="connections served at once; more are answered 503 at once (default "
+                             f"{_listener.MAX_CONNECTIONS}; a sensor keeps up to OSSENSOR_INFLIGHT senders + 1 open)")
+    parser.add_argument("--idle-timeout", type=float, default=_listener.IDLE_TIMEOUT_S, metavar="SECONDS",
+                        help="close a keep-alive connection without a complete request this long "
+                             f"(default {_listener.IDLE_TIMEOUT_S:g}). Fixed deadlines: TLS handshake "
+                             f"{_listener.HANDSHAKE_TIMEOUT_S:g} s, request headers {_listener.HEADER_TIMEOUT_S:g} s "
+                             f"from their first byte, a body {_routes.BODY_GRACE_S:g} s + its length at "
+                             f"{_routes.MIN_BODY_RATE // 1024} KiB/s")
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -108,12 +110,7 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, int(port_s)
 
 
-def _clean(value, limit: int = 80) -> str:
-    """Header-derived text made safe for a one-line log: printable ASCII, no spaces, bounded."""
-    if value is None:
-        return "-"
-    text = "".join(c if 33 <= ord(c) < 127 else "?" for c in str(value))
-    return text[:limit] + ("..." if len(text) > limit else "")
+_clean = _routes.clean
 
 
 class App:
@@ -154,395 +151,99 @@ class App:
         return protocol.sign_response(self._key, status=status, body=data, request=v, path=path)
 
 
-def decode_body(body: bytes, encoding: str, limit: int) -> bytes | bytearray:
-    if encoding == "identity":
-        return body
-    import zstandard
+class Service:
+    """The asyncio loop, in its own thread (the main thread waits for SIGTERM/SIGINT: ops/stop_signals.py):
+    the listening socket, aiohttp's HTTP server (routes.Routes), and the connection layer under it
+    (listener.Listener)."""
 
+    def __init__(self, app: App, ctx: ssl.SSLContext, sock: socket.socket, limits: _listener.Limits):
+        self.app, self.ctx, self.sock, self.limits = app, ctx, sock, limits
+        self.ready = threading.Event()
+        self.failed: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as err:  # noqa: BLE001 - reported by main() as one line
+            self.failed = err
+        finally:
+            self.ready.set()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+    async def _main(self) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        loop.set_exception_handler(self._loop_error)
+        listener = _listener.Listener(self.ctx, None, self.limits, self.app.log)
+        routes = _routes.Routes(self.app, listener)
+        http = web.Server(routes, loop=loop)
+        http.vsensor_log = self.app.log
+        options = dict(loop=loop, keepalive_timeout=self.limits.idle_s, tcp_keepalive=True, access_log=None,
+                       logger=_QUIET, lingering_time=_routes.LINGER_S, auto_decompress=False,
+                       max_line_size=8190, max_field_size=8190, max_headers=100)
+        listener.http_protocol = lambda: _routes.Protocol(http, **options)
+        server = await loop.create_server(listener, sock=self.sock, backlog=LISTEN_BACKLOG)
+        self.ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            server.close()
+            for conn in list(http.connections):
+                conn.close()
+            await asyncio.wait_for(http.shutdown(5.0), 10.0)
+            routes.close()
+
+    def _loop_error(self, loop, context) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, (ConnectionError, ssl.SSLError, TimeoutError)):
+            return
+        what = repr(exc) if exc is not None else context.get("message", "?")
+        self.app.log(f"error reason=internal:_{_clean(what, 200)}")
+
+
+class _Quiet(logging.Logger):
+    """aiohttp's own logger: its refusals are ours to log (routes.Protocol.handle_error), one line each."""
+
+    def __init__(self):
+        super().__init__("ossensor.vsensor.aiohttp", logging.CRITICAL + 1)
+        self.propagate = False
+        self.addHandler(logging.NullHandler())
+
+
+_QUIET = _Quiet()
+
+
+def _listen(family: int, sockaddr: tuple) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body), read_across_frames=True)
-        out = bytearray()
-        while True:
-            chunk = reader.read(min(1 << 20, limit + 1 - len(out)))
-            if not chunk:
-                break
-            out += chunk
-            if len(out) > limit:
-                raise protocol.ProtocolError(413, f"decoded body larger than {limit} bytes")
-    except zstandard.ZstdError as err:
-        raise protocol.ProtocolError(400, f"zstd body does not decode: {err}") from None
-    return out  # not copied into bytes: parse_batch and the store take any buffer
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(sockaddr)
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = f"ossensor-vsensor/{__version__}"
-    sys_version = ""
-    server: "VSensorServer"
-
-    # -- plumbing --------------------------------------------------------------------------
-    def setup(self):
-        super().setup()
-        # Answers are small and the sensor waits for each one: without this, a write that Nagle holds
-        # back meets the sensor's delayed ACK and every answer waits ~40 ms (stop-and-wait shipping
-        # then tops out at one 4 MiB batch per 40 ms).
+def _raise_fd_limit(wanted: int) -> int:
+    """Each connection is a file descriptor: raise the soft limit up to the hard one. The limit after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
         try:
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-
-    def log_message(self, format, *args):  # noqa: A002 - the per-request line is ours
-        pass
-
-    def log_error(self, format, *args):  # noqa: A002 - malformed HTTP (bad request line, ...)
-        self.server.app.log(f"error peer={self._peer()} reason={_clean(format % args, 200)}")
-
-    def _peer(self) -> str:
-        return _clean(self.client_address[0] if self.client_address else "-")
-
-    def _send(self, status: int, payload, *, close: bool = False, extra: dict | None = None,
-              signed_for: protocol.Verified | None = None) -> None:
-        if isinstance(payload, (dict, list)):
-            data, ctype = (json.dumps(payload) + "\n").encode(), "application/json"
-        else:
-            data, ctype = payload.encode(), "text/plain; charset=utf-8"
-        if signed_for is not None:  # the answer to a verified request, signed for it (protocol.md)
-            extra = {**(extra or {}), **self.server.app.sign_answer(status, data, signed_for, self.path)}
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Cache-Control", "no-store")
-        for name, value in (extra or {}).items():
-            self.send_header(name, value)
-        if close:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self._headers_buffer.append(b"\r\n")  # end_headers(), with the body in the same write
-        if self.command != "HEAD":
-            self._headers_buffer.append(data)
-        self.flush_headers()
-
-    def _refuse(self, status: int, reason: str, *, close: bool = False, seq=None) -> None:
-        app = self.server.app
-        app.log(f"refused sensor={_clean(self.headers.get(protocol.H_SENSOR))} "
-                f"seq={_clean(seq if seq is not None else self.headers.get(protocol.H_SEQ), 24)} "
-                f"status={status} reason={_clean(reason.replace(' ', '_'), 200)} path={_clean(self.path, 40)} "
-                f"peer={self._peer()}")
-        extra = {"WWW-Authenticate": protocol.SCHEME} if status == 401 else None
-        self._send(status, {"status": "refused", "reason": reason}, close=close, extra=extra)
-
-    def _drain(self, n: int) -> bool:
-        """Read and discard n body bytes in small chunks (memory stays bounded). False if the peer stalls."""
-        try:
-            while n > 0:
-                chunk = self.rfile.read(min(DRAIN_CHUNK, n))
-                if not chunk:
-                    return False
-                n -= len(chunk)
-            return True
-        except OSError:
-            return False
-
-    def _linger(self, n: int) -> None:
-        """After answering a refused request whose body is not read: discard what the peer still sends
-        for at most LINGER_S (and n bytes), so that the answer reaches it rather than a reset."""
-        deadline = time.monotonic() + LINGER_S
-        try:
-            while n > 0:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self.connection.settimeout(left)
-                chunk = self.rfile.read1(min(DRAIN_CHUNK, n))
-                if not chunk:
-                    break
-                n -= len(chunk)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
         except (OSError, ValueError):
             pass
-
-    def _refuse_unread(self, err: protocol.ProtocolError, n: int) -> None:
-        """A header-level refusal: answered before any of the body is read. A small body is then
-        drained (the connection stays usable); a larger one is never read: the connection closes."""
-        if n <= REFUSED_DRAIN_MAX:
-            close = not self._drain(n)
-            self._refuse(err.status, err.reason, close=close)
-            return
-        self._refuse(err.status, err.reason, close=True)
-        self._linger(n)
-
-    def _duplicated(self) -> str | None:
-        """A header that must appear once and appears more: two Content-Lengths (the first for the vSensor,
-        the second for a proxy in front of it: request smuggling), or two of a signed header (which one
-        would the signature cover?)."""
-        seen: dict[str, int] = {}
-        for name in self.headers.keys():
-            low = name.lower()
-            if low in _SINGLE_HEADERS or low.startswith("x-ossensor-"):
-                seen[low] = seen.get(low, 0) + 1
-                if seen[low] > 1:
-                    return name
-        return None
-
-    def _content_length(self, limit: int) -> int | None:
-        """The announced body length, or None after refusing (411/413/400) without reading the body."""
-        twice = self._duplicated()
-        if twice:
-            self._refuse(400, f"duplicate {_clean(twice, 40)} header", close=True)
-            return None
-        if self.headers.get("Transfer-Encoding"):
-            self._refuse(411, "Content-Length required (chunked transfer encoding is not accepted)", close=True)
-            return None
-        length = self.headers.get("Content-Length")
-        if length is None:
-            self._refuse(411, "Content-Length required", close=True)
-            return None
-        length = length.strip()
-        if not (length.isascii() and length.isdigit()):
-            self._refuse(400, "bad Content-Length", close=True)
-            return None
-        n = int(length)
-        if n > limit:
-            self._refuse(413, f"body of {n} bytes is larger than the limit of {limit} bytes", close=True)
-            return None
-        return n
-
-    def handle_expect_100(self):
-        """Expect: 100-continue: refuse a too-large or wrongly signed request before the body is sent."""
-        path = self.path
-        limit = self.server.app.max_body if path == protocol.PATH_BATCHES else HELLO_MAX_BODY
-        if path == protocol.PATH_ANTIGENA:
-            limit = _antigena.MAX_BODY
-        if self.command == "POST" and path in (protocol.PATH_BATCHES, protocol.PATH_HELLO, protocol.PATH_ANTIGENA):
-            if self._content_length(limit) is None:
-                return False
-            try:
-                self.server.app.check_headers(self.command, path, self.headers)
-            except protocol.ProtocolError as err:
-                self._refuse(err.status, err.reason, close=True)
-                return False
-        return super().handle_expect_100()
-
-    def send_error(self, code, message=None, explain=None):
-        """http.server's own refusals (a garbage request line, an unknown method, headers too long):
-        JSON like every other answer, always after a status line (even for a one-word request line,
-        which http.server would answer as HTTP/0.9, bare), and the connection closed."""
-        if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
-            self.request_version = "HTTP/1.1"
-        extra = None
-        if code == 501:  # a method this server does not have: not "not implemented" but "not allowed"
-            code, extra = 405, {"Allow": "GET, HEAD, POST"}
-            message = f"method {_clean(self.command, 20)} not allowed; use GET or POST"
-        reason = message or self.responses.get(code, ("error",))[0]
-        self.log_error("code %d, message %s", code, reason)
-        if not hasattr(self, "command"):
-            self.command = None
-        self._send(code, {"status": "refused", "reason": reason}, close=True, extra=extra)
-
-    # -- routes ----------------------------------------------------------------------------
-    def do_GET(self):  # noqa: N802
-        if self.path == "/healthz":
-            self._send(200, "ok\n")
-        elif self.path in (protocol.PATH_BATCHES, protocol.PATH_HELLO):
-            self._send(405, {"status": "refused", "reason": "use POST"}, extra={"Allow": "POST"})
-        else:
-            self._send(404, {"status": "refused", "reason": "not found"})
-
-    do_HEAD = do_GET  # noqa: N815
-
-    def do_POST(self):  # noqa: N802
-        if self.path == protocol.PATH_BATCHES:
-            self._post(self.server.app.max_body, batch=True)
-        elif self.path == protocol.PATH_HELLO:
-            self._post(HELLO_MAX_BODY, batch=False)
-        elif self.path == protocol.PATH_ANTIGENA and getattr(self.server.app, "antigena", None):
-            self._post(_antigena.MAX_BODY, batch=False)  # reports in, actions out (vsensor/antigena.py)
-        else:
-            n = self._content_length(HELLO_MAX_BODY)
-            if n is not None:
-                close = not self._drain(n)
-                self._send(404, {"status": "refused", "reason": "not found"}, close=close)
-
-    def _post(self, limit: int, *, batch: bool) -> None:
-        app = self.server.app
-        n = self._content_length(limit)
-        if n is None:
-            return
-        try:  # headers, signature and time window first: an unauthenticated body is never read
-            checked = app.check_headers("POST", self.path, self.headers)
-        except protocol.ProtocolError as err:
-            self._refuse_unread(err, n)
-            return
-        try:
-            body = self.rfile.read(n)
-        except OSError as err:
-            self.close_connection = True
-            app.log(f"error peer={self._peer()} reason=reading_body:_{_clean(err, 100)}")
-            return
-        if len(body) != n:
-            self.close_connection = True
-            app.log(f"error peer={self._peer()} reason=body_shorter_than_Content-Length")
-            return
-        try:
-            v = protocol.verify_body(checked, body)
-        except protocol.ProtocolError as err:
-            self._refuse(err.status, err.reason)
-            return
-        if self.path == protocol.PATH_ANTIGENA:
-            status, payload = app.antigena.exchange(v, body, self._peer())
-            self._send(status, payload, signed_for=v)
-            return
-        if not batch:
-            app.log(f"hello sensor={v.sensor} boot={v.boot} peer={self._peer()}")
-            self._send(200, {"status": "ok", "vsensor": VSENSOR_NAME, "version": __version__,
-                             "time": int(time.time()), "max_body": app.max_body, "max_body_bytes": app.max_body,
-                             "max_skew": app.max_skew})
-            return
-        self._batch(v, body)
-
-    def _duplicate(self, v: protocol.Verified) -> None:
-        app = self.server.app
-        app.log(f"duplicate sensor={v.sensor} boot={v.boot} seq={v.seq} status=409 peer={self._peer()}")
-        self._send(409, {"status": "duplicate", "seq": v.seq, "reason": "batch already accepted"})
-
-    def _batch(self, v: protocol.Verified, body: bytes) -> None:
-        app = self.server.app
-        if app.guard.seen(v.sensor, v.boot, v.seq):
-            self._duplicate(v)
-            return
-        try:
-            section = decode_body(body, v.content_encoding, app.max_body)
-            parsed = _store.parse_batch(section)
-        except protocol.ProtocolError as err:
-            self._refuse(err.status, err.reason, seq=v.seq)
-            return
-        except PcapngError as err:
-            self._refuse(400, f"malformed pcapng: {err}", seq=v.seq)
-            return
-        with app.stream_lock(v.sensor, v.boot):
-            if app.guard.seen(v.sensor, v.boot, v.seq):
-                self._duplicate(v)
-                return
-            try:
-                files = app.store.append(v.sensor, v.boot, v.seq, parsed, sent=v.timestamp,
-                                         wire_bytes=len(body), encoding=v.content_encoding)
-            except OSError as err:
-                app.log(f"error sensor={v.sensor} seq={v.seq} reason=store_failed:_{_clean(err, 160)}")
-                self._send(503, {"status": "refused", "reason": "the vSensor could not store the batch; retry"},
-                           extra={"Retry-After": "5"})
-                return
-            app.guard.accept(v.sensor, v.boot, v.seq)
-        app.log(f"accepted sensor={v.sensor} boot={v.boot} seq={v.seq} packets={parsed.packets} "
-                f"bytes={parsed.size} wire_bytes={len(body)} encoding={v.content_encoding} "
-                f"file={','.join(files) or '-'} peer={self._peer()}")
-        self._send(200, {"status": "accepted", "seq": v.seq, "packets": parsed.packets, "bytes": parsed.size})
-
-
-class VSensorServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 64
-
-    def __init__(self, address: tuple[str, int], family: int, app: App, ctx: ssl.SSLContext,
-                 max_connections: int = MAX_CONNECTIONS):
-        self.address_family = family
-        self.app = app
-        self.ssl_context = ctx
-        self.max_connections = max_connections
-        self._slots = threading.BoundedSemaphore(max_connections)
-        self._busy_slots = threading.BoundedSemaphore(BUSY_REFUSERS)
-        self._busy_count = 0
-        self._busy_logged = 0.0
-        super().__init__(address, Handler, bind_and_activate=False)
-
-    # -- bounded concurrency: one thread per connection, at most max_connections of them ------------
-    def process_request(self, request, client_address):
-        if self._slots.acquire(blocking=False):
-            try:
-                super().process_request(request, client_address)  # starts process_request_thread
-            except BaseException:
-                self._slots.release()
-                raise
-            return
-        self._note_busy(client_address)
-        if self._busy_slots.acquire(blocking=False):
-            try:
-                threading.Thread(target=self._answer_busy, args=(request,), daemon=True).start()
-            except BaseException:
-                self._busy_slots.release()
-                self.shutdown_request(request)
-            return
-        self.shutdown_request(request)  # even the 503 answerers are busy: just close
-
-    def process_request_thread(self, request, client_address):
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
-
-    def _note_busy(self, client_address) -> None:
-        self._busy_count += 1
-        now = time.monotonic()
-        if now - self._busy_logged >= 5:
-            self._busy_logged = now
-            self.app.log(f"busy refused={self._busy_count} limit={self.max_connections} "
-                         f"peer={_clean(client_address[0])} reason=too_many_connections_(503)")
-
-    def _answer_busy(self, request) -> None:
-        """Over the connection limit: a 503 with Retry-After right after the handshake, then close."""
-        try:
-            request.settimeout(5)
-            conn = self.ssl_context.wrap_socket(request, server_side=True)
-            data = (json.dumps({"status": "refused", "reason": "the vSensor is busy (too many connections); "
-                                "retry"}) + "\n").encode()
-            conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                         b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(data) + data)
-            conn.settimeout(0.5)
-            try:  # let the request arrive, so that closing does not reset the answer away
-                conn.recv(65536)
-            except OSError:
-                pass
-            conn.close()
-        except (OSError, ssl.SSLError, ValueError):
-            pass
-        finally:
-            try:
-                request.close()
-            except OSError:
-                pass
-            self._busy_slots.release()
-
-    def server_bind(self):
-        # HTTPServer.server_bind would call socket.getfqdn(), a reverse DNS lookup that can hang.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.socket.getsockname()[:2]
-        self.server_name, self.server_port = host, port
-
-    def finish_request(self, request, client_address):
-        # The TLS handshake runs here, in the connection's own thread, never in the accept loop.
-        request.settimeout(HANDSHAKE_TIMEOUT_S)
-        try:
-            conn = self.ssl_context.wrap_socket(request, server_side=True)
-        except (ssl.SSLError, OSError) as err:
-            reason = getattr(err, "reason", None) or err.__class__.__name__
-            if reason == "HTTP_REQUEST":
-                reason = "plain HTTP sent to the HTTPS port (use https://)"
-            reason = _clean(str(reason).replace(" ", "_"), 120)
-            self.app.log(f"tls-error peer={_clean(client_address[0])} reason={reason}")
-            return
-        try:
-            conn.settimeout(IDLE_TIMEOUT_S)
-            self.RequestHandlerClass(conn, client_address, self)
-        finally:
-            try:
-                conn.close()
-            except OSError:
-                pass
-
-    def handle_error(self, request, client_address):
-        exc = sys.exc_info()[1]
-        if isinstance(exc, (ConnectionError, TimeoutError, ssl.SSLError)):
-            return
-        self.app.log(f"error peer={_clean(client_address[0])} reason=internal:_{_clean(repr(exc), 200)}")
+    return soft
 
 
 def _fail(message: str) -> int:
@@ -573,6 +274,9 @@ def main(args: argparse.Namespace) -> int:
     lo, hi = MAX_CONNECTIONS_RANGE
     if not lo <= args.max_connections <= hi:
         return _fail(f"--max-connections must be from {lo} to {hi}, got {args.max_connections}")
+    lo, hi = IDLE_TIMEOUT_RANGE
+    if not (math.isfinite(args.idle_timeout) and lo <= args.idle_timeout <= hi):
+        return _fail(f"--idle-timeout must be from {lo:g} to {hi:g} seconds, got {args.idle_timeout:g}")
     if args.max_skew < 0:
         return _fail("--max-skew must be 0 or more")
     if (args.tls_cert is None) != (args.tls_key is None):
@@ -629,38 +333,40 @@ def main(args: argparse.Namespace) -> int:
     for sensor, boot, seq in store.accepted():
         app.guard.accept(sensor, boot, seq)
 
-    server = VSensorServer(sockaddr[:2], family, app, ctx, max_connections=args.max_connections)
     try:
-        server.server_bind()
-        server.server_activate()
+        sock = _listen(family, sockaddr[:2])
     except OSError as err:
-        server.server_close()
         store.close()
         return _fail(f"cannot listen on {args.listen}: {err.strerror or err}")
+    fds = _raise_fd_limit(args.max_connections + FD_SPARE)
+    max_connections = args.max_connections
+    if fds < max_connections + FD_SPARE:
+        max_connections = max(1, fds - FD_SPARE)
+        app.log(f"warning: only {fds} file descriptors (ulimit -n): at most {max_connections} connections, "
+                f"not {args.max_connections}")
+    limits = _listener.Limits(max_connections=max_connections, idle_s=args.idle_timeout)
 
-    bound_host, bound_port = server.server_address[:2]
+    bound_host, bound_port = sock.getsockname()[:2]
     ca_text = str(ca_path) if ca_path else "(given certificate)"
     app.log(f"listening on https://{_url_host(bound_host)}:{bound_port} out={out} ca={ca_text}")
     if ca_path:
         app.log(f"sensors trust this vSensor with OSSENSOR_TLS_CA_FILE={ca_path.resolve()}")
     if args.client_ca:
         app.log(f"client certificates required, signed by {args.client_ca}")
-    # The server runs in a thread, the main thread waits for SIGTERM/SIGINT: a handler that stopped the
-    # server itself would take locks the main thread may hold at that instant (ops/stop_signals.py).
-    serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5}, name="serve")
-    failed = False
+    service = Service(app, ctx, sock, limits)
+    serving = threading.Thread(target=service.run, name="serve")
     try:
         with StopSignals() as stop:
             serving.start()
             while not stop.wait(1.0):
-                if not serving.is_alive():  # serve_forever raised (its traceback is printed)
-                    failed = True
+                if not serving.is_alive():
                     break
-            if serving.is_alive():
-                server.shutdown()  # returns once serve_forever has
+            service.stop()
             serving.join()
     finally:
-        server.server_close()
+        sock.close()
         store.close()
+        if service.failed is not None:
+            app.log(f"error reason=internal:_{_clean(repr(service.failed), 200)}")
         app.log("stopped")
-    return 1 if failed else 0
+    return 1 if service.failed is not None else 0

@@ -1,0 +1,258 @@
+"""The vSensor's connections, below HTTP: accept, the TLS handshake, the cap on connections, and the
+deadlines a slow or silent client cannot extend. HTTP itself is aiohttp's (vsensor/routes.py).
+
+Each accepted TCP connection gets, in this order:
+
+* a TLS handshake that must finish within ``handshake_s`` (asyncio's own timeout; a failure is logged
+  as one ``tls-error`` line naming the peer and the reason);
+* over ``max_connections`` open connections: a 503 JSON answer right after the handshake, then close;
+* else a `_Guard` in front of aiohttp's protocol. aiohttp closes a connection that has no complete
+  request within its keep-alive time of becoming idle (a trickle of header bytes does not restart that
+  timer); the guard adds the header deadline: once the first byte of a request has arrived, its headers
+  must be complete within ``header_s``, or the connection gets a 408 and is closed. The body has its
+  own deadline, set by the route from its length (routes.py: a minimum rate).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+
+HANDSHAKE_TIMEOUT_S = 5.0
+HEADER_TIMEOUT_S = 10.0
+IDLE_TIMEOUT_S = 60.0
+MAX_CONNECTIONS = 4096
+BUSY_LINGER_S = 0.5  # a refused connection's request may still be on its way: let it arrive, then close
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_connections: int = MAX_CONNECTIONS
+    handshake_s: float = HANDSHAKE_TIMEOUT_S
+    header_s: float = HEADER_TIMEOUT_S
+    idle_s: float = IDLE_TIMEOUT_S
+
+
+def json_answer(status: int, reason_phrase: str, doc: dict, extra: str = "") -> bytes:
+    """A whole HTTP/1.1 answer that closes the connection, for the places aiohttp is not (yet) in."""
+    body = (json.dumps(doc) + "\n").encode()
+    return (f"HTTP/1.1 {status} {reason_phrase}\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
+            f"{extra}Connection: close\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def _peer(transport: asyncio.BaseTransport) -> str:
+    addr = transport.get_extra_info("peername")
+    return str(addr[0]) if addr else "-"
+
+
+def tls_reason(err: BaseException) -> str:
+    """Why a handshake failed, in a few words for the log."""
+    if isinstance(err, (asyncio.TimeoutError, TimeoutError)) or "taking longer" in str(err):
+        return "no TLS handshake within the deadline"
+    reason = getattr(err, "reason", None) or str(err) or err.__class__.__name__
+    if reason == "HTTP_REQUEST":
+        return "plain HTTP sent to the HTTPS port (use https://)"
+    return str(reason)
+
+
+class Listener:
+    """The protocol factory of the listening socket (loop.create_server), and what it counts."""
+
+    def __init__(self, ctx: ssl.SSLContext, http_protocol: Callable[[], asyncio.Protocol], limits: Limits,
+                 log: Callable[[str], None]):
+        self.ctx = ctx
+        self.http_protocol = http_protocol
+        self.limits = limits
+        self.log = log
+        self.open = 0             # connections past the handshake (served or being refused)
+        self.handshaking = 0
+        self.busy_refused = 0
+        self._busy_logged = -1e9
+        self.guards: dict[asyncio.BaseTransport, _Guard] = {}  # by TLS transport: routes find theirs
+        self._tasks: set[asyncio.Task] = set()
+
+    def __call__(self) -> asyncio.Protocol:
+        return _Accepted(self)
+
+    def guard_of(self, transport) -> "_Guard | None":
+        return self.guards.get(transport)
+
+    async def handshake(self, raw: asyncio.Transport) -> None:
+        loop = asyncio.get_running_loop()
+        peer = _peer(raw)
+        self.handshaking += 1
+        proto: asyncio.Protocol
+        if self.open >= self.limits.max_connections:
+            proto = _Busy(self)
+        else:
+            proto = _Guard(self, self.http_protocol())
+        try:
+            tls = await loop.start_tls(raw, proto, self.ctx, server_side=True,
+                                       ssl_handshake_timeout=self.limits.handshake_s,
+                                       ssl_shutdown_timeout=self.limits.handshake_s)
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError, RuntimeError, ValueError) as err:
+            self.log(f"tls-error peer={peer} reason={tls_reason(err).replace(' ', '_')[:120]}")
+            raw.abort()
+            return
+        finally:
+            self.handshaking -= 1
+        if tls is None or tls.is_closing():  # closed at the end of the handshake: nothing to serve
+            return
+        self.open += 1
+        proto.connection_made(tls)
+
+    def spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def note_busy(self, peer: str) -> None:
+        self.busy_refused += 1
+        now = asyncio.get_running_loop().time()
+        if now - self._busy_logged >= 5:
+            self._busy_logged = now
+            self.log(f"busy refused={self.busy_refused} limit={self.limits.max_connections} "
+                     f"peer={peer} reason=too_many_connections_(503)")
+
+
+class _Accepted(asyncio.Protocol):
+    """A fresh TCP connection: nothing is read until the TLS handshake takes it over (Listener.handshake)."""
+
+    def __init__(self, listener: Listener):
+        self.listener = listener
+
+    def connection_made(self, transport):
+        transport.pause_reading()  # start_tls resumes it, with the TLS layer in place
+        self.listener.spawn(self.listener.handshake(transport))
+
+    def data_received(self, data):  # not reached: reading is paused until start_tls
+        pass
+
+
+class _Early(asyncio.Protocol):
+    """TLS may hand over application data before start_tls has returned (a request sent right behind
+    the handshake): keep it until connection_made."""
+
+    def __init__(self):
+        self.transport = None
+        self._early: list[bytes] | None = []
+        self._early_eof = False
+
+    def data_received(self, data):
+        if self._early is not None:
+            self._early.append(data)
+        else:
+            self.received(data)
+
+    def eof_received(self):
+        if self._early is not None:
+            self._early_eof = True
+            return True
+        return self.eof()
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.started(transport)
+        early, self._early = self._early, None
+        for data in early or ():
+            if self.transport is None or self.transport.is_closing():
+                break
+            self.received(data)
+        if self._early_eof and self.transport is not None and not self.transport.is_closing():
+            if not self.eof():
+                self.transport.close()
+
+    # for subclasses
+    def started(self, transport): ...
+    def received(self, data: bytes): ...
+    def eof(self) -> bool | None: ...
+
+
+class _Busy(_Early):
+    """Over the connection limit: a 503 with Retry-After, then close once the request is in (or soon)."""
+
+    def __init__(self, listener: Listener):
+        super().__init__()
+        self.listener = listener
+
+    def started(self, transport):
+        self.listener.note_busy(_peer(transport))
+        transport.write(json_answer(503, "Service Unavailable",
+                                    {"status": "refused", "reason": "the vSensor is busy (too many connections); retry"},
+                                    "Retry-After: 1\r\n"))
+        self._timer = asyncio.get_running_loop().call_later(BUSY_LINGER_S, transport.close)
+
+    def received(self, data):
+        self.transport.close()  # the request has arrived: the answer will not be reset away
+
+    def eof(self):
+        return False
+
+    def connection_lost(self, exc):
+        if self.transport is not None:
+            self._timer.cancel()
+            self.listener.open -= 1
+
+
+class _Guard(_Early):
+    """In front of aiohttp's protocol: the header deadline, and the count of open connections."""
+
+    def __init__(self, listener: Listener, inner: asyncio.Protocol):
+        super().__init__()
+        self.listener = listener
+        self.inner = inner
+        self.in_request = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- what the route tells: headers done (deadline off), answer given (the next request may start) --
+    def request_started(self) -> None:
+        self.in_request = True
+        self._stop_timer()
+
+    def request_done(self) -> None:
+        self.in_request = False
+
+    # -- the protocol -----------------------------------------------------------------------------------
+    def started(self, transport):
+        self.listener.guards[transport] = self
+        self.inner.connection_made(transport)
+
+    def received(self, data):
+        if not self.in_request and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.listener.limits.header_s, self._expired)
+        self.inner.data_received(data)
+
+    def eof(self):
+        return self.inner.eof_received()
+
+    def pause_writing(self):
+        self.inner.pause_writing()
+
+    def resume_writing(self):
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc):
+        self._stop_timer()
+        if self.transport is not None:
+            self.listener.guards.pop(self.transport, None)
+            self.listener.open -= 1
+            self.inner.connection_lost(exc)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expired(self) -> None:
+        self._timer = None
+        if self.in_request or self.transport is None or self.transport.is_closing():
+            return
+        limit = self.listener.limits.header_s
+        self.listener.log(f"refused peer={_peer(self.transport)} status=408 "
+                          f"reason=request_headers_not_complete_within_{limit:g}_s_of_their_first_byte")
+        self.transport.write(json_answer(408, "Request Timeout", {
+            "status": "refused", "reason": f"request headers not complete within {limit:g} s of their first byte"}))
+        self.transport.close()
