@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Reference vSensor throughput: CPU it spends per signed 4 MiB pcapng batch.
+"""Reference vSensor throughput: CPU it spends per signed 4 MiB pcapng batch; batches/s and MB/s with
+1, 10, 100, 1,000 concurrent senders; RSS per idle TLS connection.
 
     python3 bench/vsensor.py [--batches 40] [--sizes 64,1500] [--mb 4] [--cpu 0] [--mixed]
+                             [--senders 1,10,100,1000] [--sender-kb 128] [--idle 2000]
 
 Starts `ossensor vsensor` on loopback (pinned to --cpu, -1: not pinned), sends it signed batches
 with ossensor.ship.client.Shipper (one connection, one batch after another, as the sensor's shipper does),
@@ -10,6 +12,9 @@ between the two interfaces, one ISB per interface. --mixed adds a raw-IP interfa
 store must move to a second file (interface ids renumbered). Prints, per frame size, the vSensor's
 CPU seconds per batch (from /proc/PID/stat, utime+stime, whole process), the CPU µs per MB, and the
 MB/s the sender saw (the sender runs on the same machine and takes its own CPU: MB/s is a lower bound).
+Then, with tests/siege.py in another process: N connections opened at once, each its own sensor sending
+--sender-batches/N signed batches of --sender-kb KiB one after another (batches/s, MB/s of bodies, the
+vSensor's CPU); and the vSensor's RSS before and with --idle idle TLS connections.
 """
 
 from __future__ import annotations
@@ -75,6 +80,48 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+
+
+def concurrent_senders(port: int, ca: str, n: int, total: int, kb: float, pid: int) -> dict:
+    """n connections at once (tests/siege.py senders), each a sensor sending total/n batches, keep-alive."""
+    per = max(1, total // n)
+    c0 = cpu_seconds(pid)
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "siege.py"), "senders", "--port", str(port),
+                        "--ca", ca, "--conns", str(n), "--batches", str(per), "--kb", str(kb), "--prefix", f"c{n}"],
+                       capture_output=True, text=True, timeout=600, env=dict(os.environ, VSENSOR_HMAC_KEY=KEY))
+    if r.returncode != 0:
+        raise SystemExit(f"siege.py senders failed: {r.stderr[-2000:]}")
+    doc = json.loads(r.stdout.strip().splitlines()[-1])
+    other = {k: v for k, v in doc["statuses"].items() if k != "200"}
+    return {"senders": n, "sent": n * per, "accepted": doc["accepted"], "other": other or "-",
+            "errors": doc["errors"], "connect_s": doc["connect_s"], "batches_per_s": doc["batches_per_s"],
+            "mb_per_s": doc["mb_per_s"], "cpu_s": cpu_seconds(pid) - c0}
+
+
+def idle_rss(port: int, ca: str, n: int, pid: int) -> dict:
+    """The vSensor's RSS before and with n idle TLS connections (handshake done, nothing sent)."""
+    before = rss_kib(pid)
+    p = subprocess.Popen([sys.executable, str(ROOT / "tests" / "siege.py"), "hostile", "--port", str(port),
+                          "--ca", ca, "--idle", str(n), "--trickle", "0", "--bare", "0"],
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        deadline, opened = time.monotonic() + 120, 0
+        for line in p.stdout:
+            opened = json.loads(line)["idle"]
+            if opened >= n or time.monotonic() > deadline:
+                break
+        time.sleep(2)
+        after = rss_kib(pid)
+    finally:
+        p.kill()
+        p.wait()
+    return {"idle_conns": n, "open": opened, "rss_before_kib": before, "rss_after_kib": after,
+            "kib_per_conn": (after - before) / max(1, opened)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", type=int, default=40)
@@ -84,6 +131,12 @@ def main() -> int:
     ap.add_argument("--mixed", action="store_true", help="add a raw-IP interface (split, renumbered)")
     ap.add_argument("--zstd", action="store_true", help="send the batches zstd-compressed (level 1)")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--senders", default="1,10,100,1000",
+                    help="concurrent senders (each its own TLS connection and sensor name) for the concurrency "
+                         "rows; '' skips them (default 1,10,100,1000)")
+    ap.add_argument("--sender-kb", type=float, default=128.0, help="batch size of the concurrency rows (KiB)")
+    ap.add_argument("--sender-batches", type=int, default=2000, help="batches per concurrency row, in all")
+    ap.add_argument("--idle", type=int, default=2000, help="idle TLS connections for the RSS row (0: skip)")
     args = ap.parse_args()
 
     out = Path(tempfile.mkdtemp(prefix="vsensor-bench-"))
@@ -105,6 +158,13 @@ def main() -> int:
         # the vSensor logs a line per batch: drain its output so that it never blocks on the pipe
         import threading
         threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+        ca = str(out / "store" / "ca.pem")
+        if args.idle:  # first, while the heap is fresh: later bodies leave freed memory idle ones would reuse
+            r = idle_rss(port, ca, args.idle, proc.pid)
+            results.append(r)
+            print(f"{args.idle} idle TLS connections: vSensor RSS {r['rss_before_kib'] / 1024:.1f} -> "
+                  f"{r['rss_after_kib'] / 1024:.1f} MiB, {r['kib_per_conn']:.1f} KiB per connection "
+                  f"({r['open']} open)", flush=True)
         shipper = Shipper(host="127.0.0.1", port=port, key=KEY.encode(), sensor="bench", boot="00000000000000aa",
                           ca_file=str(out / "store" / "ca.pem"))
         seq = 0
@@ -133,6 +193,12 @@ def main() -> int:
                   f"  {r['cpu_us_per_mb']:8.0f} µs/MB  {r['mb_per_s']:7.1f} MB/s (sender-bound lower bound)",
                   flush=True)
         shipper.close()
+        for n in [int(x) for x in args.senders.split(",") if x.strip()]:
+            r = concurrent_senders(port, ca, n, args.sender_batches, args.sender_kb, proc.pid)
+            results.append(r)
+            print(f"{n:5d} concurrent senders: {r['batches_per_s']:8.1f} batches/s  {r['mb_per_s']:7.1f} MB/s "
+                  f"({r['accepted']} of {r['sent']} accepted, {args.sender_kb:g} KiB batches, other answers "
+                  f"{r['other']}, connect {r['connect_s']} s, vSensor CPU {r['cpu_s']:.1f} s)", flush=True)
     finally:
         proc.terminate()
         try:

@@ -24,6 +24,7 @@ HELLO_MAX_BODY = 64 * 1024
 BODY_GRACE_S = 10.0          # a body must arrive within this ...
 MIN_BODY_RATE = 64 * 1024    # ... plus its length at this many bytes/s: a trickle cannot hold a connection
 LINGER_S = 2.0               # a refused body still arriving is read and discarded this long, then close
+BODY_BUDGET = 128 * 1024 * 1024  # request bodies in memory at once, at least (2 x the body limit if more)
 WORKERS = 4                  # threads verifying and storing bodies
 VSENSOR_NAME = "ossensor-reference"
 SERVER = f"ossensor-vsensor/{__version__}"
@@ -92,7 +93,7 @@ class Routes:
         self.app = app                     # server.App: key, guard, store, limits, log
         self.listener = listener
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vsensor-store")
-        self.budget = BodyBudget(max(4 * app.max_body, 256 * 1024 * 1024))
+        self.budget = BodyBudget(max(2 * app.max_body, BODY_BUDGET))
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         guard = self.listener.guard_of(request.transport)
