@@ -140,6 +140,7 @@ def test_answers_classified_with_reason_and_retry_after(tmp_path):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(str(cert), str(key))
     answers = [b"HTTP/1.1 503 Busy\r\nRetry-After: 7\r\nContent-Length: 17\r\n\r\n{\"reason\":\"busy\"}",
+               b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 17\r\n\r\n{\"reason\":\"slow\"}",
                b"HTTP/1.1 409 Conflict\r\nContent-Length: 0\r\n\r\n",
                b"HTTP/1.1 401 No\r\nContent-Length: 9\r\n\r\nnope\nnope",
                b"HTTP/1.1 302 Found\r\nLocation: https://127.0.0.1:9/\r\nContent-Length: 5\r\n\r\nmoved",
@@ -173,6 +174,7 @@ def test_answers_classified_with_reason_and_retry_after(tmp_path):
         srv.close()
     assert [(o.kind, o.status, o.reason, o.retry_after) for o in got] == [
         ("retry", 503, "busy", 7.0),
+        ("retry", 408, "slow", None),  # the vSensor's body deadline on a slow link: not the batch's fault
         ("acked", 409, "duplicate (already accepted)", None),
         ("refused", 401, "nope nope", None),
         ("retry", 302, "unexpected answer: redirect to https://127.0.0.1:9/ (moved); redirects are not followed: "

@@ -136,7 +136,7 @@ class Shipper:
             return Outcome("acked", 200, reason or "accepted", rtt)
         if status == 409:
             return Outcome("acked", 409, reason or "duplicate (already accepted)", rtt)
-        if status >= 500 or status == 429:
+        if status >= 500 or status in (408, 429):  # 408: headers or body slower than the vSensor's deadline
             return Outcome("retry", status, reason or f"HTTP {status}", rtt,
                            _retry_after(resp.headers.get("Retry-After")))
         if 300 <= status < 400:  # not followed: a batch goes to the configured vSensor or nowhere
