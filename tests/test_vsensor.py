@@ -577,3 +577,39 @@ def test_antigena_answer_is_signed_for_its_request(vsensor):
     assert resp.status_code == 409
     protocol.verify_response(KEY.encode(), status=409, headers=resp.headers, body=resp.content, sensor="node-1",
                              boot=BOOT, seq=1, timestamp=now)
+
+
+def test_racing_replays_store_one_copy(vsensor):
+    """The same signed batch sent on 40 connections at once (a replay race, now that bodies are stored by
+    worker threads while the loop reads others): exactly one 200, 39 409s, one copy stored."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    vs = vsensor()
+    body = batch(5)
+    headers = protocol.sign(KEY.encode(), sensor="racer", boot=BOOT, seq=7, timestamp=int(time.time()), body=body)
+    barrier = threading.Barrier(40)
+
+    def send(_):
+        s = requests.Session()
+        s.get(vs.url + "/healthz", verify=vs.ca, timeout=10)  # connected and warm before the race
+        barrier.wait(10)
+        return s.post(vs.url + protocol.PATH_BATCHES, data=body, headers=headers, verify=vs.ca, timeout=30).status_code
+
+    with ThreadPoolExecutor(40) as pool:
+        codes = sorted(pool.map(send, range(40)))
+    assert codes == [200] + [409] * 39, codes
+    assert len(jsonl(vs.out)) == 1 and sum(tcpdump_count(p) for p in pcap_files(vs.out)) == 5
+
+
+def test_plain_http_on_the_tls_port_is_named_in_the_log(vsensor):
+    vs = vsensor()
+    with socket.create_connection(("127.0.0.1", vs.port), timeout=10) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.settimeout(10)
+        try:
+            while s.recv(65536):
+                pass
+        except ConnectionResetError:
+            pass
+    vs.wait_for(r"tls-error peer=127\.0\.0\.1 reason=plain_HTTP_sent_to_the_HTTPS_port")
+    assert requests.get(vs.url + "/healthz", verify=vs.ca, timeout=10).status_code == 200
