@@ -38,6 +38,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ossensor import pcapng
+
+# Link types whose libpcap DLT has another number (pcap-common.c: ATM_RFC1483 100 -> 11, RAW 101 -> 12,
+# SLIP_BSDOS 102 -> 15, PPP_BSDOS 103 -> 16). libpcap up to 1.10.x compares every IDB after the first
+# with the first one's *DLT*, so a file with two IDBs of one of these types reads in tshark but tcpdump
+# refuses it ("an interface has a type 101 different from the type of the first interface"): each
+# such interface gets a file of its own (a fourth element in its group key: its rank among its peers).
+LIBPCAP_REMAPPED = frozenset({100, 101, 102, 103})
 from ossensor.pcapng import BT_EPB, BT_IDB, BT_ISB, BT_SHB, PcapngError
 
 try:
@@ -74,7 +81,7 @@ class ParsedBatch:
     data: memoryview
     shb: memoryview
     idbs: list[memoryview]                      # raw IDB blocks in interface-id order
-    groups: list[tuple[int, bytes, int]]        # per interface: (link type, if_tsresol, snaplen)
+    groups: list[tuple[int, bytes, int, int]]        # per interface: (link type, if_tsresol, snaplen)
     names: list[str]                            # per interface: if_name
     heads: list[tuple[int, int]]                # (offset, length) of the SHB and the IDBs, in order
     packets: int
@@ -103,7 +110,7 @@ class _Builder:
         self.view = view
         self.shb = None
         self.idbs: list[memoryview] = []
-        self.groups: list[tuple[int, bytes, int]] = []
+        self.groups: list[tuple[int, bytes, int, int]] = []
         self.names: list[str] = []
         self.heads: list[tuple[int, int]] = []
         self.stats: list[dict] = []
@@ -122,7 +129,10 @@ class _Builder:
                 name = value.decode("utf-8", "replace")
         self.idbs.append(raw)
         # one file per group: libpcap refuses a file whose interfaces differ in link type or snaplen
-        self.groups.append((linktype, tsresol, snaplen))
+        key = (linktype, tsresol, snaplen, 0)
+        if linktype in LIBPCAP_REMAPPED:  # ... and one whose second IDB has one of these: a file each
+            key = (linktype, tsresol, snaplen, sum(1 for g in self.groups if g[:3] == key[:3]))
+        self.groups.append(key)
         self.names.append(name)
         self.heads.append((off, len(raw)))
 
@@ -372,7 +382,7 @@ class Store:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._streams: dict[tuple[str, str], dict[tuple[int, bytes, int], _File]] = {}
+        self._streams: dict[tuple[str, str], dict[tuple[int, bytes, int, int], _File]] = {}
         self._next_n: dict[tuple[str, str], int] = {}
         self._closed = False
         self._log = open(self.out_dir / BATCH_LOG, "a", encoding="utf-8")
@@ -404,11 +414,11 @@ class Store:
                 raise OSError("store is closed")
             files = self._streams.setdefault((sensor, boot), {})
             # Which group file each interface goes to, and its interface id there.
-            group_keys: list[tuple[int, bytes, int]] = []
+            group_keys: list[tuple[int, bytes, int, int]] = []
             for g in batch.groups:
                 if g not in group_keys:
                     group_keys.append(g)
-            plan: dict[tuple[int, bytes, int], list] = {}
+            plan: dict[tuple[int, bytes, int, int], list] = {}
             for key in group_keys:
                 members = [i for i, g in enumerate(batch.groups) if g == key]
                 raw = [batch.idbs[i] for i in members]
@@ -442,7 +452,7 @@ class Store:
             written: list[str] = []
             done: list[_File] = []
             undo: list[tuple[_File, int]] = []
-            created: list[tuple[tuple[int, bytes, int], _File, _File | None]] = []
+            created: list[tuple[tuple[int, bytes, int, int], _File, _File | None]] = []
             try:
                 for key in group_keys:
                     current, parts, fresh, raw = plan[key]
