@@ -25,7 +25,7 @@ HANDSHAKE_TIMEOUT_S = 5.0
 HEADER_TIMEOUT_S = 10.0
 IDLE_TIMEOUT_S = 60.0
 MAX_CONNECTIONS = 4096
-TLS_READ_BUFFER = 32 * 1024  # per connection: see small_tls_buffers()
+TLS_READ_BUFFER = 32 * 1024  # per connection: see tune_asyncio_tls()
 BUSY_LINGER_S = 0.5  # a refused connection's request may still be on its way: let it arrive, then close
 
 
@@ -37,16 +37,38 @@ class Limits:
     idle_s: float = IDLE_TIMEOUT_S
 
 
-def small_tls_buffers() -> None:
-    """asyncio's TLS layer gives every connection a read buffer of SSLProtocol.max_size, 256 KiB, zero-filled
-    at once: 283 KiB of RSS per idle connection, 550 MiB for 2,000 sensors (bench/vsensor.py). A TLS record is
-    at most 16 KiB, so 32 KiB reads cost a few more system calls per megabyte and nothing else. The class
-    attribute is the only knob asyncio has (start_tls makes the protocol itself); the vSensor process sets
-    it once, before it serves."""
+def tune_asyncio_tls() -> None:
+    """Two things asyncio's TLS layer (asyncio.sslproto.SSLProtocol, Python 3.11-3.13) does that a server
+    of thousands of sensors cannot keep; the vSensor process changes them once, before it serves (start_tls
+    makes the protocol itself, so a subclass cannot be slipped in):
+
+    * every connection gets a read buffer of SSLProtocol.max_size, 256 KiB, zero-filled at once: 283 KiB of
+      RSS per idle connection, 550 MiB for 2,000 sensors (bench/vsensor.py). A TLS record is at most 16 KiB:
+      32 KiB reads cost a few more system calls per megabyte and nothing else (59 KiB per connection);
+    * a handshake that fails (a missing or untrusted client certificate) is dropped without the alert
+      OpenSSL wrote for it, so the sensor saw only "connection closed" and could not say why: the alert is
+      sent before the connection closes, as a blocking ssl socket does."""
     import asyncio.sslproto
 
-    if getattr(asyncio.sslproto.SSLProtocol, "max_size", 0) > TLS_READ_BUFFER:
-        asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
+    cls = asyncio.sslproto.SSLProtocol
+    if getattr(cls, "max_size", 0) > TLS_READ_BUFFER:
+        cls.max_size = TLS_READ_BUFFER
+    original = getattr(cls, "_on_handshake_complete", None)
+    if original is None or getattr(original, "sends_alert", False):
+        return
+
+    def on_handshake_complete(self, handshake_exc):
+        if handshake_exc is not None:
+            try:
+                alert = self._outgoing.read()
+                if alert and self._transport is not None:
+                    self._transport.write(alert)
+            except (AttributeError, OSError, RuntimeError, ssl.SSLError):
+                pass
+        return original(self, handshake_exc)
+
+    on_handshake_complete.sends_alert = True
+    cls._on_handshake_complete = on_handshake_complete
 
 
 def json_answer(status: int, reason_phrase: str, doc: dict, extra: str = "") -> bytes:

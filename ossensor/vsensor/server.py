@@ -179,7 +179,7 @@ class Service:
         loop = self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         loop.set_exception_handler(self._loop_error)
-        _listener.small_tls_buffers()
+        _listener.tune_asyncio_tls()
         listener = _listener.Listener(self.ctx, None, self.limits, self.app.log)
         routes = _routes.Routes(self.app, listener)
         http = web.Server(routes, loop=loop)
