@@ -134,8 +134,8 @@ class Routes:
             return await self._post(request, HELLO_MAX_BODY, kind="hello")
         if path == protocol.PATH_ANTIGENA and getattr(self.app, "antigena", None):
             return await self._post(request, _antigena.MAX_BODY, kind="antigena")
-        self._content_length(request, HELLO_MAX_BODY)
-        return answer(404, {"status": "refused", "reason": "not found"})  # aiohttp discards the body
+        n = self._content_length(request, HELLO_MAX_BODY)
+        return answer(404, {"status": "refused", "reason": "not found"}, close=not await self._drain(request, n))
 
     # -- headers ----------------------------------------------------------------------------------------
     @staticmethod
@@ -177,8 +177,10 @@ class Routes:
         try:  # headers, signature and time window first: an unauthenticated body is never read
             checked = app.check_headers("POST", request.path_qs, request.headers)
         except protocol.ProtocolError as err:
-            # a small body is discarded by aiohttp and the connection kept; a larger one is not read
-            raise Refused(err.status, err.reason, close=n > HELLO_MAX_BODY) from None
+            # a small body is read and dropped, the connection kept; a larger one is not read: closed
+            # (aiohttp discards what still arrives for LINGER_S, so that the answer is not reset away)
+            keep = n <= HELLO_MAX_BODY and await self._drain(request, n)
+            raise Refused(err.status, err.reason, close=not keep) from None
         if not self.budget.take(n):
             raise Refused(503, "the vSensor is busy (too many bodies in memory); retry", close=True,
                           extra={"Retry-After": "1"})
@@ -190,6 +192,16 @@ class Routes:
                 self.pool, self._handle, request.path_qs, checked, body, kind, request.remote)
         finally:
             self.budget.give(n)
+
+    async def _drain(self, request: web.BaseRequest, n: int) -> bool:
+        """Read and drop a refused request's small body before answering, so that the connection goes on
+        at a request boundary (the header deadline then starts at the next request's first byte, not at
+        a byte of this body). False if it does not arrive in time."""
+        try:
+            await self._read_body(request, n)
+            return True
+        except Refused:
+            return False
 
     async def _read_body(self, request: web.BaseRequest, n: int) -> bytes:
         if n == 0:
