@@ -339,7 +339,8 @@ def main(args: argparse.Namespace) -> int:
     except OSError as err:
         store.close()
         return _fail(f"cannot listen on {args.listen}: {err.strerror or err}")
-    fds = _raise_fd_limit(args.max_connections + FD_SPARE)
+    # room for as many again in their TLS handshake (bare TCP connects hold a descriptor up to 5 s each)
+    fds = _raise_fd_limit(2 * args.max_connections + FD_SPARE)
     max_connections = args.max_connections
     if fds < max_connections + FD_SPARE:
         max_connections = max(1, fds - FD_SPARE)
