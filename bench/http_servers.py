@@ -9,8 +9,8 @@ Each candidate serves the same trivial app (POST /echo reads the whole body and 
 EC P-256 certificate made with `openssl req` in a temp dir), on 127.0.0.1:
   aiohttp   aiohttp.web.Server(handler, keepalive_timeout=T) on loop.create_server(ssl=, ssl_handshake_timeout=5)
   hypercorn hypercorn.asyncio.serve, asyncio worker, alpn h2 + http/1.1, keep_alive_timeout=T, ssl_handshake_timeout=5
-  aiohttp16k (only with --only) aiohttp with asyncio.sslproto.SSLProtocol.max_size = 16 KiB: asyncio's SSL
-            transport (all three asyncio candidates) allocates a 256 KiB read buffer per connection
+  aiohttp<N>k (only with --only, e.g. aiohttp16k) aiohttp with asyncio.sslproto.SSLProtocol.max_size = N KiB:
+            asyncio's SSL transport (all three asyncio candidates) allocates a 256 KiB read buffer per connection
   uvicorn   uvicorn.Server, loop=asyncio, http=httptools (h11 if missing), timeout_keep_alive=T
             (uvicorn has no ssl_handshake_timeout setting: asyncio's default, 60 s, applies)
   stdlib    http.server.ThreadingHTTPServer, one thread per connection, the socket wrapped in the thread
@@ -37,6 +37,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import resource
 import shutil
 import socket
@@ -109,8 +110,8 @@ def run_aiohttp(port: int, cert: str, key: str, idle: float, sslbuf: int = 0) ->
     from aiohttp import web
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)  # "Connection lost" when a probe aborts
     if sslbuf:  # asyncio's SSL transport allocates a max_size (256 KiB) read buffer per connection
-        import asyncio.sslproto
-        asyncio.sslproto.SSLProtocol.max_size = sslbuf
+        from asyncio import sslproto
+        sslproto.SSLProtocol.max_size = sslbuf
 
     async def handler(request):
         if request.method == "POST" and request.path == "/echo":
@@ -211,9 +212,15 @@ def run_stdlib(port: int, cert: str, key: str, idle: float) -> None:
     Server((HOST, port), Handler).serve_forever()
 
 
-RUNNERS = {"aiohttp": run_aiohttp,
-           "aiohttp16k": lambda *a: run_aiohttp(*a, sslbuf=16 * 1024),  # not run unless --only names it
-           "hypercorn": run_hypercorn, "uvicorn": run_uvicorn, "stdlib": run_stdlib}
+RUNNERS = {"aiohttp": run_aiohttp, "hypercorn": run_hypercorn, "uvicorn": run_uvicorn, "stdlib": run_stdlib}
+
+
+def runner(name: str):
+    """A candidate's runner; aiohttp<N>k (e.g. aiohttp16k, only with --only) is aiohttp with an N KiB SSL buffer."""
+    m = re.fullmatch(r"aiohttp(\d+)k", name)
+    if m:
+        return lambda *a: run_aiohttp(*a, sslbuf=int(m.group(1)) * 1024)
+    return RUNNERS[name]
 
 
 # ---------------------------------------------------------------------------------------- clients
@@ -476,7 +483,7 @@ def main() -> int:
     a = ap.parse_args()
     names = [n for n in a.only.split(",") if n]
     for n in names:
-        if n not in RUNNERS:
+        if n not in RUNNERS and not re.fullmatch(r"aiohttp\d+k", n):
             ap.error(f"unknown candidate {n}")
     skip = set(a.skip.split(","))
     raise_nofile()
@@ -593,7 +600,7 @@ if __name__ == "__main__":
         raise_nofile()
         cmd, args = sys.argv[1], sys.argv[2:]
         if cmd == "_server":
-            RUNNERS[args[0]](int(args[1]), args[2], args[3], float(args[4]))
+            runner(args[0])(int(args[1]), args[2], args[3], float(args[4]))
         elif cmd == "_idle":
             asyncio.run(idle_client(int(args[0]), int(args[1])))
         elif cmd == "_load":
