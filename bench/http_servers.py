@@ -270,9 +270,10 @@ async def load_client(port: int, conc: int, size: int, seconds: float) -> None:
     req = (f"POST /echo HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/octet-stream\r\n"
            f"Content-Length: {size}\r\n\r\n").encode() + body
     expect = json.dumps({"n": size}).encode()
-    conns = await asyncio.gather(*(asyncio.open_connection(HOST, port, ssl=ctx) for _ in range(conc)))
+    conns = list(await asyncio.gather(*(asyncio.open_connection(HOST, port, ssl=ctx) for _ in range(conc))))
     counts = [0] * conc
     errors = []
+    reconnects = [0]
     go = asyncio.Event()
     deadline = [0.0]
 
@@ -284,16 +285,24 @@ async def load_client(port: int, conc: int, size: int, seconds: float) -> None:
                 await w.drain()
                 head = await r.readuntil(b"\r\n\r\n")
                 status = head[9:12]
-                cl = 0
+                cl, close = 0, False
                 for line in head.split(b"\r\n")[1:]:
                     k, _, v = line.partition(b":")
-                    if k.strip().lower() == b"content-length":
+                    k = k.strip().lower()
+                    if k == b"content-length":
                         cl = int(v)
+                    elif k == b"connection" and v.strip().lower() == b"close":
+                        close = True
                 data = await r.readexactly(cl)
                 if status != b"200" or data.replace(b" ", b"") != expect.replace(b" ", b""):
                     errors.append(f"{status!r} {data[:60]!r}")
                     return
                 counts[i] += 1
+                if close:  # e.g. hypercorn's keep_alive_max_requests (1000): reconnect, inside the timed run
+                    w.transport.abort()
+                    r, w = await asyncio.open_connection(HOST, port, ssl=ctx)
+                    conns[i] = (r, w)
+                    reconnects[0] += 1
         except Exception as e:  # noqa: BLE001
             errors.append(type(e).__name__ + ": " + str(e)[:80])
 
@@ -308,6 +317,7 @@ async def load_client(port: int, conc: int, size: int, seconds: float) -> None:
     for _, w in conns:
         w.transport.abort()
     print(json.dumps({"reqs": sum(counts), "wall": wall, "errors": errors[:3], "n_errors": len(errors),
+                      "reconnects": reconnects[0],
                       "client_cpu": (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)}), flush=True)
 
 
@@ -526,7 +536,7 @@ def main() -> int:
                         res[n].setdefault(label, []).append(r)
                         print(f"# round {rnd} {label} {n}: {r['rps']:.1f} req/s {r['mbps']:.1f} MB/s "
                               f"srv_cpu {r['srv_cpu']:.2f}s client_cpu {r['client_cpu']:.2f}s "
-                              f"errors {r['n_errors']} {r['errors']}", file=sys.stderr, flush=True)
+                              f"reconnects {r['reconnects']} errors {r['n_errors']} {r['errors']}", file=sys.stderr, flush=True)
     finally:
         for s in list(servers.values()) + list(probe_servers.values()):
             s.stop()
@@ -564,7 +574,8 @@ def main() -> int:
 
         for label, conc, size in LOADS:
             row(f"{label} req/s", lambda r, l=label: f"{med(r, l, 'rps'):.0f}"
-                + (f" ({errs(r, l)} err)" if errs(r, l) else ""))
+                + (f" ({errs(r, l)} err)" if errs(r, l) else "")
+                + (f" ({sum(x['reconnects'] for x in r[l])} reconn)" if any(x['reconnects'] for x in r[l]) else ""))
             if size > 1024:
                 row(f"{label} MB/s", lambda r, l=label: f"{med(r, l, 'mbps'):.0f}")
             row(f"{label} server CPU %", lambda r, l=label: f"{statistics.median(x['srv_cpu'] / x['wall'] * 100 for x in r[l]):.0f}")
