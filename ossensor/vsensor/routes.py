@@ -18,13 +18,14 @@ from ossensor import __version__, protocol
 from ossensor.pcapng import PcapngError
 from ossensor.vsensor import antigena as _antigena
 from ossensor.vsensor import store as _store
-from ossensor.vsensor.listener import Listener
+from ossensor.vsensor.listener import Listener, widen_tls_reads
 
 HELLO_MAX_BODY = 64 * 1024
 BODY_GRACE_S = 10.0          # a body must arrive within this ...
 MIN_BODY_RATE = 64 * 1024    # ... plus its length at this many bytes/s: a trickle cannot hold a connection
 LINGER_S = 2.0               # a refused body still arriving is read and discarded this long, then close
 BODY_BUDGET = 128 * 1024 * 1024  # request bodies in memory at once, at least (2 x the body limit if more)
+WIDE_READS_FROM = 256 * 1024     # bodies this large are read in wider TLS steps (listener.widen_tls_reads)
 WORKERS = 4                  # threads verifying and storing bodies
 VSENSOR_NAME = "ossensor-reference"
 SERVER = f"ossensor-vsensor/{__version__}"
@@ -185,6 +186,8 @@ class Routes:
             raise Refused(503, "the vSensor is busy (too many bodies in memory); retry", close=True,
                           extra={"Retry-After": "1"})
         try:
+            if n >= WIDE_READS_FROM:
+                widen_tls_reads(request.transport)
             if request.headers.get("Expect", "").lower() == "100-continue":
                 await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             body = await self._read_body(request, n)
