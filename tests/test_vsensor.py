@@ -613,3 +613,31 @@ def test_plain_http_on_the_tls_port_is_named_in_the_log(vsensor):
             pass
     vs.wait_for(r"tls-error peer=127\.0\.0\.1 reason=plain_HTTP_sent_to_the_HTTPS_port")
     assert requests.get(vs.url + "/healthz", verify=vs.ca, timeout=10).status_code == 200
+
+
+def test_store_keeps_a_bounded_number_of_files_open(tmp_path, monkeypatch):
+    """Sensors come and go (every restart is a new boot): the store closes the least recently written
+    streams beyond MAX_OPEN_FILES and those idle for STREAM_IDLE_S; a closed stream's next batch starts a
+    new numbered file, and every file reads in tcpdump with all its packets."""
+    from ossensor.vsensor import store as store_mod
+
+    monkeypatch.setattr(store_mod, "MAX_OPEN_FILES", 3)
+    st = store_mod.Store(tmp_path)
+    body = batch(2)
+    for i in range(10):
+        st.append(f"s{i}", BOOT, 0, store_mod.parse_batch(body), sent=0, wire_bytes=len(body), encoding="identity")
+        assert st.open_files <= 3
+    own_fds = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+               if os.path.exists(f"/proc/self/fd/{fd}")]
+    assert sum(str(tmp_path) in p and p.endswith(".pcapng") for p in own_fds) == 3
+    # s0 was closed: its next batch goes to a new file beside the first
+    st.append("s0", BOOT, 1, store_mod.parse_batch(batch(2, start=2)), sent=0, wire_bytes=len(body),
+              encoding="identity")
+    monkeypatch.setattr(store_mod, "STREAM_IDLE_S", 0.0)  # now every stream but the newest is idle
+    st.append("s9", BOOT, 1, store_mod.parse_batch(batch(2, start=2)), sent=0, wire_bytes=len(body),
+              encoding="identity")
+    assert st.open_files == 1
+    st.close()
+    s0 = sorted(p.name for p in tmp_path.glob(f"s0-{BOOT}*.pcapng"))
+    assert s0 == [f"s0-{BOOT}-1.pcapng", f"s0-{BOOT}.pcapng"]
+    assert sum(tcpdump_count(p) for p in pcap_files(tmp_path)) == 24
