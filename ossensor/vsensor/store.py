@@ -18,10 +18,11 @@ whose interfaces have different link types, so interfaces are grouped by (link t
 group has its own file, and a batch mixing groups is split between them (interface ids are renumbered
 then, which costs one copy of the batch, made in C). A batch whose IDBs conflict with its group's file (an
 interface changed) starts a new file for that group. After a vSensor restart a stream never appends to
-an older file (its state is unknown); it starts a new numbered file. So does a stream the store closed: at
-most MAX_OPEN_FILES files stay open (the least recently written streams are closed first), and a stream
-idle for STREAM_IDLE_S is closed (a sensor restart is a new boot, hence a new stream: without this, every
-restart of every sensor would keep a file descriptor for ever).
+an older file (its state is unknown); it starts a new numbered file. Descriptors are bounded: at most
+MAX_OPEN_FILES files stay open (the least recently written streams' files are closed, and reopened for
+appending by their next batch), and a stream idle for STREAM_IDLE_S is forgotten, its next batch starting a
+new numbered file (every sensor restart is a new boot, hence a new stream: without this each would keep a
+descriptor for ever).
 
 Drop-behind: after each batch the store starts the writeback of what it appended (sync_file_range) and
 drops from the page cache what lies more than DROP_BEHIND (32 MiB) behind a file's end, once it is on
@@ -60,9 +61,9 @@ BATCH_LOG = "batches.jsonl"
 SEED_TAIL_BYTES = 64 << 20   # replay memory re-seeded at start from this much of the end of BATCH_LOG ...
 SEED_MAX_ENTRIES = 100_000   # ... and at most this many entries (the newest)
 SUFFIX = ".pcapng"
-MAX_OPEN_FILES = 1024        # files kept open for appending, over all streams; the least recently written
-STREAM_IDLE_S = 600          # stream beyond that, or one idle this long, is closed: its next batch starts a
-                             # new numbered file (as after a restart), so sensors that come and go cost no fd
+MAX_OPEN_FILES = 1024        # files kept open for appending, over all streams (beyond: the least recently
+                             # written streams' files are closed, and reopened by their next batch) ...
+STREAM_IDLE_S = 600          # ... and a stream idle this long is forgotten: sensors that come and go cost no fd
 DROP_BEHIND = 32 << 20       # page cache kept per file behind its end (see _drop_behind) ...
 DROP_STEP = 4 << 20          # ... dropped in steps of at least this much
 _NAME_MAX = 255
@@ -435,6 +436,8 @@ class Store:
                 members = [i for i, g in enumerate(batch.groups) if g == key]
                 raw = [batch.idbs[i] for i in members]
                 current = files.get(key)
+                if current is not None and current.fh is None and not self._reopen(current):
+                    current = None  # closed to save a descriptor, and gone since: a new file
                 parts: list = []
                 if current is not None and (_is_prefix(current.idbs, raw) or
                                             _is_prefix([bytes(r) for r in raw], current.idbs)):
@@ -496,7 +499,7 @@ class Store:
             for key, f, old in created:
                 files[key] = f
                 self._open_files += 1
-                if old is not None:
+                if old is not None and old.fh is not None:
                     old.fh.close()
                     self._open_files -= 1
             for key in group_keys:
@@ -510,22 +513,34 @@ class Store:
             self._close_idle_streams()
             return written
 
+    def _reopen(self, f: _File) -> bool:
+        try:
+            f.fh = open(f.path, "ab")  # noqa: SIM115 - kept open across batches
+        except OSError:
+            return False
+        self._open_files += 1
+        return True
+
     def _close_idle_streams(self) -> None:
-        """Close the least recently written streams while more than MAX_OPEN_FILES files are open, and
-        any stream idle for STREAM_IDLE_S (the newest, just written, is never closed)."""
+        """Over MAX_OPEN_FILES open files, close those of the least recently written streams: the stream
+        stays known and its next batch reopens its file. A stream idle for STREAM_IDLE_S is forgotten (its
+        next batch, if any, starts a new numbered file). The stream just written is left alone."""
         now = time.monotonic()
-        while len(self._streams) > 1:
-            oldest = next(iter(self._streams))
-            if self._open_files <= MAX_OPEN_FILES and now - self._written_at[oldest] < STREAM_IDLE_S:
+        for stream in list(self._streams)[:-1]:
+            idle = now - self._written_at[stream] >= STREAM_IDLE_S
+            if not idle and self._open_files <= MAX_OPEN_FILES:
                 break
-            for f in self._streams.pop(oldest).values():
-                self._open_files -= 1
-                try:
-                    f.fh.close()
-                except OSError:
-                    pass
-            del self._written_at[oldest]
-            self._next_n.pop(oldest, None)  # a new file's number is found again from the directory
+            for f in self._streams[stream].values():
+                if f.fh is not None:
+                    try:
+                        f.fh.close()
+                    except OSError:
+                        pass
+                    f.fh = None
+                    self._open_files -= 1
+            if idle:
+                del self._streams[stream], self._written_at[stream]
+                self._next_n.pop(stream, None)  # a new file's number is found again from the directory
 
     @property
     def open_files(self) -> int:
@@ -561,6 +576,8 @@ class Store:
             self._closed = True
             for files in self._streams.values():
                 for f in files.values():
+                    if f.fh is None:
+                        continue
                     try:
                         f.fh.close()
                     except OSError:
