@@ -1,0 +1,112 @@
+"""The reference vSensor's connection cap and handshake slots, met by real clients over TLS on loopback:
+
+* connections whose TLS handshakes run at the same moment cannot together pass --max-connections (the
+  cap is decided when a handshake ends, not when it starts); afterwards the count is back where it was;
+* bare TCP connects (no ClientHello) beyond the process's file descriptors cannot lock a real sensor
+  out: the oldest handshake under way gives its place to a new one, accept() never meets EMFILE.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import socket
+import ssl
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from support import KEY, Proc, loopback_vsensor
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def _served_or_busy(s: ssl.SSLSocket, wait: float = 1.5) -> str:
+    """'503' if the vSensor refused the connection at once, 'served' if it kept it open and quiet."""
+    s.settimeout(wait)
+    try:
+        data = s.recv(64)
+    except (socket.timeout, TimeoutError):
+        return "served"
+    except OSError as err:
+        return type(err).__name__
+    return data[9:12].decode() if data.startswith(b"HTTP/1.1 ") else f"closed:{data[:12]!r}"
+
+
+def test_concurrent_handshakes_do_not_pass_the_cap(tmp_path):
+    out = tmp_path / "vs"
+    with loopback_vsensor(out, extra=["--max-connections", "4"]) as (vs, port):
+        ctx = ssl.create_default_context(cafile=str(out / "ca.pem"))
+        raws = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(24)]
+        start = threading.Barrier(len(raws))
+        results: list[str] = []
+        held: list[ssl.SSLSocket] = []
+
+        def one(raw):
+            start.wait(10)
+            s = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+            held.append(s)
+            results.append(_served_or_busy(s))
+
+        threads = [threading.Thread(target=one, args=(r,), daemon=True) for r in raws]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        counts = Counter(results)
+        for s in held:
+            s.close()
+        assert counts["served"] <= 4 and counts["503"] >= 20, counts
+        time.sleep(1.0)
+        # all closed: four slots again, not fewer and not more
+        again = []
+        for _ in range(5):
+            s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="127.0.0.1")
+            again.append(s)
+        got = [_served_or_busy(s) for s in again]
+        for s in again:
+            s.close()
+        assert got == ["served"] * 4 + ["503"], got
+        assert "Traceback" not in vs.output
+
+
+@contextlib.contextmanager
+def _vsensor_with_nofile(out: Path, nofile: int):
+    p = Proc(["prlimit", f"--nofile={nofile}:{nofile}", sys.executable, "-m", "ossensor", "vsensor",
+              "--listen", "127.0.0.1:0", "--out", str(out)], env={"VSENSOR_HMAC_KEY": KEY})
+    try:
+        yield p, int(p.wait_for(r"listening on https://127\.0\.0\.1:(\d+)").group(1))
+    finally:
+        p.kill()
+
+
+def test_bare_connects_beyond_the_descriptors_do_not_lock_out(tmp_path):
+    out = tmp_path / "vs"
+    nofile = 600
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2 * nofile:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4 * nofile), hard))
+    with _vsensor_with_nofile(out, nofile) as (vs, port):
+        ctx = ssl.create_default_context(cafile=str(out / "ca.pem"))
+        bare = []
+        try:
+            for _ in range(nofile + 100):  # more than the vSensor has descriptors, none sends a ClientHello
+                bare.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+            time.sleep(0.5)
+            t0 = time.monotonic()
+            s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="127.0.0.1")
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = s.recv(64)
+            took = time.monotonic() - t0
+            s.close()
+        finally:
+            for b in bare:
+                b.close()
+        time.sleep(0.5)
+        log = vs.output
+    assert answer.startswith(b"HTTP/1.1 200") and took < 2.0, (answer, took)
+    assert "Too many open files" not in log.replace("?", " ") and "internal" not in log, log[-2000:]
