@@ -5,7 +5,12 @@ Each accepted TCP connection gets, in this order:
 
 * a TLS handshake that must finish within ``handshake_s`` (asyncio's own timeout; a failure is logged
   as one ``tls-error`` line naming the peer and the reason);
-* over ``max_connections`` open connections: a 503 JSON answer right after the handshake, then close;
+* at most ``max_handshakes`` handshakes under way at once: one more takes the place of the oldest,
+  which is closed (a real handshake takes milliseconds; bare TCP connects that never send a ClientHello
+  would otherwise hold a descriptor each for ``handshake_s``, until accept() meets EMFILE and real
+  sensors wait);
+* over ``max_connections`` open connections: a 503 JSON answer right after the handshake, then close
+  (decided when the handshake ends: handshakes that run at once cannot together pass the cap);
 * else a `_Guard` in front of aiohttp's protocol. aiohttp closes a connection that has no complete
   request within its keep-alive time of becoming idle (a trickle of header bytes does not restart that
   timer); the guard adds the header deadline: once the first byte of a request has arrived, its headers
@@ -22,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 HANDSHAKE_TIMEOUT_S = 5.0
+MIN_HANDSHAKES = 256  # handshakes under way at once: at least this many, else as many as connections
 HEADER_TIMEOUT_S = 10.0
 IDLE_TIMEOUT_S = 60.0
 MAX_CONNECTIONS = 4096
@@ -32,6 +38,8 @@ BUSY_LINGER_S = 0.5  # a refused connection's request may still be on its way: l
 @dataclass(frozen=True)
 class Limits:
     max_connections: int = MAX_CONNECTIONS
+    max_handshakes: int = MAX_CONNECTIONS
+    backlog: int = 4096  # the listen backlog, also how many asyncio accepts at once
     handshake_s: float = HANDSHAKE_TIMEOUT_S
     header_s: float = HEADER_TIMEOUT_S
     idle_s: float = IDLE_TIMEOUT_S
@@ -106,6 +114,9 @@ class Listener:
         self.handshaking = 0
         self.busy_refused = 0
         self._busy_logged = -1e9
+        self.evicted = 0          # handshakes closed to make room for newer ones
+        self._evicted_logged = -1e9
+        self._handshakes: dict[asyncio.Transport, None] = {}  # under way, oldest first
         self.guards: dict[asyncio.BaseTransport, _Guard] = {}  # by TLS transport: routes find theirs
         self._tasks: set[asyncio.Task] = set()
 
@@ -117,6 +128,9 @@ class Listener:
 
     async def handshake(self, raw: asyncio.Transport) -> None:
         loop = asyncio.get_running_loop()
+        if raw.is_closing():  # evicted before its handshake began
+            self._handshakes.pop(raw, None)
+            return
         peer = _peer(raw)
         self.handshaking += 1
         proto: asyncio.Protocol
@@ -134,10 +148,32 @@ class Listener:
             return
         finally:
             self.handshaking -= 1
-        if tls is None or tls.is_closing():  # closed at the end of the handshake: nothing to serve
+            self._handshakes.pop(raw, None)
+        if tls is None or tls.is_closing():  # closed at the end of the handshake (or evicted): nothing to serve
             return
+        if isinstance(proto, _Guard) and self.open >= self.limits.max_connections:
+            proto = _Busy(self)  # others' handshakes ended first and took the last slots
+            tls.set_protocol(proto)
         self.open += 1
         proto.connection_made(tls)
+
+    def _evict_oldest_handshake(self) -> None:
+        oldest = next(iter(self._handshakes))
+        del self._handshakes[oldest]
+        self.evicted += 1
+        now = asyncio.get_running_loop().time()
+        if now - self._evicted_logged >= 5:
+            self._evicted_logged = now
+            self.log(f"busy evicted={self.evicted} limit={self.limits.max_handshakes} peer={_peer(oldest)} "
+                     f"reason=oldest_TLS_handshake_closed_for_a_new_connection")
+        oldest.abort()
+
+    def admit(self, raw: asyncio.Transport) -> None:
+        """A new TCP connection, about to start its handshake: it may take the oldest one's place."""
+        if len(self._handshakes) >= self.limits.max_handshakes:
+            self._evict_oldest_handshake()
+        self._handshakes[raw] = None
+        self.spawn(self.handshake(raw))
 
     def spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -161,7 +197,7 @@ class _Accepted(asyncio.Protocol):
 
     def connection_made(self, transport):
         transport.pause_reading()  # start_tls resumes it, with the TLS layer in place
-        self.listener.spawn(self.listener.handshake(transport))
+        self.listener.admit(transport)
 
     def data_received(self, data):  # not reached: reading is paused until start_tls
         pass

@@ -188,7 +188,7 @@ class Service:
                        logger=_QUIET, lingering_time=_routes.LINGER_S, auto_decompress=False,
                        max_line_size=8190, max_field_size=8190, max_headers=100)
         listener.http_protocol = lambda: _routes.Protocol(http, **options)
-        server = await loop.create_server(listener, sock=self.sock, backlog=LISTEN_BACKLOG)
+        server = await loop.create_server(listener, sock=self.sock, backlog=self.limits.backlog)
         self.ready.set()
         try:
             await self._stop.wait()
@@ -339,14 +339,22 @@ def main(args: argparse.Namespace) -> int:
     except OSError as err:
         store.close()
         return _fail(f"cannot listen on {args.listen}: {err.strerror or err}")
-    # room for as many again in their TLS handshake (bare TCP connects hold a descriptor up to 5 s each)
-    fds = _raise_fd_limit(2 * args.max_connections + FD_SPARE)
+    # descriptors: the connections, as many again in their TLS handshake (bare TCP connects hold one up
+    # to 5 s each; past max_handshakes the oldest handshake under way is closed: listener.py), and one
+    # accept burst (asyncio accepts up to the backlog at once, before any of them reaches the listener)
     max_connections = args.max_connections
-    if fds < max_connections + FD_SPARE:
-        max_connections = max(1, fds - FD_SPARE)
+    max_handshakes = max(max_connections, _listener.MIN_HANDSHAKES)
+    backlog = LISTEN_BACKLOG
+    fds = _raise_fd_limit(max_connections + max_handshakes + backlog + FD_SPARE)
+    if fds < max_connections + max_handshakes + backlog + FD_SPARE:
+        room = max(4, fds - FD_SPARE)
+        backlog = max(1, min(backlog, room // 4))
+        max_connections = min(max_connections, (room - backlog) // 2)
+        max_handshakes = room - backlog - max_connections
         app.log(f"warning: only {fds} file descriptors (ulimit -n): at most {max_connections} connections, "
-                f"not {args.max_connections}")
-    limits = _listener.Limits(max_connections=max_connections, idle_s=args.idle_timeout)
+                f"not {args.max_connections} ({max_handshakes} TLS handshakes at once, listen backlog {backlog})")
+    limits = _listener.Limits(max_connections=max_connections, max_handshakes=max_handshakes, backlog=backlog,
+                              idle_s=args.idle_timeout)
 
     bound_host, bound_port = sock.getsockname()[:2]
     ca_text = str(ca_path) if ca_path else "(given certificate)"
