@@ -3,7 +3,8 @@
 * connections whose TLS handshakes run at the same moment cannot together pass --max-connections (the
   cap is decided when a handshake ends, not when it starts); afterwards the count is back where it was;
 * bare TCP connects (no ClientHello) beyond the process's file descriptors cannot lock a real sensor
-  out: the oldest handshake under way gives its place to a new one, accept() never meets EMFILE.
+  out: the oldest handshake under way gives its place to a new one, accept() never meets EMFILE;
+* a client that never reads its answers does not keep its connection for ever.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from ossensor.vsensor.listener import WRITE_STALL_S
 from support import KEY, Proc, loopback_vsensor
 
 pytestmark = pytest.mark.timeout(90)
@@ -110,3 +112,45 @@ def test_bare_connects_beyond_the_descriptors_do_not_lock_out(tmp_path):
         log = vs.output
     assert answer.startswith(b"HTTP/1.1 200") and took < 2.0, (answer, took)
     assert "Too many open files" not in log.replace("?", " ") and "internal" not in log, log[-2000:]
+
+
+def test_clients_that_never_read_their_answers_do_not_keep_their_slots(tmp_path):
+    """Pipelined requests whose answers are never read fill the socket buffers until the vSensor cannot
+    write: such a connection is closed once its answers have waited WRITE_STALL_S, so two of them do not
+    hold --max-connections 2 for ever (memory stays bounded meanwhile: aiohttp stops reading)."""
+    out = tmp_path / "vs"
+    with loopback_vsensor(out, extra=["--max-connections", "2", "--idle-timeout", "3"]) as (vs, port):
+        ctx = ssl.create_default_context(cafile=str(out / "ca.pem"))
+        hogs = []
+        for _ in range(2):
+            raw = socket.socket()
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            raw.connect(("127.0.0.1", port))
+            s = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+            s.settimeout(3)
+            try:
+                for _ in range(2000):
+                    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 100)
+            except (socket.timeout, TimeoutError):
+                pass  # the vSensor stopped reading: its answers are stuck
+            hogs.append(s)
+        t0 = time.monotonic()
+        status = None
+        while time.monotonic() - t0 < WRITE_STALL_S + 10:
+            s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="127.0.0.1")
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.settimeout(5)
+            try:
+                status = s.recv(64)[9:12]
+            except OSError:
+                status = None
+            s.close()
+            if status == b"200":
+                break
+            time.sleep(1)
+        took = time.monotonic() - t0
+        for s in hogs:
+            s.close()
+        log = vs.output
+    assert status == b"200" and took < WRITE_STALL_S + 8, (status, took)
+    assert "answers_not_read" in log and "Traceback" not in log, log[-2000:]

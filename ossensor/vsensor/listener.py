@@ -29,6 +29,7 @@ from dataclasses import dataclass
 HANDSHAKE_TIMEOUT_S = 5.0
 MIN_HANDSHAKES = 256  # handshakes under way at once: at least this many, else as many as connections
 HEADER_TIMEOUT_S = 10.0
+WRITE_STALL_S = 10.0  # answers not taken by the client (writing paused) this long: the connection is closed
 IDLE_TIMEOUT_S = 60.0
 MAX_CONNECTIONS = 4096
 TLS_READ_BUFFER = 32 * 1024  # per connection: see tune_asyncio_tls()
