@@ -15,7 +15,10 @@ Each accepted TCP connection gets, in this order:
   request within its keep-alive time of becoming idle (a trickle of header bytes does not restart that
   timer); the guard adds the header deadline: once the first byte of a request has arrived, its headers
   must be complete within ``header_s``, or the connection gets a 408 and is closed. The body has its
-  own deadline, set by the route from its length (routes.py: a minimum rate).
+  own deadline, set by the route from its length (routes.py: a minimum rate). Answers must be taken:
+  once the TLS layer has paused writing (the client reads nothing, its buffers are full), the
+  connection is closed if writing has not resumed within ``WRITE_STALL_S`` (no deadline of aiohttp's
+  runs while an answer waits to be written).
 """
 
 from __future__ import annotations
@@ -278,6 +281,7 @@ class _Guard(_Early):
         self.inner = inner
         self.in_request = False
         self._timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
 
     # -- what the route tells: headers done (deadline off), answer given (the next request may start) --
     def request_started(self) -> None:
@@ -301,13 +305,17 @@ class _Guard(_Early):
         return self.inner.eof_received()
 
     def pause_writing(self):
+        if self._write_timer is None:
+            self._write_timer = asyncio.get_running_loop().call_later(WRITE_STALL_S, self._write_stalled)
         self.inner.pause_writing()
 
     def resume_writing(self):
+        self._stop_write_timer()
         self.inner.resume_writing()
 
     def connection_lost(self, exc):
         self._stop_timer()
+        self._stop_write_timer()
         if self.transport is not None:
             self.listener.guards.pop(self.transport, None)
             self.listener.open -= 1
@@ -317,6 +325,19 @@ class _Guard(_Early):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def _stop_write_timer(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _write_stalled(self) -> None:
+        self._write_timer = None
+        if self.transport is None:
+            return
+        self.listener.log(f"refused peer={_peer(self.transport)} status=- "
+                          f"reason=answers_not_read_within_{WRITE_STALL_S:g}_s_(closed)")
+        self.transport.abort()  # nothing more can be written: no answer, no TLS close_notify
 
     def _expired(self) -> None:
         self._timer = None
