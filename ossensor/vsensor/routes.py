@@ -135,7 +135,8 @@ class Routes:
         if path == protocol.PATH_ANTIGENA and getattr(self.app, "antigena", None):
             return await self._post(request, _antigena.MAX_BODY, kind="antigena")
         n = self._content_length(request, HELLO_MAX_BODY)
-        return answer(404, {"status": "refused", "reason": "not found"}, close=not await self._drain(request, n))
+        kept = not _expects_continue(request) and await self._drain(request, n)
+        return answer(404, {"status": "refused", "reason": "not found"}, close=not kept)
 
     # -- headers ----------------------------------------------------------------------------------------
     @staticmethod
@@ -178,14 +179,15 @@ class Routes:
             checked = app.check_headers("POST", request.path_qs, request.headers)
         except protocol.ProtocolError as err:
             # a small body is read and dropped, the connection kept; a larger one is not read: closed
-            # (aiohttp discards what still arrives for LINGER_S, so that the answer is not reset away)
-            keep = n <= HELLO_MAX_BODY and await self._drain(request, n)
+            # (aiohttp discards what still arrives for LINGER_S, so that the answer is not reset away);
+            # nor is a body the client holds back until a 100 Continue that will not come
+            keep = n <= HELLO_MAX_BODY and not _expects_continue(request) and await self._drain(request, n)
             raise Refused(err.status, err.reason, close=not keep) from None
         if not self.budget.take(n):
             raise Refused(503, "the vSensor is busy (too many bodies in memory); retry", close=True,
                           extra={"Retry-After": "1"})
         try:
-            if request.headers.get("Expect", "").lower() == "100-continue":
+            if _expects_continue(request):
                 await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             body = await self._read_body(request, n)
             return await asyncio.get_running_loop().run_in_executor(
@@ -284,6 +286,10 @@ class Routes:
     def _log_refused_v(self, v: protocol.Verified, status: int, reason: str, path: str, peer: str) -> None:
         self.app.log(f"refused sensor={clean(v.sensor)} seq={clean(v.seq, 24)} status={status} "
                      f"reason={clean(reason.replace(' ', '_'), 200)} path={clean(path, 40)} peer={peer}")
+
+
+def _expects_continue(request: web.BaseRequest) -> bool:
+    return request.headers.get("Expect", "").strip().lower() == "100-continue"
 
 
 def decode_body(body: bytes, encoding: str, limit: int) -> bytes | bytearray:
