@@ -4,7 +4,8 @@
   cap is decided when a handshake ends, not when it starts); afterwards the count is back where it was;
 * bare TCP connects (no ClientHello) beyond the process's file descriptors cannot lock a real sensor
   out: the oldest handshake under way gives its place to a new one, accept() never meets EMFILE;
-* a client that never reads its answers does not keep its connection for ever.
+* a client that never reads its answers does not keep its connection for ever;
+* connections that never sent a signed request cannot hold every place: a new one takes the oldest's.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from ossensor import protocol
 from ossensor.vsensor.listener import WRITE_STALL_S
 from support import KEY, Proc, loopback_vsensor
 
@@ -154,3 +156,46 @@ def test_clients_that_never_read_their_answers_do_not_keep_their_slots(tmp_path)
         log = vs.output
     assert status == b"200" and took < WRITE_STALL_S + 8, (status, took)
     assert "answers_not_read" in log and "Traceback" not in log, log[-2000:]
+
+
+def _hello(s: ssl.SSLSocket, sensor: str) -> bytes:
+    """A signed POST /v1/hello on s (kept alive): the status code."""
+    headers = protocol.sign(KEY.encode(), sensor=sensor, boot="h" * 16, seq=0, timestamp=int(time.time()), body=b"",
+                            path=protocol.PATH_HELLO)
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    s.sendall(f"POST {protocol.PATH_HELLO} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n{head}\r\n".encode())
+    s.settimeout(5)
+    data = s.recv(65536)
+    return data[9:12]
+
+
+def test_connections_without_a_signed_request_cannot_hold_every_slot(tmp_path):
+    """Without the key, connections that never send a signed request (idle ones, reopened whenever closed,
+    or kept alive with GET /healthz) would hold --max-connections for ever: a sensor's new connection takes
+    the place of the oldest of them. A connection that has sent a signed request keeps its place."""
+    out = tmp_path / "vs"
+    with loopback_vsensor(out, extra=["--max-connections", "6"]) as (vs, port):
+        ctx = ssl.create_default_context(cafile=str(out / "ca.pem"))
+
+        def tls():
+            return ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10),
+                                   server_hostname="127.0.0.1")
+
+        squatters = [tls() for _ in range(6)]
+        squatters[0].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.3)
+        sensors = []
+        for i in range(6):  # each new sensor connection takes a squatter's place
+            s = tls()
+            assert _hello(s, f"node-{i}") == b"200", i
+            sensors.append(s)
+        time.sleep(0.3)
+        closed = sum(_served_or_busy(q, 0.5) != "served" for q in squatters)
+        late = tls()  # all places held by connections that signed: 503
+        got = _served_or_busy(late, 1.5)
+        still = [_hello(s, f"node-{i}") for i, s in enumerate(sensors)]
+        for s in squatters + sensors + [late]:
+            s.close()
+        log = vs.output
+    assert closed == 6 and got == "503" and still == [b"200"] * 6, (closed, got, still)
+    assert "Traceback" not in log
