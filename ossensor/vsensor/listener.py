@@ -9,8 +9,11 @@ Each accepted TCP connection gets, in this order:
   which is closed (a real handshake takes milliseconds; bare TCP connects that never send a ClientHello
   would otherwise hold a descriptor each for ``handshake_s``, until accept() meets EMFILE and real
   sensors wait);
-* over ``max_connections`` open connections: a 503 JSON answer right after the handshake, then close
-  (decided when the handshake ends: handshakes that run at once cannot together pass the cap);
+* at ``max_connections`` open connections, when the handshake ends (handshakes that run at once cannot
+  together pass the cap): the oldest connection that has not sent a signed request (one whose headers'
+  signature verified: routes.py) is closed to make room, so that clients without the key cannot hold
+  every place (idle connections reopened whenever closed, or kept alive with GET /healthz); if every
+  place is held by a connection that signed, a 503 JSON answer, then close;
 * else a `_Guard` in front of aiohttp's protocol. aiohttp closes a connection that has no complete
   request within its keep-alive time of becoming idle (a trickle of header bytes does not restart that
   timer); the guard adds the header deadline: once the first byte of a request has arrived, its headers
@@ -121,6 +124,9 @@ class Listener:
         self.evicted = 0          # handshakes closed to make room for newer ones
         self._evicted_logged = -1e9
         self._handshakes: dict[asyncio.Transport, None] = {}  # under way, oldest first
+        self.unsigned: dict[_Guard, None] = {}  # open, no signed request yet, oldest first
+        self.evicted_unsigned = 0
+        self._unsigned_logged = -1e9
         self.guards: dict[asyncio.BaseTransport, _Guard] = {}  # by TLS transport: routes find theirs
         self._tasks: set[asyncio.Task] = set()
 
@@ -137,11 +143,7 @@ class Listener:
             return
         peer = _peer(raw)
         self.handshaking += 1
-        proto: asyncio.Protocol
-        if self.open >= self.limits.max_connections:
-            proto = _Busy(self)
-        else:
-            proto = _Guard(self, self.http_protocol())
+        proto: asyncio.Protocol = _Guard(self, self.http_protocol())
         try:
             tls = await loop.start_tls(raw, proto, self.ctx, server_side=True,
                                        ssl_handshake_timeout=self.limits.handshake_s,
@@ -155,8 +157,8 @@ class Listener:
             self._handshakes.pop(raw, None)
         if tls is None or tls.is_closing():  # closed at the end of the handshake (or evicted): nothing to serve
             return
-        if isinstance(proto, _Guard) and self.open >= self.limits.max_connections:
-            proto = _Busy(self)  # others' handshakes ended first and took the last slots
+        if self.open >= self.limits.max_connections and not self._evict_unsigned():
+            proto = _Busy(self)  # every place is held by a connection that signed
             tls.set_protocol(proto)
         self.open += 1
         proto.connection_made(tls)
@@ -171,6 +173,21 @@ class Listener:
             self.log(f"busy evicted={self.evicted} limit={self.limits.max_handshakes} peer={_peer(oldest)} "
                      f"reason=oldest_TLS_handshake_closed_for_a_new_connection")
         oldest.abort()
+
+    def _evict_unsigned(self) -> bool:
+        """Close the oldest open connection that has not sent a signed request, if any."""
+        if not self.unsigned:
+            return False
+        oldest = next(iter(self.unsigned))
+        del self.unsigned[oldest]
+        self.evicted_unsigned += 1
+        now = asyncio.get_running_loop().time()
+        if now - self._unsigned_logged >= 5:
+            self._unsigned_logged = now
+            self.log(f"busy evicted_unsigned={self.evicted_unsigned} limit={self.limits.max_connections} "
+                     f"peer={_peer(oldest.transport)} reason=oldest_connection_without_a_signed_request_closed")
+        oldest.transport.abort()
+        return True
 
     def admit(self, raw: asyncio.Transport) -> None:
         """A new TCP connection, about to start its handshake: it may take the oldest one's place."""
@@ -291,9 +308,14 @@ class _Guard(_Early):
     def request_done(self) -> None:
         self.in_request = False
 
+    def signed(self) -> None:
+        """A request's signed headers verified: this connection keeps its place under the cap."""
+        self.listener.unsigned.pop(self, None)
+
     # -- the protocol -----------------------------------------------------------------------------------
     def started(self, transport):
         self.listener.guards[transport] = self
+        self.listener.unsigned[self] = None
         self.inner.connection_made(transport)
 
     def received(self, data):
@@ -316,6 +338,7 @@ class _Guard(_Early):
     def connection_lost(self, exc):
         self._stop_timer()
         self._stop_write_timer()
+        self.listener.unsigned.pop(self, None)
         if self.transport is not None:
             self.listener.guards.pop(self.transport, None)
             self.listener.open -= 1

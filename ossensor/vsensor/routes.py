@@ -183,6 +183,9 @@ class Routes:
             # nor is a body the client holds back until a 100 Continue that will not come
             keep = n <= HELLO_MAX_BODY and not _expects_continue(request) and await self._drain(request, n)
             raise Refused(err.status, err.reason, close=not keep) from None
+        guard = self.listener.guard_of(request.transport)
+        if guard is not None:
+            guard.signed()  # a key holder's connection: kept under the connection cap (listener.py)
         if not self.budget.take(n):
             raise Refused(503, "the vSensor is busy (too many bodies in memory); retry", close=True,
                           extra={"Retry-After": "1"})
