@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import resource
+import struct
 import socket
 import ssl
 import sys
@@ -204,3 +205,78 @@ def test_connections_without_a_signed_request_cannot_hold_every_slot(tmp_path):
         log = vs.output
     assert closed == 6 and got == "503" and still == [b"200"] * 6, (closed, got, still)
     assert "Traceback" not in log
+
+
+def _rst(s: socket.socket) -> None:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+
+
+def test_the_count_comes_back_after_connections_end_in_odd_ways(tmp_path):
+    """Connections reset in the middle of their handshake, right after it, in the middle of a request,
+    while refused (503), while evicting each other, after a signed request: afterwards exactly
+    --max-connections signed connections are served again and one more gets 503."""
+    out = tmp_path / "vs"
+    n = 4
+    with loopback_vsensor(out, extra=["--max-connections", str(n)]) as (vs, port):
+        ctx = ssl.create_default_context(cafile=str(out / "ca.pem"))
+
+        def tls():
+            return ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10),
+                                   server_hostname="127.0.0.1")
+
+        def places() -> list[bytes]:
+            conns = [tls() for _ in range(n)]
+            got = [_hello(s, f"count-{i}") for i, s in enumerate(conns)]
+            extra = tls()
+            conns.append(extra)
+            got.append(_served_or_busy(extra).encode())
+            for s in conns:
+                _rst(s)
+            time.sleep(0.5)
+            return got
+
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        hello = ctx.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+        with contextlib.suppress(ssl.SSLWantReadError):
+            hello.do_handshake()
+        client_hello = outgoing.read()
+
+        def churn(k: int) -> None:
+            for i in range(40):
+                with contextlib.suppress(OSError):
+                    kind = (i + k) % 6
+                    if kind == 0:
+                        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+                        raw.sendall(client_hello[: len(client_hello) // 2])
+                        _rst(raw)
+                    elif kind == 1:
+                        _rst(tls())
+                    elif kind == 2:
+                        s = tls()
+                        s.sendall(b"POST /v1/batches HTTP/1.1\r\nHost: x\r\n")
+                        _rst(s)
+                    elif kind == 3:
+                        s = tls()
+                        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 20)
+                        s.close()
+                    elif kind == 4:
+                        s = tls()
+                        time.sleep(0.05)
+                        s.close()
+                    else:
+                        s = tls()
+                        _hello(s, f"churn-{k}")
+                        _rst(s)
+
+        before = places()
+        threads = [threading.Thread(target=churn, args=(k,), daemon=True) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        time.sleep(1.5)
+        after = places()
+        log = vs.output
+    assert before == after == [b"200"] * n + [b"503"], (before, after)
+    assert "Traceback" not in log and "internal" not in log
