@@ -27,6 +27,11 @@ LINGER_S = 2.0               # a refused body still arriving is read and discard
 BODY_BUDGET = 128 * 1024 * 1024  # request bodies in memory at once, at least (2 x the body limit if more)
 WORKERS = 4                  # threads verifying and storing bodies
 VSENSOR_NAME = "ossensor-reference"
+# a request's head, as aiohttp's parser holds it (raw and decoded) until it is complete (10 s at most, any
+# client, no key needed): a sensor sends about 15 headers of under 200 bytes. 32 x 2 KiB bounds a
+# connection's head to ~130 KiB of memory (100 x 8 KiB let one connection hold 1.6 MiB)
+MAX_HEADERS = 32
+MAX_HEADER_LINE = 2048
 SERVER = f"ossensor-vsensor/{__version__}"
 ALLOW = "GET, HEAD, POST"
 # headers a request may carry once only (and every X-Ossensor-* header)

@@ -186,7 +186,8 @@ class Service:
         http.vsensor_log = self.app.log
         options = dict(loop=loop, keepalive_timeout=self.limits.idle_s, tcp_keepalive=True, access_log=None,
                        logger=_QUIET, lingering_time=_routes.LINGER_S, auto_decompress=False,
-                       max_line_size=8190, max_field_size=8190, max_headers=100)
+                       max_line_size=_routes.MAX_HEADER_LINE, max_field_size=_routes.MAX_HEADER_LINE,
+                       max_headers=_routes.MAX_HEADERS)
         listener.http_protocol = lambda: _routes.Protocol(http, **options)
         server = await loop.create_server(listener, sock=self.sock, backlog=self.limits.backlog)
         self.ready.set()
