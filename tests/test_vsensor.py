@@ -493,9 +493,15 @@ def test_connection_limit_answers_503(vsensor):
     ctx = ssl.create_default_context(cafile=vs.ca)
     held = []
     try:
-        for _ in range(2):  # two idle, handshaken connections take both slots
-            raw = socket.create_connection(("127.0.0.1", vs.port), timeout=5)
-            held.append(ctx.wrap_socket(raw, server_hostname="127.0.0.1"))
+        for i in range(2):  # two kept-alive connections that sent a signed hello take both slots (connections
+            raw = socket.create_connection(("127.0.0.1", vs.port), timeout=5)  # that never signed would give
+            s = ctx.wrap_socket(raw, server_hostname="127.0.0.1")              # their place: test_vsensor_cap.py)
+            held.append(s)
+            headers = protocol.sign(KEY.encode(), sensor=f"held-{i}", boot=BOOT, seq=0, timestamp=int(time.time()),
+                                    body=b"", path=protocol.PATH_HELLO)
+            s.sendall((f"POST {protocol.PATH_HELLO} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+                       + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode())
+            assert s.recv(65536).startswith(b"HTTP/1.1 200")
         time.sleep(0.2)
         t0 = time.monotonic()
         status, headers, data = _raw_request(vs, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -91,3 +91,16 @@ def test_other_methods_get_405_with_allow(vs, method):
     status, headers, doc = raw(vs, f"{method} /v1/batches HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
     assert status == 405 and headers["allow"] == "GET, HEAD, POST", headers
     assert method in doc["reason"], doc
+
+
+def test_a_refused_request_that_expects_100_continue_is_answered_at_once(vs):
+    """A client that sent 'Expect: 100-continue' waits for the 100 before it sends its body: a request
+    refused on its headers (wrong key) gets its 401 at once, not after the body deadline."""
+    body = pcapng.shb() + pcapng.idb("eth0", 1, 65535)
+    headers = protocol.sign(b"not-the-key-0000", sensor="strict", boot="c" * 16, seq=9, timestamp=int(time.time()),
+                            body=body)
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    t0 = time.monotonic()
+    status, headers, doc = raw(vs, f"POST {protocol.PATH_BATCHES} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+                                   f"Expect: 100-continue\r\n{head}\r\n".encode())
+    assert status == 401 and time.monotonic() - t0 < 3 and headers.get("connection") == "close", (status, headers)

@@ -5,12 +5,23 @@ Each accepted TCP connection gets, in this order:
 
 * a TLS handshake that must finish within ``handshake_s`` (asyncio's own timeout; a failure is logged
   as one ``tls-error`` line naming the peer and the reason);
-* over ``max_connections`` open connections: a 503 JSON answer right after the handshake, then close;
+* at most ``max_handshakes`` handshakes under way at once: one more takes the place of the oldest,
+  which is closed (a real handshake takes milliseconds; bare TCP connects that never send a ClientHello
+  would otherwise hold a descriptor each for ``handshake_s``, until accept() meets EMFILE and real
+  sensors wait);
+* at ``max_connections`` open connections, when the handshake ends (handshakes that run at once cannot
+  together pass the cap): the oldest connection that has not sent a signed request (one whose headers'
+  signature verified: routes.py) is closed to make room, so that clients without the key cannot hold
+  every place (idle connections reopened whenever closed, or kept alive with GET /healthz); if every
+  place is held by a connection that signed, a 503 JSON answer, then close;
 * else a `_Guard` in front of aiohttp's protocol. aiohttp closes a connection that has no complete
   request within its keep-alive time of becoming idle (a trickle of header bytes does not restart that
   timer); the guard adds the header deadline: once the first byte of a request has arrived, its headers
   must be complete within ``header_s``, or the connection gets a 408 and is closed. The body has its
-  own deadline, set by the route from its length (routes.py: a minimum rate).
+  own deadline, set by the route from its length (routes.py: a minimum rate). Answers must be taken:
+  once the TLS layer has paused writing (the client reads nothing, its buffers are full), the
+  connection is closed if writing has not resumed within ``WRITE_STALL_S`` (no deadline of aiohttp's
+  runs while an answer waits to be written).
 """
 
 from __future__ import annotations
@@ -22,7 +33,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 HANDSHAKE_TIMEOUT_S = 5.0
+MIN_HANDSHAKES = 256  # handshakes under way at once: at least this many, else as many as connections
 HEADER_TIMEOUT_S = 10.0
+WRITE_STALL_S = 10.0  # answers not taken by the client (writing paused) this long: the connection is closed
 IDLE_TIMEOUT_S = 60.0
 MAX_CONNECTIONS = 4096
 TLS_READ_BUFFER = 32 * 1024         # per connection: see tune_asyncio_tls() ...
@@ -33,6 +46,8 @@ BUSY_LINGER_S = 0.5  # a refused connection's request may still be on its way: l
 @dataclass(frozen=True)
 class Limits:
     max_connections: int = MAX_CONNECTIONS
+    max_handshakes: int = MAX_CONNECTIONS
+    backlog: int = 4096  # the listen backlog, also how many asyncio accepts at once
     handshake_s: float = HANDSHAKE_TIMEOUT_S
     header_s: float = HEADER_TIMEOUT_S
     idle_s: float = IDLE_TIMEOUT_S
@@ -117,6 +132,12 @@ class Listener:
         self.handshaking = 0
         self.busy_refused = 0
         self._busy_logged = -1e9
+        self.evicted = 0          # handshakes closed to make room for newer ones
+        self._evicted_logged = -1e9
+        self._handshakes: dict[asyncio.Transport, None] = {}  # under way, oldest first
+        self.unsigned: dict[_Guard, None] = {}  # open, no signed request yet, oldest first
+        self.evicted_unsigned = 0
+        self._unsigned_logged = -1e9
         self.guards: dict[asyncio.BaseTransport, _Guard] = {}  # by TLS transport: routes find theirs
         self._tasks: set[asyncio.Task] = set()
 
@@ -128,13 +149,12 @@ class Listener:
 
     async def handshake(self, raw: asyncio.Transport) -> None:
         loop = asyncio.get_running_loop()
+        if raw.is_closing():  # evicted before its handshake began
+            self._handshakes.pop(raw, None)
+            return
         peer = _peer(raw)
         self.handshaking += 1
-        proto: asyncio.Protocol
-        if self.open >= self.limits.max_connections:
-            proto = _Busy(self)
-        else:
-            proto = _Guard(self, self.http_protocol())
+        proto: asyncio.Protocol = _Guard(self, self.http_protocol())
         try:
             tls = await loop.start_tls(raw, proto, self.ctx, server_side=True,
                                        ssl_handshake_timeout=self.limits.handshake_s,
@@ -145,10 +165,47 @@ class Listener:
             return
         finally:
             self.handshaking -= 1
-        if tls is None or tls.is_closing():  # closed at the end of the handshake: nothing to serve
+            self._handshakes.pop(raw, None)
+        if tls is None or tls.is_closing():  # closed at the end of the handshake (or evicted): nothing to serve
             return
+        if self.open >= self.limits.max_connections and not self._evict_unsigned():
+            proto = _Busy(self)  # every place is held by a connection that signed
+            tls.set_protocol(proto)
         self.open += 1
         proto.connection_made(tls)
+
+    def _evict_oldest_handshake(self) -> None:
+        oldest = next(iter(self._handshakes))
+        del self._handshakes[oldest]
+        self.evicted += 1
+        now = asyncio.get_running_loop().time()
+        if now - self._evicted_logged >= 5:
+            self._evicted_logged = now
+            self.log(f"busy evicted={self.evicted} limit={self.limits.max_handshakes} peer={_peer(oldest)} "
+                     f"reason=oldest_TLS_handshake_closed_for_a_new_connection")
+        oldest.abort()
+
+    def _evict_unsigned(self) -> bool:
+        """Close the oldest open connection that has not sent a signed request, if any."""
+        if not self.unsigned:
+            return False
+        oldest = next(iter(self.unsigned))
+        del self.unsigned[oldest]
+        self.evicted_unsigned += 1
+        now = asyncio.get_running_loop().time()
+        if now - self._unsigned_logged >= 5:
+            self._unsigned_logged = now
+            self.log(f"busy evicted_unsigned={self.evicted_unsigned} limit={self.limits.max_connections} "
+                     f"peer={_peer(oldest.transport)} reason=oldest_connection_without_a_signed_request_closed")
+        oldest.transport.abort()
+        return True
+
+    def admit(self, raw: asyncio.Transport) -> None:
+        """A new TCP connection, about to start its handshake: it may take the oldest one's place."""
+        if len(self._handshakes) >= self.limits.max_handshakes:
+            self._evict_oldest_handshake()
+        self._handshakes[raw] = None
+        self.spawn(self.handshake(raw))
 
     def spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -172,7 +229,7 @@ class _Accepted(asyncio.Protocol):
 
     def connection_made(self, transport):
         transport.pause_reading()  # start_tls resumes it, with the TLS layer in place
-        self.listener.spawn(self.listener.handshake(transport))
+        self.listener.admit(transport)
 
     def data_received(self, data):  # not reached: reading is paused until start_tls
         pass
@@ -252,6 +309,7 @@ class _Guard(_Early):
         self.inner = inner
         self.in_request = False
         self._timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
 
     # -- what the route tells: headers done (deadline off), answer given (the next request may start) --
     def request_started(self) -> None:
@@ -261,9 +319,14 @@ class _Guard(_Early):
     def request_done(self) -> None:
         self.in_request = False
 
+    def signed(self) -> None:
+        """A request's signed headers verified: this connection keeps its place under the cap."""
+        self.listener.unsigned.pop(self, None)
+
     # -- the protocol -----------------------------------------------------------------------------------
     def started(self, transport):
         self.listener.guards[transport] = self
+        self.listener.unsigned[self] = None
         self.inner.connection_made(transport)
 
     def received(self, data):
@@ -275,13 +338,18 @@ class _Guard(_Early):
         return self.inner.eof_received()
 
     def pause_writing(self):
+        if self._write_timer is None:
+            self._write_timer = asyncio.get_running_loop().call_later(WRITE_STALL_S, self._write_stalled)
         self.inner.pause_writing()
 
     def resume_writing(self):
+        self._stop_write_timer()
         self.inner.resume_writing()
 
     def connection_lost(self, exc):
         self._stop_timer()
+        self._stop_write_timer()
+        self.listener.unsigned.pop(self, None)
         if self.transport is not None:
             self.listener.guards.pop(self.transport, None)
             self.listener.open -= 1
@@ -291,6 +359,19 @@ class _Guard(_Early):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def _stop_write_timer(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _write_stalled(self) -> None:
+        self._write_timer = None
+        if self.transport is None:
+            return
+        self.listener.log(f"refused peer={_peer(self.transport)} status=- "
+                          f"reason=answers_not_read_within_{WRITE_STALL_S:g}_s_(closed)")
+        self.transport.abort()  # nothing more can be written: no answer, no TLS close_notify
 
     def _expired(self) -> None:
         self._timer = None

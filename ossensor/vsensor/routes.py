@@ -28,6 +28,11 @@ BODY_BUDGET = 128 * 1024 * 1024  # request bodies in memory at once, at least (2
 WIDE_READS_FROM = 256 * 1024     # bodies this large are read in wider TLS steps (listener.widen_tls_reads)
 WORKERS = 4                  # threads verifying and storing bodies
 VSENSOR_NAME = "ossensor-reference"
+# a request's head, as aiohttp's parser holds it (raw and decoded) until it is complete (10 s at most, any
+# client, no key needed): a sensor sends about 15 headers of under 200 bytes. 32 x 2 KiB bounds a
+# connection's head to ~130 KiB of memory (100 x 8 KiB let one connection hold 1.6 MiB)
+MAX_HEADERS = 32
+MAX_HEADER_LINE = 2048
 SERVER = f"ossensor-vsensor/{__version__}"
 ALLOW = "GET, HEAD, POST"
 # headers a request may carry once only (and every X-Ossensor-* header)
@@ -136,7 +141,8 @@ class Routes:
         if path == protocol.PATH_ANTIGENA and getattr(self.app, "antigena", None):
             return await self._post(request, _antigena.MAX_BODY, kind="antigena")
         n = self._content_length(request, HELLO_MAX_BODY)
-        return answer(404, {"status": "refused", "reason": "not found"}, close=not await self._drain(request, n))
+        kept = not _expects_continue(request) and await self._drain(request, n)
+        return answer(404, {"status": "refused", "reason": "not found"}, close=not kept)
 
     # -- headers ----------------------------------------------------------------------------------------
     @staticmethod
@@ -179,16 +185,20 @@ class Routes:
             checked = app.check_headers("POST", request.path_qs, request.headers)
         except protocol.ProtocolError as err:
             # a small body is read and dropped, the connection kept; a larger one is not read: closed
-            # (aiohttp discards what still arrives for LINGER_S, so that the answer is not reset away)
-            keep = n <= HELLO_MAX_BODY and await self._drain(request, n)
+            # (aiohttp discards what still arrives for LINGER_S, so that the answer is not reset away);
+            # nor is a body the client holds back until a 100 Continue that will not come
+            keep = n <= HELLO_MAX_BODY and not _expects_continue(request) and await self._drain(request, n)
             raise Refused(err.status, err.reason, close=not keep) from None
+        guard = self.listener.guard_of(request.transport)
+        if guard is not None:
+            guard.signed()  # a key holder's connection: kept under the connection cap (listener.py)
         if not self.budget.take(n):
             raise Refused(503, "the vSensor is busy (too many bodies in memory); retry", close=True,
                           extra={"Retry-After": "1"})
         try:
             if n >= WIDE_READS_FROM:
                 widen_tls_reads(request.transport)
-            if request.headers.get("Expect", "").lower() == "100-continue":
+            if _expects_continue(request):
                 await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             body = await self._read_body(request, n)
             return await asyncio.get_running_loop().run_in_executor(
@@ -287,6 +297,10 @@ class Routes:
     def _log_refused_v(self, v: protocol.Verified, status: int, reason: str, path: str, peer: str) -> None:
         self.app.log(f"refused sensor={clean(v.sensor)} seq={clean(v.seq, 24)} status={status} "
                      f"reason={clean(reason.replace(' ', '_'), 200)} path={clean(path, 40)} peer={peer}")
+
+
+def _expects_continue(request: web.BaseRequest) -> bool:
+    return request.headers.get("Expect", "").strip().lower() == "100-continue"
 
 
 def decode_body(body: bytes, encoding: str, limit: int) -> bytes | bytearray:

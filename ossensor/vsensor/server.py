@@ -52,7 +52,7 @@ MAX_BODY_MB_RANGE = (0.001, 1024.0)
 MAX_CONNECTIONS_RANGE = (1, 65536)
 IDLE_TIMEOUT_RANGE = (1.0, 3600.0)
 LISTEN_BACKLOG = 4096
-FD_SPARE = 256  # descriptors beyond the connections: files, handshakes under way, the loop's own
+FD_SPARE = 256  # descriptors beyond connections, handshakes and the store's files: the loop's own, logs
 VSENSOR_NAME = _routes.VSENSOR_NAME
 
 
@@ -187,11 +187,12 @@ class Service:
         http.vsensor_log = self.app.log
         options = dict(loop=loop, keepalive_timeout=self.limits.idle_s, tcp_keepalive=True, access_log=None,
                        logger=_QUIET, lingering_time=_routes.LINGER_S, auto_decompress=False,
-                       max_line_size=8190, max_field_size=8190, max_headers=100)
+                       max_line_size=_routes.MAX_HEADER_LINE, max_field_size=_routes.MAX_HEADER_LINE,
+                       max_headers=_routes.MAX_HEADERS)
         known = inspect.signature(web.RequestHandler.__init__).parameters
         options = {k: v for k, v in options.items() if k in known}  # max_headers is new in aiohttp 3.1x
         listener.http_protocol = lambda: _routes.Protocol(http, **options)
-        server = await loop.create_server(listener, sock=self.sock, backlog=LISTEN_BACKLOG)
+        server = await loop.create_server(listener, sock=self.sock, backlog=self.limits.backlog)
         self.ready.set()
         try:
             await self._stop.wait()
@@ -342,14 +343,26 @@ def main(args: argparse.Namespace) -> int:
     except OSError as err:
         store.close()
         return _fail(f"cannot listen on {args.listen}: {err.strerror or err}")
-    # room for as many again in their TLS handshake (bare TCP connects hold a descriptor up to 5 s each)
-    fds = _raise_fd_limit(2 * args.max_connections + FD_SPARE)
+    # descriptors: the connections, as many again in their TLS handshake (bare TCP connects hold one up
+    # to 5 s each; past max_handshakes the oldest handshake under way is closed: listener.py), and one
+    # accept burst (asyncio accepts up to the backlog at once, before any of them reaches the listener)
     max_connections = args.max_connections
-    if fds < max_connections + FD_SPARE:
-        max_connections = max(1, fds - FD_SPARE)
+    max_handshakes = max(max_connections, _listener.MIN_HANDSHAKES)
+    backlog = LISTEN_BACKLOG
+    files = store.max_open_files  # pcapng files kept open for appending (store.py)
+    fds = _raise_fd_limit(max_connections + max_handshakes + backlog + files + FD_SPARE)
+    if fds < max_connections + max_handshakes + backlog + files + FD_SPARE:
+        room = max(4, fds - FD_SPARE)
+        store.max_open_files = files = max(8, min(files, room // 8))
+        room = max(4, room - files)
+        backlog = max(1, min(backlog, room // 4))
+        max_connections = min(max_connections, (room - backlog) // 2)
+        max_handshakes = room - backlog - max_connections
         app.log(f"warning: only {fds} file descriptors (ulimit -n): at most {max_connections} connections, "
-                f"not {args.max_connections}")
-    limits = _listener.Limits(max_connections=max_connections, idle_s=args.idle_timeout)
+                f"not {args.max_connections} ({max_handshakes} TLS handshakes at once, listen backlog {backlog}, "
+                f"{files} files open for appending)")
+    limits = _listener.Limits(max_connections=max_connections, max_handshakes=max_handshakes, backlog=backlog,
+                              idle_s=args.idle_timeout)
 
     bound_host, bound_port = sock.getsockname()[:2]
     ca_text = str(ca_path) if ca_path else "(given certificate)"

@@ -394,6 +394,7 @@ class Store:
         self._streams: OrderedDict[tuple[str, str], dict[tuple[int, bytes, int, int], _File]] = OrderedDict()
         self._written_at: dict[tuple[str, str], float] = {}
         self._open_files = 0
+        self.max_open_files = MAX_OPEN_FILES  # lowered by the vSensor under a low `ulimit -n`
         self._next_n: dict[tuple[str, str], int] = {}
         self._closed = False
         self._log = open(self.out_dir / BATCH_LOG, "a", encoding="utf-8")
@@ -528,7 +529,7 @@ class Store:
         now = time.monotonic()
         for stream in list(self._streams)[:-1]:
             idle = now - self._written_at[stream] >= STREAM_IDLE_S
-            if not idle and self._open_files <= MAX_OPEN_FILES:
+            if not idle and self._open_files <= self.max_open_files:
                 break
             for f in self._streams[stream].values():
                 if f.fh is not None:
