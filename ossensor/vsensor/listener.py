@@ -29,6 +29,8 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -119,6 +121,46 @@ def tls_reason(err: BaseException) -> str:
     return str(reason)
 
 
+class QuietLog:
+    """Lines any client can cause without the key (a failed handshake, a timeout, a refused or unparsable
+    request): at most BURST of each kind per WINDOW_S seconds, the rest counted and summed up in one line
+    when the kind next logs after its window (or at stop: flush()), so that nobody can flood the log."""
+
+    BURST = 20
+    WINDOW_S = 5.0
+
+    def __init__(self, log: Callable[[str], None]):
+        self._log = log
+        self._lock = threading.Lock()
+        self._windows: dict[str, list] = {}  # kind -> [window start, lines logged, lines suppressed]
+
+    def __call__(self, kind: str, line: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            w = self._windows.get(kind)
+            if w is None or now - w[0] >= self.WINDOW_S:
+                if w is not None and w[2]:
+                    self._summary(kind, w, now)
+                w = self._windows[kind] = [now, 0, 0]
+            if w[1] >= self.BURST:
+                w[2] += 1
+                return
+            w[1] += 1
+        self._log(line)
+
+    def flush(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for kind, w in self._windows.items():
+                if w[2]:
+                    self._summary(kind, w, now)
+                    w[2] = 0
+
+    def _summary(self, kind: str, w: list, now: float) -> None:
+        self._log(f"{kind} suppressed={w[2]} lines over {now - w[0]:.0f} s (more than {self.BURST} per "
+                  f"{self.WINDOW_S:g} s)")
+
+
 class Listener:
     """The protocol factory of the listening socket (loop.create_server), and what it counts."""
 
@@ -128,6 +170,7 @@ class Listener:
         self.http_protocol = http_protocol
         self.limits = limits
         self.log = log
+        self.quiet = QuietLog(log)  # for what keyless clients cause
         self.open = 0             # connections past the handshake (served or being refused)
         self.handshaking = 0
         self.busy_refused = 0
@@ -160,7 +203,7 @@ class Listener:
                                        ssl_handshake_timeout=self.limits.handshake_s,
                                        ssl_shutdown_timeout=self.limits.handshake_s)
         except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError, RuntimeError, ValueError) as err:
-            self.log(f"tls-error peer={peer} reason={tls_reason(err).replace(' ', '_')[:120]}")
+            self.quiet("tls-error", f"tls-error peer={peer} reason={tls_reason(err).replace(' ', '_')[:120]}")
             raw.abort()
             return
         finally:
@@ -369,7 +412,7 @@ class _Guard(_Early):
         self._write_timer = None
         if self.transport is None:
             return
-        self.listener.log(f"refused peer={_peer(self.transport)} status=- "
+        self.listener.quiet("refused", f"refused peer={_peer(self.transport)} status=- "
                           f"reason=answers_not_read_within_{WRITE_STALL_S:g}_s_(closed)")
         self.transport.abort()  # nothing more can be written: no answer, no TLS close_notify
 
@@ -378,7 +421,7 @@ class _Guard(_Early):
         if self.in_request or self.transport is None or self.transport.is_closing():
             return
         limit = self.listener.limits.header_s
-        self.listener.log(f"refused peer={_peer(self.transport)} status=408 "
+        self.listener.quiet("refused", f"refused peer={_peer(self.transport)} status=408 "
                           f"reason=request_headers_not_complete_within_{limit:g}_s_of_their_first_byte")
         self.transport.write(json_answer(408, "Request Timeout", {
             "status": "refused", "reason": f"request headers not complete within {limit:g} s of their first byte"}))

@@ -209,11 +209,18 @@ class Routes:
     async def _drain(self, request: web.BaseRequest, n: int) -> bool:
         """Read and drop a refused request's small body before answering, so that the connection goes on
         at a request boundary (the header deadline then starts at the next request's first byte, not at
-        a byte of this body). False if it does not arrive in time."""
+        a byte of this body). In small reads, nothing kept: a keyless client's body costs no memory here.
+        False if it does not arrive in time."""
+        deadline = asyncio.get_running_loop().time() + BODY_GRACE_S + n / MIN_BODY_RATE
         try:
-            await self._read_body(request, n)
+            while n > 0:
+                left = deadline - asyncio.get_running_loop().time()
+                chunk = await asyncio.wait_for(request.content.read(min(n, 16384)), max(0.0, left))
+                if not chunk:
+                    return False
+                n -= len(chunk)
             return True
-        except Refused:
+        except (asyncio.TimeoutError, OSError, ConnectionError):
             return False
 
     async def _read_body(self, request: web.BaseRequest, n: int) -> bytes:
@@ -290,7 +297,7 @@ class Routes:
     def _log_refused(self, request: web.BaseRequest, r: Refused) -> None:
         headers = request.headers
         seq = r.seq if r.seq is not None else headers.get(protocol.H_SEQ)
-        self.app.log(f"refused sensor={clean(headers.get(protocol.H_SENSOR))} seq={clean(seq, 24)} "
+        self.listener.quiet("refused", f"refused sensor={clean(headers.get(protocol.H_SENSOR))} seq={clean(seq, 24)} "
                      f"status={r.status} reason={clean(r.reason.replace(' ', '_'), 200)} "
                      f"path={clean(request.path_qs, 40)} peer={clean(request.remote)}")
 
@@ -340,9 +347,9 @@ class Protocol(web.RequestHandler):
         if method:  # a well-formed request line with a method aiohttp's parser does not know
             status, extra = 405, {"Allow": ALLOW}
             reason = f"method {clean(method, 20)} not allowed; use GET or POST"
-        log = getattr(self._manager, "vsensor_log", None)
+        log = getattr(self._manager, "vsensor_log", None)  # listener.quiet: any client can cause these
         if log is not None:
-            log(f"error peer={clean(getattr(request, 'remote', None))} status={status} "
+            log("error", f"error peer={clean(getattr(request, 'remote', None))} status={status} "
                 f"reason={clean(reason.replace(' ', '_'), 200)}")
         if request.writer.output_size > 0:
             raise ConnectionError("answer already under way")

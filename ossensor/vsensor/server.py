@@ -184,7 +184,7 @@ class Service:
         listener = _listener.Listener(self.ctx, None, self.limits, self.app.log)
         routes = _routes.Routes(self.app, listener)
         http = web.Server(routes, loop=loop)
-        http.vsensor_log = self.app.log
+        http.vsensor_log = listener.quiet
         options = dict(loop=loop, keepalive_timeout=self.limits.idle_s, tcp_keepalive=True, access_log=None,
                        logger=_QUIET, lingering_time=_routes.LINGER_S, auto_decompress=False,
                        max_line_size=_routes.MAX_HEADER_LINE, max_field_size=_routes.MAX_HEADER_LINE,
@@ -202,6 +202,7 @@ class Service:
                 conn.close()
             await asyncio.wait_for(http.shutdown(5.0), 10.0)
             routes.close()
+            listener.quiet.flush()
 
     def _loop_error(self, loop, context) -> None:
         exc = context.get("exception")
