@@ -185,7 +185,10 @@ def replay(pcap: Path, vs_port: int, ca: Path, rtt_ms: float, inflight_mb: int) 
         dt = time.monotonic() - t0
     if r.returncode != 0:
         raise SystemExit(f"bench: replay failed:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
-    return dt, acks(r.stdout + r.stderr, wall0)
+    out = r.stdout + r.stderr
+    # a send answered other than 200/409 (a 503 from a busy or full vSensor, a timeout): the rate is not the link's
+    retries = sum(1 for l in out.splitlines() if " L2 send seq=" in l and " acked: " not in l)
+    return dt, {**acks(out, wall0), "retries": retries}
 
 
 def sh(cmd: str, check: bool = True) -> None:
@@ -267,10 +270,9 @@ def main() -> int:
     sizes = [int(x) for x in a.sizes.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="ossensor-bench-link-"))
     runs: list[dict] = []
-    vs = None
     try:
         pcaps = {s: (tmp / f"f{s}.pcap", make_pcap(tmp / f"f{s}.pcap", s, a.mb)) for s in sizes}
-        vs, vport = start_vsensor(tmp / "vs")
+        stop(start_vsensor(tmp / "vs")[0])  # its CA and certificate, kept in tmp/vs for every later start
         ca = tmp / "vs" / "ca.pem"
         cert, key = tmp / "vs" / "server.pem", tmp / "vs" / "server.key"
         print(f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs; {tmp}", flush=True)
@@ -285,7 +287,15 @@ def main() -> int:
                     path, n = pcaps[size]
                     mb = path.stat().st_size / 1e6
                     for mode, inflight in (("replay-1", 4), ("replay", 64)):
-                        dt, tl = replay(path, vport, ca, rtt, inflight)
+                        # a fresh vSensor for each run: one that ran before keeps every earlier run's file
+                        # open (one per sensor boot, deleted or not), and 2 GB a run fills the disk
+                        vs, vport = start_vsensor(tmp / "vs")
+                        try:
+                            dt, tl = replay(path, vport, ca, rtt, inflight)
+                        finally:
+                            stop(vs)
+                            for f in (tmp / "vs").glob("*.pcapng"):
+                                f.unlink()
                         r = {"round": rnd, "mode": mode, "rtt_ms": rtt, "size": size, "mb_s": mb / dt, "pps": n / dt,
                              "secs": dt, **tl,
                              "steady_mb_s": tl["steady_pps"] and tl["steady_pps"] * mb / n}
@@ -303,8 +313,7 @@ def main() -> int:
                 for f in (tmp / "vs").glob("*.pcapng"):  # what the vSensor stored: keep the disk free
                     f.unlink()
     finally:
-        if vs is not None:
-            stop(vs)
+        shutil.rmtree(tmp, ignore_errors=True)  # the pcaps: 2 GB each by default
     # medians over the rounds, then each divided by the same mode's median at the first RTT
     keys = list(dict.fromkeys((r["mode"], r["rtt_ms"], r["size"]) for r in runs))
     results = []
@@ -328,15 +337,15 @@ def main() -> int:
     if a.json:
         Path(a.json).write_text(json.dumps({"mb": a.mb, "repeat": a.repeat, "results": results, "runs": runs},
                                            indent=1))
-    shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
 def _line(r: dict) -> str:
     st = (f"{r['steady_mb_s']:8.1f} MB/s {r['steady_pps']:10.0f} pkt/s" if r["steady_pps"] else " " * 30)
     ack = (f"{r['first_ack_s']:5.2f} / {r['last_ack_s']:5.2f} s" if r.get("first_ack_s") is not None else "")
+    retries = f"  retries={r['retries']} (not the link's pace)" if r.get("retries") else ""
     return (f"rtt {r['rtt_ms']:5g} ms  {r['mode']:9s} {r['size']:5d} B {r['mb_s']:8.1f} MB/s {r['pps']:10.0f} pkt/s  "
-            f"{st}  {ack}")
+            f"{st}  {ack}{retries}")
 
 
 if __name__ == "__main__":
