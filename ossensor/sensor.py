@@ -320,7 +320,8 @@ class Sensor:
                     next_stats += s.stats_interval
         finally:  # whatever happened above, the reader stops and what it holds is flushed
             self.stop.set()
-            log(L.BASIC, "stopping: flushing the last batch")
+            why = f"{signals.received_name} received" if signals.received else "the capture ended"
+            log(L.BASIC, f"stopping ({why}): flushing the last batch")
             self.watcher.stop()
             timeout = getattr(s, "shutdown_timeout", 5.0)
             t_stop = time.monotonic()

@@ -358,7 +358,8 @@ render_overlay | kc delete -f - --wait=false >/dev/null
 wait_until 60 "the sensor pod gone" bash -c "! ${KC[*]@Q} -n ossensor get pod $POD" >/dev/null
 took=$((SECONDS - t))
 wait "$follower" 2>/dev/null || true
-grep -q "stopping: flushing the last batch" "$E/logs/last-pod.log" || fail "delete: no 'stopping' line (SIGTERM not handled?)"
+grep -q "stopping (SIGTERM received): flushing the last batch" "$E/logs/last-pod.log" \
+  || fail "delete: no 'stopping (SIGTERM received)' line (SIGTERM not handled?)"
 fin=$(grep " L0 final stats " "$E/logs/last-pod.log") || fail "delete: no final stats line"
 cap=$(grep -Eo "captured=[0-9]+" <<<"$fin" | cut -d= -f2); ack=$(grep -Eo "acked=[0-9]+" <<<"$fin" | cut -d= -f2)
 [ "$took" -le "$grace" ] || fail "delete: the pod took $took s, over its grace period ($grace s)"

@@ -122,7 +122,8 @@ def test_undecodable_bytes_name_the_variable(tmp_path):
     with pytest.raises(config.ConfigError) as info:
         config.load(env)
     assert info.value.problems[0] == "OSSENSOR_TLS_CA_FILE: is not UTF-8 text (byte 0xff at character 6)"
-    assert re.fullmatch(r"OSSENSOR_SPOOL_DIR: '/tmp/a+'\.\.\. \(305 characters\): File name too long",
+    # a long path keeps its end, like every other path in a message
+    assert re.fullmatch(r"OSSENSOR_SPOOL_DIR: \.\.\.'a+' \(305 characters\): File name too long",
                         info.value.problems[1])
 
 

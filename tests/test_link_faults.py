@@ -225,6 +225,7 @@ def test_mtls_accepted_with_client_cert_refused_without_and_wrong_ca(topo, tmp_p
     send_udp(topo, 30)
     wait_stat(ok, "acked", 30, timeout=20)
     assert ok.stop() == 0
+    assert "stopping (SIGTERM received): flushing the last batch" in ok.output  # the log names the signal
 
     # no client certificate: refused at the TLS layer, said so at level 0
     env_none = sensor_env(topo, tmp_path, port, BPF="udp port 9999", OSSENSOR_SHUTDOWN_TIMEOUT="1")

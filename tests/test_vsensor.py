@@ -613,3 +613,42 @@ def test_plain_http_on_the_tls_port_is_named_in_the_log(vsensor):
             pass
     vs.wait_for(r"tls-error peer=127\.0\.0\.1 reason=plain_HTTP_sent_to_the_HTTPS_port")
     assert requests.get(vs.url + "/healthz", verify=vs.ca, timeout=10).status_code == 200
+
+
+def test_store_keeps_a_bounded_number_of_files_open(tmp_path, monkeypatch):
+    """Sensors come and go (every restart is a new boot): beyond MAX_OPEN_FILES the store closes the files of
+    the least recently written streams, whose next batch reopens and appends to the same file; a stream
+    idle for STREAM_IDLE_S is forgotten (its next batch starts a new numbered file). Every file reads in
+    tcpdump with all its packets."""
+    from ossensor.vsensor import store as store_mod
+
+    def own_pcapng_fds() -> int:
+        paths = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:
+                pass
+        return sum(str(tmp_path) in p and p.endswith(".pcapng") for p in paths)
+
+    monkeypatch.setattr(store_mod, "MAX_OPEN_FILES", 3)
+    st = store_mod.Store(tmp_path)
+
+    def put(sensor: str, seq: int) -> list[str]:
+        body = batch(2, start=2 * seq)
+        return st.append(sensor, BOOT, seq, store_mod.parse_batch(body), sent=0, wire_bytes=len(body),
+                         encoding="identity")
+
+    for i in range(10):
+        put(f"s{i}", 0)
+        assert st.open_files <= 3
+    assert own_pcapng_fds() == 3
+    assert put("s0", 1) == [f"s0-{BOOT}.pcapng"]  # closed, reopened: the same file goes on
+    assert st.open_files <= 3 and own_pcapng_fds() == st.open_files
+    monkeypatch.setattr(store_mod, "STREAM_IDLE_S", 0.0)  # now every stream but the newest is idle
+    put("s9", 1)
+    assert st.open_files == 1
+    assert put("s0", 2) == [f"s0-{BOOT}-1.pcapng"]  # forgotten: a new numbered file
+    st.close()
+    assert tcpdump_count(tmp_path / f"s0-{BOOT}.pcapng") == 4
+    assert sum(tcpdump_count(p) for p in pcap_files(tmp_path)) == 26

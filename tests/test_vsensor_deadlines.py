@@ -109,8 +109,24 @@ def test_deadlines(tmp_path):
                 time.sleep(IDLE - 1)
             results["kept"] = (seq, b"".join(a[:12] for a in answers))
 
+        def refused_then_quiet():  # a refused small body is read: the next request, 11 s later, is served
+            s = _tls(tmp_path / "vs2", port2)
+            body = pcapng.shb() + pcapng.idb("eth0", 1, 65535)
+            answers = []
+            for key, seq in ((b"not-the-key-0000", 1), (KEY.encode(), 2)):
+                headers = protocol.sign(key, sensor="quiet", boot="f" * 16, seq=seq, timestamp=int(time.time()),
+                                        body=body)
+                head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+                s.sendall(f"POST {protocol.PATH_BATCHES} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+                          f"{head}\r\n".encode())
+                time.sleep(0.5)  # the body comes later than the headers, as from a distant sensor
+                s.sendall(body)
+                answers.append(s.recv(65536)[:12])
+                time.sleep(HEADER_TIMEOUT_S + 1 if seq == 1 else 0)
+            results["quiet"] = (0, b" ".join(answers))
+
         threads = [threading.Thread(target=f, daemon=True) for f in (idle, header_trickle, body_trickle, bare,
-                                                                      kept_alive)]
+                                                                      kept_alive, refused_then_quiet)]
         for t in threads:
             t.start()
         for t in threads:
@@ -131,5 +147,6 @@ def test_deadlines(tmp_path):
     assert HANDSHAKE_TIMEOUT_S - 0.5 <= took <= HANDSHAKE_TIMEOUT_S + 2.5 and data == b"", results["bare"]
     seq, answers = results["kept"]
     assert seq >= 4 and answers == b"HTTP/1.1 200" * seq, results["kept"]
+    assert results["quiet"][1] == b"HTTP/1.1 401 HTTP/1.1 200", results["quiet"]
     assert "tls-error" in log and "no_TLS_handshake_within_the_deadline" in log, log
     assert "status=408" in log and "Traceback" not in log

@@ -42,6 +42,11 @@ def _stored_packets(out: Path) -> int:
     return sum(json.loads(line)["packets"] for line in path.read_text().splitlines() if line.strip())
 
 
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+
+
 def _last_report(p: Proc) -> dict:
     for line in reversed(p.lines):
         if line.startswith("{"):
@@ -65,6 +70,7 @@ def test_a_sensor_ships_through_a_siege(tmp_path):
                 assert time.monotonic() < deadline, f"siege never built up: {rep}\n{hostile.output[-2000:]}"
                 time.sleep(0.5)
             time.sleep(HEADER_TIMEOUT_S + 1)  # past the first deadlines: tricklers and bare ones cycling
+            rss_mib = _rss_kib(vs.p.pid) / 1024
             env = {k: v for k, v in os.environ.items() if not k.startswith(("VSENSOR_", "OSSENSOR_", "BPF"))}
             env.update(PYTHONPATH=str(ROOT), VSENSOR_HOSTNAME="127.0.0.1", VSENSOR_PORT=str(port),
                        VSENSOR_HMAC_KEY=KEY, OSSENSOR_TLS_CA_FILE=str(out / "ca.pem"), OSSENSOR_DEBUG="1")
@@ -73,7 +79,7 @@ def test_a_sensor_ships_through_a_siege(tmp_path):
                                text=True, timeout=60, env=env)
             took = time.monotonic() - t0
             rep = _last_report(hostile)
-            print(f"replay took {took:.1f} s during the siege: {rep}")
+            print(f"replay took {took:.1f} s during the siege: {rep}; vSensor RSS {rss_mib:.0f} MiB")
         finally:
             hostile.kill()
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -83,6 +89,8 @@ def test_a_sensor_ships_through_a_siege(tmp_path):
         assert rep["closed"]["trickle"] >= 250 and rep["held"]["trickle"] <= HEADER_TIMEOUT_S + 4, rep
         assert rep["closed"]["bare"] >= 250 and rep["held"]["bare"] <= HANDSHAKE_TIMEOUT_S + 3, rep
         assert rep["held"]["idle"] > 0 or rep["closed"]["idle"] == 0
+        # bounded memory: ~60 KiB per connection (asyncio's own 256 KiB TLS buffers would make it ~500 MiB)
+        assert rss_mib < 350, rss_mib
         log = vs.output
         assert "status=408" in log and "tls-error" in log and "Traceback" not in log
 

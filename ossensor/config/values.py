@@ -43,6 +43,14 @@ def show(value: Any, limit: int = 80) -> str:
     return repr(text)
 
 
+def show_path(value: Any, limit: int = 80) -> str:
+    """show() for a path: a long one keeps its end, as clip() does, quoted."""
+    text = str(value)
+    if len(text) > limit:
+        return f"...{text[-limit:]!r} ({len(text)} characters)"
+    return repr(text)
+
+
 def clip(value: Any, limit: int = 80) -> str:
     """show() without the quotes: a path or name inside a sentence. A long path keeps its end (the file's
     name says more than the directories above it)."""
@@ -238,15 +246,15 @@ def writable_dir(value: Any) -> Path:
     path = Path(str(value).strip())
     try:
         if path.exists() and not path.is_dir():
-            raise ValueError(f"{show(str(path))} exists and is not a directory")
+            raise ValueError(f"{show_path(path)} exists and is not a directory")
         probe = _nearest_existing(path)
         if not os.access(probe, os.W_OK | os.X_OK):
-            raise ValueError(f"{show(str(path))} is not writable (checked {clip(probe)})")
+            raise ValueError(f"{show_path(path)} is not writable (checked {clip(probe)})")
         os.stat(path / "x")
     except FileNotFoundError:
         pass
     except OSError as err:
-        raise ValueError(f"{show(str(path))}: {err.strerror or err}") from None
+        raise ValueError(f"{show_path(path)}: {err.strerror or err}") from None
     return path
 
 

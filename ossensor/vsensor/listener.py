@@ -25,7 +25,8 @@ HANDSHAKE_TIMEOUT_S = 5.0
 HEADER_TIMEOUT_S = 10.0
 IDLE_TIMEOUT_S = 60.0
 MAX_CONNECTIONS = 4096
-TLS_READ_BUFFER = 32 * 1024  # per connection: see tune_asyncio_tls()
+TLS_READ_BUFFER = 32 * 1024         # per connection: see tune_asyncio_tls() ...
+TLS_READ_BUFFER_BODY = 256 * 1024   # ... and widen_tls_reads()
 BUSY_LINGER_S = 0.5  # a refused connection's request may still be on its way: let it arrive, then close
 
 
@@ -69,6 +70,16 @@ def tune_asyncio_tls() -> None:
 
     on_handshake_complete.sends_alert = True
     cls._on_handshake_complete = on_handshake_complete
+
+
+def widen_tls_reads(transport) -> None:
+    """A connection about to carry a large body reads TLS in 256 KiB steps again (asyncio's own size):
+    each step is a trip through Python (TLS layer, aiohttp's parser and stream), 32 KiB steps cost ~1.5x the
+    CPU per megabyte (bench/http_servers.py). Only connections that carry batches pay the memory; the
+    buffer grows at the next read and stays with the connection."""
+    proto = getattr(transport, "_ssl_protocol", None)
+    if proto is not None and getattr(proto, "max_size", TLS_READ_BUFFER_BODY) < TLS_READ_BUFFER_BODY:
+        proto.max_size = TLS_READ_BUFFER_BODY
 
 
 def json_answer(status: int, reason_phrase: str, doc: dict, extra: str = "") -> bytes:

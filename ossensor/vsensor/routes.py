@@ -18,13 +18,14 @@ from ossensor import __version__, protocol
 from ossensor.pcapng import PcapngError
 from ossensor.vsensor import antigena as _antigena
 from ossensor.vsensor import store as _store
-from ossensor.vsensor.listener import Listener
+from ossensor.vsensor.listener import Listener, widen_tls_reads
 
 HELLO_MAX_BODY = 64 * 1024
 BODY_GRACE_S = 10.0          # a body must arrive within this ...
 MIN_BODY_RATE = 64 * 1024    # ... plus its length at this many bytes/s: a trickle cannot hold a connection
 LINGER_S = 2.0               # a refused body still arriving is read and discarded this long, then close
 BODY_BUDGET = 128 * 1024 * 1024  # request bodies in memory at once, at least (2 x the body limit if more)
+WIDE_READS_FROM = 256 * 1024     # bodies this large are read in wider TLS steps (listener.widen_tls_reads)
 WORKERS = 4                  # threads verifying and storing bodies
 VSENSOR_NAME = "ossensor-reference"
 SERVER = f"ossensor-vsensor/{__version__}"
@@ -134,8 +135,8 @@ class Routes:
             return await self._post(request, HELLO_MAX_BODY, kind="hello")
         if path == protocol.PATH_ANTIGENA and getattr(self.app, "antigena", None):
             return await self._post(request, _antigena.MAX_BODY, kind="antigena")
-        self._content_length(request, HELLO_MAX_BODY)
-        return answer(404, {"status": "refused", "reason": "not found"})  # aiohttp discards the body
+        n = self._content_length(request, HELLO_MAX_BODY)
+        return answer(404, {"status": "refused", "reason": "not found"}, close=not await self._drain(request, n))
 
     # -- headers ----------------------------------------------------------------------------------------
     @staticmethod
@@ -177,12 +178,16 @@ class Routes:
         try:  # headers, signature and time window first: an unauthenticated body is never read
             checked = app.check_headers("POST", request.path_qs, request.headers)
         except protocol.ProtocolError as err:
-            # a small body is discarded by aiohttp and the connection kept; a larger one is not read
-            raise Refused(err.status, err.reason, close=n > HELLO_MAX_BODY) from None
+            # a small body is read and dropped, the connection kept; a larger one is not read: closed
+            # (aiohttp discards what still arrives for LINGER_S, so that the answer is not reset away)
+            keep = n <= HELLO_MAX_BODY and await self._drain(request, n)
+            raise Refused(err.status, err.reason, close=not keep) from None
         if not self.budget.take(n):
             raise Refused(503, "the vSensor is busy (too many bodies in memory); retry", close=True,
                           extra={"Retry-After": "1"})
         try:
+            if n >= WIDE_READS_FROM:
+                widen_tls_reads(request.transport)
             if request.headers.get("Expect", "").lower() == "100-continue":
                 await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             body = await self._read_body(request, n)
@@ -190,6 +195,16 @@ class Routes:
                 self.pool, self._handle, request.path_qs, checked, body, kind, request.remote)
         finally:
             self.budget.give(n)
+
+    async def _drain(self, request: web.BaseRequest, n: int) -> bool:
+        """Read and drop a refused request's small body before answering, so that the connection goes on
+        at a request boundary (the header deadline then starts at the next request's first byte, not at
+        a byte of this body). False if it does not arrive in time."""
+        try:
+            await self._read_body(request, n)
+            return True
+        except Refused:
+            return False
 
     async def _read_body(self, request: web.BaseRequest, n: int) -> bytes:
         if n == 0:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import ipaddress
 import logging
 import math
@@ -187,6 +188,8 @@ class Service:
         options = dict(loop=loop, keepalive_timeout=self.limits.idle_s, tcp_keepalive=True, access_log=None,
                        logger=_QUIET, lingering_time=_routes.LINGER_S, auto_decompress=False,
                        max_line_size=8190, max_field_size=8190, max_headers=100)
+        known = inspect.signature(web.RequestHandler.__init__).parameters
+        options = {k: v for k, v in options.items() if k in known}  # max_headers is new in aiohttp 3.1x
         listener.http_protocol = lambda: _routes.Protocol(http, **options)
         server = await loop.create_server(listener, sock=self.sock, backlog=LISTEN_BACKLOG)
         self.ready.set()
@@ -339,7 +342,8 @@ def main(args: argparse.Namespace) -> int:
     except OSError as err:
         store.close()
         return _fail(f"cannot listen on {args.listen}: {err.strerror or err}")
-    fds = _raise_fd_limit(args.max_connections + FD_SPARE)
+    # room for as many again in their TLS handshake (bare TCP connects hold a descriptor up to 5 s each)
+    fds = _raise_fd_limit(2 * args.max_connections + FD_SPARE)
     max_connections = args.max_connections
     if fds < max_connections + FD_SPARE:
         max_connections = max(1, fds - FD_SPARE)

@@ -18,7 +18,11 @@ whose interfaces have different link types, so interfaces are grouped by (link t
 group has its own file, and a batch mixing groups is split between them (interface ids are renumbered
 then, which costs one copy of the batch, made in C). A batch whose IDBs conflict with its group's file (an
 interface changed) starts a new file for that group. After a vSensor restart a stream never appends to
-an older file (its state is unknown); it starts a new numbered file.
+an older file (its state is unknown); it starts a new numbered file. Descriptors are bounded: at most
+MAX_OPEN_FILES files stay open (the least recently written streams' files are closed, and reopened for
+appending by their next batch), and a stream idle for STREAM_IDLE_S is forgotten, its next batch starting a
+new numbered file (every sensor restart is a new boot, hence a new stream: without this each would keep a
+descriptor for ever).
 
 Drop-behind: after each batch the store starts the writeback of what it appended (sync_file_range) and
 drops from the page cache what lies more than DROP_BEHIND (32 MiB) behind a file's end, once it is on
@@ -34,6 +38,7 @@ import re
 import struct
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +61,9 @@ BATCH_LOG = "batches.jsonl"
 SEED_TAIL_BYTES = 64 << 20   # replay memory re-seeded at start from this much of the end of BATCH_LOG ...
 SEED_MAX_ENTRIES = 100_000   # ... and at most this many entries (the newest)
 SUFFIX = ".pcapng"
+MAX_OPEN_FILES = 1024        # files kept open for appending, over all streams (beyond: the least recently
+                             # written streams' files are closed, and reopened by their next batch) ...
+STREAM_IDLE_S = 600          # ... and a stream idle this long is forgotten: sensors that come and go cost no fd
 DROP_BEHIND = 32 << 20       # page cache kept per file behind its end (see _drop_behind) ...
 DROP_STEP = 4 << 20          # ... dropped in steps of at least this much
 _NAME_MAX = 255
@@ -382,7 +390,10 @@ class Store:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._streams: dict[tuple[str, str], dict[tuple[int, bytes, int, int], _File]] = {}
+        # (sensor, boot) -> its open files, least recently written first; when each was last written
+        self._streams: OrderedDict[tuple[str, str], dict[tuple[int, bytes, int, int], _File]] = OrderedDict()
+        self._written_at: dict[tuple[str, str], float] = {}
+        self._open_files = 0
         self._next_n: dict[tuple[str, str], int] = {}
         self._closed = False
         self._log = open(self.out_dir / BATCH_LOG, "a", encoding="utf-8")
@@ -413,6 +424,8 @@ class Store:
             if self._closed:
                 raise OSError("store is closed")
             files = self._streams.setdefault((sensor, boot), {})
+            self._streams.move_to_end((sensor, boot))
+            self._written_at[(sensor, boot)] = time.monotonic()
             # Which group file each interface goes to, and its interface id there.
             group_keys: list[tuple[int, bytes, int, int]] = []
             for g in batch.groups:
@@ -423,6 +436,8 @@ class Store:
                 members = [i for i, g in enumerate(batch.groups) if g == key]
                 raw = [batch.idbs[i] for i in members]
                 current = files.get(key)
+                if current is not None and current.fh is None and not self._reopen(current):
+                    current = None  # closed to save a descriptor, and gone since: a new file
                 parts: list = []
                 if current is not None and (_is_prefix(current.idbs, raw) or
                                             _is_prefix([bytes(r) for r in raw], current.idbs)):
@@ -483,8 +498,10 @@ class Store:
                 raise
             for key, f, old in created:
                 files[key] = f
-                if old is not None:
+                self._open_files += 1
+                if old is not None and old.fh is not None:
                     old.fh.close()
+                    self._open_files -= 1
             for key in group_keys:
                 f, raw = files[key], plan[key][3]
                 if len(raw) > len(f.idbs):
@@ -493,7 +510,41 @@ class Store:
                 _drop_behind(f)
             self._log_batch(sensor, boot, seq, batch, sent=sent, wire_bytes=wire_bytes,
                             encoding=encoding, files=written)
+            self._close_idle_streams()
             return written
+
+    def _reopen(self, f: _File) -> bool:
+        try:
+            f.fh = open(f.path, "ab")  # noqa: SIM115 - kept open across batches
+        except OSError:
+            return False
+        self._open_files += 1
+        return True
+
+    def _close_idle_streams(self) -> None:
+        """Over MAX_OPEN_FILES open files, close those of the least recently written streams: the stream
+        stays known and its next batch reopens its file. A stream idle for STREAM_IDLE_S is forgotten (its
+        next batch, if any, starts a new numbered file). The stream just written is left alone."""
+        now = time.monotonic()
+        for stream in list(self._streams)[:-1]:
+            idle = now - self._written_at[stream] >= STREAM_IDLE_S
+            if not idle and self._open_files <= MAX_OPEN_FILES:
+                break
+            for f in self._streams[stream].values():
+                if f.fh is not None:
+                    try:
+                        f.fh.close()
+                    except OSError:
+                        pass
+                    f.fh = None
+                    self._open_files -= 1
+            if idle:
+                del self._streams[stream], self._written_at[stream]
+                self._next_n.pop(stream, None)  # a new file's number is found again from the directory
+
+    @property
+    def open_files(self) -> int:
+        return self._open_files
 
     def _log_batch(self, sensor, boot, seq, batch: ParsedBatch, **extra) -> None:
         entry = {"time": round(time.time(), 3), "sensor": sensor, "boot": boot, "seq": seq,
@@ -525,11 +576,15 @@ class Store:
             self._closed = True
             for files in self._streams.values():
                 for f in files.values():
+                    if f.fh is None:
+                        continue
                     try:
                         f.fh.close()
                     except OSError:
                         pass
             self._streams.clear()
+            self._written_at.clear()
+            self._open_files = 0
             self._log.close()
 
 
