@@ -287,8 +287,9 @@ def main() -> int:
                     path, n = pcaps[size]
                     mb = path.stat().st_size / 1e6
                     for mode, inflight in (("replay-1", 4), ("replay", 64)):
-                        # a fresh vSensor for each run: one that ran before keeps every earlier run's file
-                        # open (one per sensor boot, deleted or not), and 2 GB a run fills the disk
+                        # a fresh vSensor for each run: one that ran before keeps earlier runs' files open
+                        # (a stream per sensor boot, closed after 10 idle minutes), deleted or not, and at
+                        # 2 GB a run a 3-round bench would fill the disk
                         vs, vport = start_vsensor(tmp / "vs")
                         try:
                             dt, tl = replay(path, vport, ca, rtt, inflight)
