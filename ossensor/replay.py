@@ -237,7 +237,9 @@ class VSensorSink:
             log(L.BASIC, f"OSSENSOR_SPOOL_DIR={s.spool_dir} is not used by replay")
             s = s.model_copy(update={"spool_dir": None})
         self.pipeline = Pipeline(s, log, self.acct, self.shipper, boot)
-        self.pipeline.start()
+        # every sender opens its connection now, while the hello below is under way (one round trip
+        # for all of them instead of one per sender when its first batch is ready)
+        self.pipeline.start(warm=self.pipeline.senders)
         self.pipeline.learn_limit()  # the vSensor's body limit, before the first batch is cut
 
     def body_limit(self) -> int | None:

@@ -134,12 +134,29 @@ class Pipeline:
                           f"body_limit={self.client.limit.value}")
         return self.client.limit.value
 
-    def start(self) -> list[threading.Thread]:
+    def start(self, warm: int = 0) -> list[threading.Thread]:
+        """Start the sender threads. warm: how many of them open their connection at once (a hello each,
+        in parallel with the caller's learn_limit()) instead of when their first batch is ready: at
+        100 ms a connection costs TCP + TLS + the request's own round trip, and a sender that opens it
+        with a 4 MiB batch in hand holds the batch that long. Sender 0 never warms: its pool slot is
+        left to learn_limit()'s hello, which opens a connection too. `ossensor replay` warms all (its
+        batches are ready at once); live capture opens connections as its rate needs them (a quiet
+        node must not hold 16 idle connections against the vSensor's --max-connections)."""
         for i in range(self.senders):
-            t = threading.Thread(target=self.run, name="shipper" if i == 0 else f"shipper-{i}", daemon=True)
+            t = threading.Thread(target=self.run, args=(0 < i <= warm,),
+                                 name="shipper" if i == 0 else f"shipper-{i}", daemon=True)
             t.start()
             self._threads.append(t)
         return self._threads
+
+    def _warm(self) -> None:
+        """Open this sender's connection now: a hello (POST /v1/hello, no side effect at the vSensor) -
+        urllib3 cannot open a pooled connection without a request, and a bare TLS handshake leaves the
+        server's session tickets unread, which urllib3 then takes for a dropped connection. A failure
+        is only logged at level 2: the batches' sends retry and say why."""
+        out = self.client.hello()
+        self.log(L.SENDS, f"warm: {threading.current_thread().name} opened its connection ahead of its first "
+                          f"batch: hello -> {out.status or '-'} {out.kind}: {out.reason} rtt_ms={out.rtt * 1000:.1f}")
 
     # -- producer side ---------------------------------------------------------------------
     def enqueue(self, batch: Batch, block: bool = False) -> bool:
@@ -253,7 +270,12 @@ class Pipeline:
             self.in_flight_bytes -= nbytes
             self._window.notify_all()
 
-    def run(self) -> None:
+    def run(self, warm: bool = False) -> None:
+        if warm and not self.stop.is_set():
+            try:
+                self._warm()
+            except Exception as err:  # never let the warm-up cost the sender: it only saves round trips
+                self.log(L.SENDS, f"warm: {type(err).__name__}: {err}")
         while True:
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 return
