@@ -174,13 +174,11 @@ class Listener:
         self.open = 0             # connections past the handshake (served or being refused)
         self.handshaking = 0
         self.busy_refused = 0
-        self._busy_logged = -1e9
         self.evicted = 0          # handshakes closed to make room for newer ones
-        self._evicted_logged = -1e9
         self._handshakes: dict[asyncio.Transport, None] = {}  # under way, oldest first
         self.unsigned: dict[_Guard, None] = {}  # open, no signed request yet, oldest first
         self.evicted_unsigned = 0
-        self._unsigned_logged = -1e9
+        self._logged_at: dict[str, float] = {}  # busy lines: one of a kind per 5 s (running totals)
         self.guards: dict[asyncio.BaseTransport, _Guard] = {}  # by TLS transport: routes find theirs
         self._tasks: set[asyncio.Task] = set()
 
@@ -221,11 +219,8 @@ class Listener:
         oldest = next(iter(self._handshakes))
         del self._handshakes[oldest]
         self.evicted += 1
-        now = asyncio.get_running_loop().time()
-        if now - self._evicted_logged >= 5:
-            self._evicted_logged = now
-            self.log(f"busy evicted={self.evicted} limit={self.limits.max_handshakes} peer={_peer(oldest)} "
-                     f"reason=oldest_TLS_handshake_closed_for_a_new_connection")
+        self._now_and_then("evicted", f"busy evicted={self.evicted} limit={self.limits.max_handshakes} "
+                           f"peer={_peer(oldest)} reason=oldest_TLS_handshake_closed_for_a_new_connection")
         oldest.abort()
 
     def _evict_unsigned(self) -> bool:
@@ -235,11 +230,9 @@ class Listener:
         oldest = next(iter(self.unsigned))
         del self.unsigned[oldest]
         self.evicted_unsigned += 1
-        now = asyncio.get_running_loop().time()
-        if now - self._unsigned_logged >= 5:
-            self._unsigned_logged = now
-            self.log(f"busy evicted_unsigned={self.evicted_unsigned} limit={self.limits.max_connections} "
-                     f"peer={_peer(oldest.transport)} reason=oldest_connection_without_a_signed_request_closed")
+        self._now_and_then("unsigned", f"busy evicted_unsigned={self.evicted_unsigned} "
+                           f"limit={self.limits.max_connections} peer={_peer(oldest.transport)} "
+                           f"reason=oldest_connection_without_a_signed_request_closed")
         oldest.transport.abort()
         return True
 
@@ -257,11 +250,15 @@ class Listener:
 
     def note_busy(self, peer: str) -> None:
         self.busy_refused += 1
+        self._now_and_then("refused", f"busy refused={self.busy_refused} limit={self.limits.max_connections} "
+                           f"peer={peer} reason=too_many_connections_(503)")
+
+    def _now_and_then(self, kind: str, line: str) -> None:
+        """One busy line of a kind per 5 s at most: its counts are running totals."""
         now = asyncio.get_running_loop().time()
-        if now - self._busy_logged >= 5:
-            self._busy_logged = now
-            self.log(f"busy refused={self.busy_refused} limit={self.limits.max_connections} "
-                     f"peer={peer} reason=too_many_connections_(503)")
+        if now - self._logged_at.get(kind, -1e9) >= 5:
+            self._logged_at[kind] = now
+            self.log(line)
 
 
 class _Accepted(asyncio.Protocol):
