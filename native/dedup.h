@@ -55,6 +55,13 @@ void dd_release(struct dd_table *t);
  * pcapng link type `linktype`. */
 uint64_t dd_identity(const uint8_t *data, uint32_t caplen, uint32_t wirelen, int linktype);
 
+/* Ask for the table's set of `key` now (a cache line), so that dd_check() for it, a few packets
+ * later, does not wait for memory: ring.c hashes a chunk of packets ahead and prefetches their sets. */
+static inline void dd_prefetch(const struct dd_table *t, uint64_t key)
+{
+    __builtin_prefetch(t->set[(unsigned)(key >> 32) & (DD_SETS - 1)], 1, 3);
+}
+
 /* 1 when the packet is a copy of one captured on another interface within the window (do not
  * write it); 0 when it is a new packet (it is remembered). */
 int dd_check(struct dd_table *t, uint64_t key, uint64_t ns, int ifindex);
