@@ -148,6 +148,8 @@ static inline void unlock(struct dd_table *t, unsigned s)
  * front and the last way (the least recently written, or an empty one: empties are at the end)
  * drops out; no ages to compare on the common path, a distinct packet, which costs only the four
  * key comparisons and a 48-byte shift within one cache line. */
+_Static_assert(DD_WAYS == 4, "dd_check() shifts a set of 4 ways");
+
 int dd_check(struct dd_table *t, uint64_t key, uint64_t ns, int ifindex)
 {
     unsigned s = (unsigned)(key >> 32) & (DD_SETS - 1);
@@ -156,7 +158,11 @@ int dd_check(struct dd_table *t, uint64_t key, uint64_t ns, int ifindex)
     if (shared)
         lock(t, s % DD_LOCKS);
     struct dd_entry *set = t->set[s];
-    unsigned w = set[0].key == key ? 0 : set[1].key == key ? 1 : set[2].key == key ? 2 : set[3].key == key ? 3 : DD_WAYS;
+    unsigned w = set[0].key == key   ? 0
+                 : set[1].key == key ? 1
+                 : set[2].key == key ? 2
+                 : set[3].key == key ? 3
+                                     : DD_WAYS;
     int dup = 0;
     if (w < DD_WAYS && set[w].t) {
         int32_t d = (int32_t)(now - set[w].t); /* copies may be read out of order (several readers) */
@@ -166,11 +172,13 @@ int dd_check(struct dd_table *t, uint64_t key, uint64_t ns, int ifindex)
             goto out;
         }
         /* the same interface again, or too old: a new packet, renews the entry (to the front) */
-    } else {
-        w = DD_WAYS - 1; /* not there (or it matched an empty way: all after it are empty too) */
+        for (; w > 0; w--)
+            set[w] = set[w - 1];
+    } else { /* not there (or it matched an empty way: all after it are empty too): the last way goes */
+        set[3] = set[2];
+        set[2] = set[1];
+        set[1] = set[0];
     }
-    for (; w > 0; w--)
-        set[w] = set[w - 1];
     set[0].key = key;
     set[0].t = now;
     set[0].ifindex = ifindex;

@@ -9,9 +9,10 @@
  * new packet (a retransmission, a repeated datagram): the entry then restarts from it.
  *
  * The table is fixed: DD_SETS sets of DD_WAYS entries (8,192 entries of 16 bytes, 128 KiB: it
- * stays in the L2 cache while batches stream through the others), the oldest entry of a set
- * replaced. The copies of one packet cross a node within microseconds, so an entry needs to
- * outlive only the few packets captured meanwhile; the table holds about the last 8,000. An
+ * stays in the L2 cache while batches stream through the others), each set kept in the order its
+ * entries were written, the least recently written replaced. The copies of one packet cross a
+ * node within microseconds, so an entry needs to outlive only the few packets captured
+ * meanwhile; the table holds about the last 8,000. An
  * entry holds a 64-bit hash of the identity (its length folded in), so an overrun table only
  * ever misses duplicates (more copies kept), never suppresses a distinct packet short of a
  * 64-bit hash collision between two packets on different interfaces within the window.
