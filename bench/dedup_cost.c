@@ -25,7 +25,7 @@
 #define BURST 2000u
 #define EVICT (8u << 20)
 #define CHUNK 32u /* ring.c's DD_AHEAD, DD_AHEAD_BYTES */
-#define AHEAD_BYTES 16384u
+#define AHEAD_BYTES 4096u
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 static uint64_t rnd(void)

@@ -428,11 +428,12 @@ static inline int lookup_if(Ring *self, int ifindex, unsigned *id)
 }
 
 /* Packets hashed ahead when dedup is on: drain() takes the identities of the next packets of a block
- * (up to DD_AHEAD of them, or DD_AHEAD_BYTES of captured bytes, which stay in the L1 cache for the
- * copy) and asks for their table sets, then writes them, so each look-up finds its set in the cache:
- * after a sleep the table is cold (the kernel, the generator and other processes ran meanwhile). */
+ * (up to DD_AHEAD of them or DD_AHEAD_BYTES of captured bytes: a big packet takes longer to hash than
+ * its set takes to arrive, and the bytes hashed stay in the L1 cache for the copy) and asks for their
+ * table sets, then writes them, so each look-up finds its set in the cache: after a sleep the table is
+ * cold (the kernel, the generator and other processes ran meanwhile). */
 #define DD_AHEAD 32u
-#define DD_AHEAD_BYTES 16384u
+#define DD_AHEAD_BYTES 4096u
 
 /* The identities of up to n packets from h into keys; returns how many (at least 1). */
 static inline unsigned hash_ahead(Ring *self, struct tpacket3_hdr *h, unsigned n, uint64_t *keys)
