@@ -40,7 +40,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-GEN, CAP = "obench-gen", "obench-cap"
+# BENCH_NS_TAG: a suffix for the namespace names, so two people can bench at once
+GEN, CAP = "obench-gen" + os.environ.get("BENCH_NS_TAG", ""), "obench-cap" + os.environ.get("BENCH_NS_TAG", "")
 GEN_IF, CAP_IF = "obg0", "obc0"
 MODERATE = {64: 200_000, 1500: 50_000}  # 1500 B: what the reference vSensor (Python, ~70 MB/s here) absorbs
 KEY = "bench-key-0123456789"

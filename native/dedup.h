@@ -9,9 +9,10 @@
  * new packet (a retransmission, a repeated datagram): the entry then restarts from it.
  *
  * The table is fixed: DD_SETS sets of DD_WAYS entries (8,192 entries of 16 bytes, 128 KiB: it
- * stays in the L2 cache while batches stream through the others), the oldest entry of a set
- * replaced. The copies of one packet cross a node within microseconds, so an entry needs to
- * outlive only the few packets captured meanwhile; the table holds about the last 8,000. An
+ * stays in the L2 cache while batches stream through the others), each set kept in the order its
+ * entries were written, the least recently written replaced. The copies of one packet cross a
+ * node within microseconds, so an entry needs to outlive only the few packets captured
+ * meanwhile; the table holds about the last 8,000. An
  * entry holds a 64-bit hash of the identity (its length folded in), so an overrun table only
  * ever misses duplicates (more copies kept), never suppresses a distinct packet short of a
  * 64-bit hash collision between two packets on different interfaces within the window.
@@ -54,6 +55,13 @@ void dd_release(struct dd_table *t);
 /* The identity hash of a packet of `caplen` captured bytes (wirelen on the wire) at `data`, of
  * pcapng link type `linktype`. */
 uint64_t dd_identity(const uint8_t *data, uint32_t caplen, uint32_t wirelen, int linktype);
+
+/* Ask for the table's set of `key` now (a cache line), so that dd_check() for it, a few packets
+ * later, does not wait for memory: ring.c hashes a chunk of packets ahead and prefetches their sets. */
+static inline void dd_prefetch(const struct dd_table *t, uint64_t key)
+{
+    __builtin_prefetch(t->set[(unsigned)(key >> 32) & (DD_SETS - 1)], 1, 3);
+}
 
 /* 1 when the packet is a copy of one captured on another interface within the window (do not
  * write it); 0 when it is a new packet (it is remembered). */

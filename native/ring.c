@@ -427,8 +427,36 @@ static inline int lookup_if(Ring *self, int ifindex, unsigned *id)
     return 0;
 }
 
-/* Copy one packet into the batch as an EPB. Returns 0 when it does not fit. */
-static inline int write_epb(Ring *self, uint8_t *out, struct tpacket3_hdr *h)
+/* Packets hashed ahead when dedup is on: drain() takes the identities of the next packets of a block
+ * (up to DD_AHEAD of them or DD_AHEAD_BYTES of captured bytes: a big packet takes longer to hash than
+ * its set takes to arrive, and the bytes hashed stay in the L1 cache for the copy) and asks for their
+ * table sets, then writes them, so each look-up finds its set in the cache: after a sleep the table is
+ * cold (the kernel, the generator and other processes ran meanwhile). */
+#define DD_AHEAD 32u
+#define DD_AHEAD_BYTES 4096u
+
+/* The identities of up to n packets from h into keys; returns how many (at least 1). */
+static inline unsigned hash_ahead(Ring *self, struct tpacket3_hdr *h, unsigned n, uint64_t *keys)
+{
+    uint32_t bytes = 0;
+    for (unsigned i = 0;;) {
+        struct sockaddr_ll *sll = (struct sockaddr_ll *)((uint8_t *)h + TPACKET_ALIGN(sizeof(struct tpacket3_hdr)));
+        unsigned id;
+        keys[i] = 0;
+        if (lookup_if(self, sll->sll_ifindex, &id)) { /* else stale: write_epb() counts it, no look-up */
+            keys[i] = dd_identity((const uint8_t *)h + h->tp_mac, h->tp_snaplen, h->tp_len, self->ifs[id].linktype);
+            dd_prefetch(self->dd, keys[i]);
+        }
+        bytes += h->tp_snaplen;
+        if (++i == n || bytes >= DD_AHEAD_BYTES)
+            return i;
+        h = rx_next_packet(h);
+    }
+}
+
+/* Copy one packet into the batch as an EPB; with dd_on, `key` is its identity (hash_ahead) and a copy
+ * is counted instead. Returns 0 when it does not fit. */
+static inline int write_epb(Ring *self, uint8_t *out, struct tpacket3_hdr *h, int dd_on, uint64_t key)
 {
     struct sockaddr_ll *sll = (struct sockaddr_ll *)((uint8_t *)h + TPACKET_ALIGN(sizeof(struct tpacket3_hdr)));
     unsigned id;
@@ -439,13 +467,10 @@ static inline int write_epb(Ring *self, uint8_t *out, struct tpacket3_hdr *h)
     const uint8_t *data = (const uint8_t *)h + h->tp_mac;
     uint32_t caplen = h->tp_snaplen, wirelen = h->tp_len;
     uint64_t ns = (uint64_t)h->tp_sec * 1000000000ull + h->tp_nsec;
-    if (self->dd && self->n_ifs > 1) { /* one interface: no copy to meet */
-        uint64_t key = dd_identity(data, caplen, wirelen, self->ifs[id].linktype);
-        if (dd_check(self->dd, key, ns, sll->sll_ifindex)) {
-            self->ifs[id].dup_packets++;
-            self->ifs[id].dup_bytes += caplen;
-            return 1;
-        }
+    if (dd_on && dd_check(self->dd, key, ns, sll->sll_ifindex)) {
+        self->ifs[id].dup_packets++;
+        self->ifs[id].dup_bytes += caplen;
+        return 1;
     }
     int vlan = (h->tp_status & TP_STATUS_VLAN_VALID) && self->ifs[id].linktype == LINKTYPE_ETHERNET &&
                caplen >= 12;
@@ -489,6 +514,8 @@ static inline int write_epb(Ring *self, uint8_t *out, struct tpacket3_hdr *h)
 static uint64_t drain(Ring *self, uint8_t *out)
 {
     uint64_t before = self->batch_packets;
+    int dd_on = self->dd && self->n_ifs > 1; /* one interface: no copy to meet */
+    uint64_t keys[DD_AHEAD];
     self->drained_blocks = 0;
     struct tpacket_block_desc *bd;
     while ((bd = rx_block_ready(&self->rx))) {
@@ -502,22 +529,27 @@ static uint64_t drain(Ring *self, uint8_t *out)
             left = bd->hdr.bh1.num_pkts;
         }
         while (left) {
-            /* The kernel wrote the next packet from another CPU: ask for its header and first
-             * bytes now, so the miss overlaps this packet's copy. */
-            const uint8_t *nx = (const uint8_t *)h + h->tp_next_offset;
-            __builtin_prefetch(nx);
-            __builtin_prefetch(nx + 64);
-            __builtin_prefetch(nx + 128);
-            if (!write_epb(self, out, h)) {
-                if (!self->batch_packets)
-                    self->buf_len = 0; /* a header alone is no batch */
-                self->pend_pkt = h;
-                self->pend_left = left;
-                self->batch_full = 1;
-                return self->batch_packets - before;
+            unsigned chunk = left < DD_AHEAD ? left : DD_AHEAD;
+            if (dd_on)
+                chunk = hash_ahead(self, h, chunk, keys);
+            for (unsigned i = 0; i < chunk; i++) {
+                /* The kernel wrote the next packet from another CPU: ask for its header and first
+                 * bytes now, so the miss overlaps this packet's copy. */
+                const uint8_t *nx = (const uint8_t *)h + h->tp_next_offset;
+                __builtin_prefetch(nx);
+                __builtin_prefetch(nx + 64);
+                __builtin_prefetch(nx + 128);
+                if (!write_epb(self, out, h, dd_on, dd_on ? keys[i] : 0)) {
+                    if (!self->batch_packets)
+                        self->buf_len = 0; /* a header alone is no batch */
+                    self->pend_pkt = h;
+                    self->pend_left = left;
+                    self->batch_full = 1;
+                    return self->batch_packets - before;
+                }
+                left--;
+                h = rx_next_packet(h);
             }
-            left--;
-            h = rx_next_packet(h);
         }
         self->pend_pkt = NULL;
         self->pend_left = 0;
