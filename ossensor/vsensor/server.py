@@ -76,8 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-skew", type=int, default=protocol.MAX_SKEW_S, metavar="SECONDS",
                         help=f"refuse batches signed further than this from our clock (default {protocol.MAX_SKEW_S})")
     parser.add_argument("--max-connections", type=int, default=_listener.MAX_CONNECTIONS, metavar="N",
-                        help="connections served at once; more are answered 503 at once (default "
-                             f"{_listener.MAX_CONNECTIONS}; a sensor keeps up to OSSENSOR_INFLIGHT senders + 1 open)")
+                        help="connections served at once; beyond, a new one takes the place of the oldest that has "
+                             "not sent a signed request, else it is answered 503 (default "
+                             f"{_listener.MAX_CONNECTIONS}; a sensor keeps up to 17 open: up to 16 shipping "
+                             "batches, as OSSENSOR_INFLIGHT_MB allows, and one for Antigena)")
     parser.add_argument("--idle-timeout", type=float, default=_listener.IDLE_TIMEOUT_S, metavar="SECONDS",
                         help="close a keep-alive connection without a complete request this long "
                              f"(default {_listener.IDLE_TIMEOUT_S:g}). Fixed deadlines: TLS handshake "
