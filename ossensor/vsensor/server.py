@@ -165,6 +165,7 @@ class Service:
         self.failed: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
+        self._stopping = threading.Event()
 
     def run(self) -> None:
         try:
@@ -175,12 +176,21 @@ class Service:
             self.ready.set()
 
     def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
+        """Any thread, any time: also before the loop runs (a SIGTERM right after start), which _main sees."""
+        self._stopping.set()
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None:
+            try:
+                loop.call_soon_threadsafe(stop.set)
+            except RuntimeError:  # the loop has closed: nothing left to stop
+                pass
 
     async def _main(self) -> None:
-        loop = self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
+        stop = asyncio.Event()
+        self._stop, self._loop = stop, asyncio.get_running_loop()
+        loop = self._loop
+        if self._stopping.is_set():  # stop() came before the loop existed
+            stop.set()
         loop.set_exception_handler(self._loop_error)
         _listener.tune_asyncio_tls()
         listener = _listener.Listener(self.ctx, None, self.limits, self.app.log)
