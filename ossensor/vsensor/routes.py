@@ -50,10 +50,9 @@ def clean(value, limit: int = 80) -> str:
 class Refused(Exception):
     """An answer decided before the route's end: status, JSON reason, whether to close."""
 
-    def __init__(self, status: int, reason: str, *, close: bool = False, extra: dict | None = None,
-                 seq=None, log: bool = True):
+    def __init__(self, status: int, reason: str, *, close: bool = False, extra: dict | None = None):
         super().__init__(reason)
-        self.status, self.reason, self.close, self.extra, self.seq, self.log = status, reason, close, extra, seq, log
+        self.status, self.reason, self.close, self.extra = status, reason, close, extra
 
 
 def answer(status: int, payload, *, close: bool = False, extra: dict | None = None, data: bytes | None = None
@@ -71,6 +70,18 @@ def answer(status: int, payload, *, close: bool = False, extra: dict | None = No
         resp.force_close()
         resp.headers["Connection"] = "close"
     return resp
+
+
+def refusal(status: int, reason: str, *, close: bool = False, extra: dict | None = None) -> web.Response:
+    """{"status":"refused","reason":...}; a 401 names the scheme (WWW-Authenticate)."""
+    if status == 401:
+        extra = {**(extra or {}), "WWW-Authenticate": protocol.SCHEME}
+    return answer(status, {"status": "refused", "reason": reason}, close=close, extra=extra)
+
+
+def body_deadline(n: int) -> float:
+    """Seconds a body of n bytes may take to arrive: a trickle cannot hold a connection."""
+    return BODY_GRACE_S + n / MIN_BODY_RATE
 
 
 class BodyBudget:
@@ -109,12 +120,8 @@ class Routes:
             try:
                 return await self._route(request)
             except Refused as r:
-                if r.log:
-                    self._log_refused(request, r)
-                extra = {**(r.extra or {})}
-                if r.status == 401:
-                    extra["WWW-Authenticate"] = protocol.SCHEME
-                return answer(r.status, {"status": "refused", "reason": r.reason}, close=r.close, extra=extra)
+                self._log_refused(request, r)
+                return refusal(r.status, r.reason, close=r.close, extra=r.extra)
         finally:
             if guard is not None:
                 guard.request_done()
@@ -129,8 +136,8 @@ class Routes:
             if path == "/healthz":
                 return answer(200, "ok\n")
             if path in (protocol.PATH_BATCHES, protocol.PATH_HELLO):
-                return answer(405, {"status": "refused", "reason": "use POST"}, extra={"Allow": "POST"})
-            return answer(404, {"status": "refused", "reason": "not found"})
+                return refusal(405, "use POST", extra={"Allow": "POST"})
+            return refusal(404, "not found")
         if method != "POST":
             raise Refused(405, f"method {clean(method, 20)} not allowed; use GET or POST", close=True,
                           extra={"Allow": ALLOW})
@@ -142,7 +149,7 @@ class Routes:
             return await self._post(request, _antigena.MAX_BODY, kind="antigena")
         n = self._content_length(request, HELLO_MAX_BODY)
         kept = not _expects_continue(request) and await self._drain(request, n)
-        return answer(404, {"status": "refused", "reason": "not found"}, close=not kept)
+        return refusal(404, "not found", close=not kept)
 
     # -- headers ----------------------------------------------------------------------------------------
     @staticmethod
@@ -211,7 +218,7 @@ class Routes:
         at a request boundary (the header deadline then starts at the next request's first byte, not at
         a byte of this body). In small reads, nothing kept: a keyless client's body costs no memory here.
         False if it does not arrive in time."""
-        deadline = asyncio.get_running_loop().time() + BODY_GRACE_S + n / MIN_BODY_RATE
+        deadline = asyncio.get_running_loop().time() + body_deadline(n)
         try:
             while n > 0:
                 left = deadline - asyncio.get_running_loop().time()
@@ -226,7 +233,7 @@ class Routes:
     async def _read_body(self, request: web.BaseRequest, n: int) -> bytes:
         if n == 0:
             return b""
-        deadline = BODY_GRACE_S + n / MIN_BODY_RATE
+        deadline = body_deadline(n)
         try:
             return await asyncio.wait_for(request.content.readexactly(n), deadline)
         except asyncio.TimeoutError:
@@ -242,7 +249,7 @@ class Routes:
             v = protocol.verify_body(checked, body)
         except protocol.ProtocolError as err:
             self._log_refused_v(checked.verified, err.status, err.reason, path, peer)
-            return self._refusal(err.status, err.reason)
+            return refusal(err.status, err.reason)
         if kind == "antigena":
             status, payload = app.antigena.exchange(v, body, peer)
             data = (json.dumps(payload) + "\n").encode()
@@ -263,11 +270,11 @@ class Routes:
             parsed = _store.parse_batch(section)
         except protocol.ProtocolError as err:
             self._log_refused_v(v, err.status, err.reason, path, peer)
-            return self._refusal(err.status, err.reason)
+            return refusal(err.status, err.reason)
         except PcapngError as err:
             reason = f"malformed pcapng: {err}"
             self._log_refused_v(v, 400, reason, path, peer)
-            return self._refusal(400, reason)
+            return refusal(400, reason)
         with app.stream_lock(v.sensor, v.boot):
             if app.guard.seen(v.sensor, v.boot, v.seq):
                 return self._duplicate(v, peer)
@@ -276,8 +283,7 @@ class Routes:
                                          wire_bytes=len(body), encoding=v.content_encoding)
             except OSError as err:
                 app.log(f"error sensor={v.sensor} seq={v.seq} reason=store_failed:_{clean(err, 160)}")
-                return answer(503, {"status": "refused", "reason": "the vSensor could not store the batch; retry"},
-                              extra={"Retry-After": "5"})
+                return refusal(503, "the vSensor could not store the batch; retry", extra={"Retry-After": "5"})
             app.guard.accept(v.sensor, v.boot, v.seq)
         app.log(f"accepted sensor={v.sensor} boot={v.boot} seq={v.seq} packets={parsed.packets} "
                 f"bytes={parsed.size} wire_bytes={len(body)} encoding={v.content_encoding} "
@@ -288,15 +294,10 @@ class Routes:
         self.app.log(f"duplicate sensor={v.sensor} boot={v.boot} seq={v.seq} status=409 peer={peer}")
         return answer(409, {"status": "duplicate", "seq": v.seq, "reason": "batch already accepted"})
 
-    @staticmethod
-    def _refusal(status: int, reason: str) -> web.Response:
-        extra = {"WWW-Authenticate": protocol.SCHEME} if status == 401 else None
-        return answer(status, {"status": "refused", "reason": reason}, extra=extra)
-
     # -- the log ----------------------------------------------------------------------------------------
     def _log_refused(self, request: web.BaseRequest, r: Refused) -> None:
         headers = request.headers
-        seq = r.seq if r.seq is not None else headers.get(protocol.H_SEQ)
+        seq = headers.get(protocol.H_SEQ)
         self.listener.quiet("refused", f"refused sensor={clean(headers.get(protocol.H_SENSOR))} seq={clean(seq, 24)} "
                      f"status={r.status} reason={clean(r.reason.replace(' ', '_'), 200)} "
                      f"path={clean(request.path_qs, 40)} peer={clean(request.remote)}")
@@ -353,7 +354,7 @@ class Protocol(web.RequestHandler):
                 f"reason={clean(reason.replace(' ', '_'), 200)}")
         if request.writer.output_size > 0:
             raise ConnectionError("answer already under way")
-        return answer(status, {"status": "refused", "reason": reason}, close=True, extra=extra)
+        return refusal(status, reason, close=True, extra=extra)
 
 
 def _unknown_method(exc) -> str | None:
