@@ -240,6 +240,32 @@ def send_udp(topo: Topology, n: int, size: int = 100, port: int = 9999) -> None:
     assert r.returncode == 0, r.stderr
 
 
+def trafgen_udp_cfg(size: int = 64) -> str:
+    """A trafgen config: UDP frames of `size` bytes (1234 -> 5678) to a MAC nobody has (the receiving
+    stack drops them silently; capture sees them)."""
+    eth = "0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 0x02, 0x00, 0x00, 0x00, 0x00, 0x02, 0x08, 0x00"
+    ip = (f"0x45, 0x00, const16({size - 14}), 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, csumip(14, 33), "
+          f"10, 78, 0, 1, 10, 78, 0, 2")
+    udp = f"const16(1234), const16(5678), const16({size - 34}), 0x00, 0x00"
+    return f"{{ {eth}, {ip}, {udp}, fill(0x41, {size - 42}) }}\n"
+
+
+def final_counts(sensor: Proc) -> dict[str, int]:
+    """The numbers of the sensor's last `final stats` line."""
+    line = [l for l in sensor.lines if "final stats" in l][-1]
+    return {k: int(v) for k, v in re.findall(r"\b(\w+)=(\d+)\b", line)}
+
+
+def replay_env(vs_out: Path, port: int, **extra: str) -> dict[str, str]:
+    """The environment of an `ossensor replay` to a loopback vSensor (loopback_vsensor) whose --out is
+    vs_out: none of this process's sensor variables, the vSensor's CA trusted."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VSENSOR_", "OSSENSOR_", "BPF"))}
+    env.update(PYTHONPATH=str(ROOT), VSENSOR_HOSTNAME="127.0.0.1", VSENSOR_PORT=str(port), VSENSOR_HMAC_KEY=KEY,
+               OSSENSOR_TLS_CA_FILE=str(vs_out / "ca.pem"), OSSENSOR_DEBUG="2")
+    env.update(extra)
+    return env
+
+
 def read_pcap(path: Path) -> list[tuple[int, bytes, int]]:
     """(ts_ns, data, wirelen) from a classic pcap file (tcpdump -w), micro or nano."""
     data = path.read_bytes()

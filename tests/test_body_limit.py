@@ -8,7 +8,6 @@ never retried as a connection failure. Real reference vSensor over real TLS on l
 from __future__ import annotations
 
 import json
-import os
 import struct
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import capfiles
 from ossensor import pcapng, protocol
 from ossensor.ship import body_limit
 from ossensor.ship.client import Shipper
-from support import KEY, ROOT, loopback_vsensor
+from support import KEY, loopback_vsensor, replay_env
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -53,14 +52,6 @@ def test_split_epbs_cuts_between_blocks():
             assert len(p) <= cap or len(blocks) == 1
 
 
-def _env(out: Path, port: int, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VSENSOR_", "OSSENSOR_", "BPF"))}
-    env.update(PYTHONPATH=str(ROOT), VSENSOR_HOSTNAME="127.0.0.1", VSENSOR_PORT=str(port), VSENSOR_HMAC_KEY=KEY,
-               OSSENSOR_TLS_CA_FILE=str(out / "ca.pem"), OSSENSOR_DEBUG="2")
-    env.update(extra)
-    return env
-
-
 def _batches(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "batches.jsonl").read_text().splitlines()]
 
@@ -90,7 +81,7 @@ def test_replay_at_the_documented_maximum_batch_fits_64_mib(tmp_path):
     out = tmp_path / "vs"
     with loopback_vsensor(out) as (_, port):
         r = subprocess.run([sys.executable, "-m", "ossensor", "replay", str(cap)], capture_output=True, text=True,
-                           timeout=200, env=_env(out, port, OSSENSOR_BATCH_MAX_KB="65536", OSSENSOR_QUEUE_MB="256",
+                           timeout=200, env=replay_env(out, port, OSSENSOR_BATCH_MAX_KB="65536", OSSENSOR_QUEUE_MB="256",
                                                  OSSENSOR_INFLIGHT_MB="128"))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "too large" not in r.stdout + r.stderr and "HTTP 413" not in r.stdout
@@ -108,7 +99,7 @@ def test_replay_learns_a_smaller_limit_from_hello(tmp_path):
     out = tmp_path / "vs"
     with loopback_vsensor(out, extra=["--max-body-mb", "1"]) as (_, port):
         r = subprocess.run([sys.executable, "-m", "ossensor", "replay", str(cap)], capture_output=True, text=True,
-                           timeout=120, env=_env(out, port, OSSENSOR_BATCH_MAX_KB="4096"))
+                           timeout=120, env=replay_env(out, port, OSSENSOR_BATCH_MAX_KB="4096"))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "too large" not in r.stdout + r.stderr
     batches = _batches(out)
@@ -149,7 +140,7 @@ def test_replay_splits_a_section_whose_framing_outgrows_the_room_left(tmp_path):
     out = tmp_path / "vs"
     with loopback_vsensor(out, extra=["--max-body-mb", "1"]) as (_, port):
         r = subprocess.run([sys.executable, "-m", "ossensor", "replay", str(cap)], capture_output=True, text=True,
-                           timeout=120, env=_env(out, port, OSSENSOR_BATCH_MAX_KB="4096", OSSENSOR_DEBUG="4"))
+                           timeout=120, env=replay_env(out, port, OSSENSOR_BATCH_MAX_KB="4096", OSSENSOR_DEBUG="4"))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "one of several" in r.stdout and "too large" not in r.stdout + r.stderr
     batches = _batches(out)

@@ -9,26 +9,11 @@ import subprocess
 import pytest
 
 import asan
-from support import (NATIVE_PRELUDE, ROOT, Topology, read_pcap, send_udp, sensor_env, sh, start_sensor,
-                     start_tcpdump, start_vsensor, vsensor_packets)
+from support import (NATIVE_PRELUDE, ROOT, Topology, final_counts, read_pcap, send_udp, sensor_env, sh,
+                     start_sensor, start_tcpdump, start_vsensor, trafgen_udp_cfg, vsensor_packets)
 
 pytestmark = pytest.mark.timeout(180)
 asan.load("NATIVE_SO", "ossensor._native")  # the ring built with ASan in test_ring_under_asan's rerun
-
-
-def trafgen_udp_cfg(size: int = 64) -> str:
-    """UDP frames to a MAC nobody has (the receiving stack drops them silently; capture sees them)."""
-    eth = "0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 0x02, 0x00, 0x00, 0x00, 0x00, 0x02, 0x08, 0x00"
-    ip_len, udp_len = size - 14, size - 34
-    ip = (f"0x45, 0x00, const16({ip_len}), 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, csumip(14, 33), "
-          f"10, 78, 0, 1, 10, 78, 0, 2")
-    udp = f"const16(1234), const16(5678), const16({udp_len}), 0x00, 0x00"
-    return f"{{ {eth}, {ip}, {udp}, fill(0x41, {size - 42}) }}\n"
-
-
-def final_counts(sensor) -> dict[str, int]:
-    line = [l for l in sensor.lines if "final stats" in l][-1]
-    return {k: int(v) for k, v in re.findall(r"\b(\w+)=(\d+)\b", line)}
 
 
 @pytest.fixture
@@ -78,24 +63,29 @@ def send_vlan_udp(topo, tmp_path, payload: int, n: int = 20) -> None:
     cfg.write_text(f"{{ {eth}, {tag}, {ip}, {udp}, fill(0x42, {payload}) }}\n")
     sh(f"ip netns exec {topo.peer} trafgen -o {topo.peer_if} -i {cfg} -P 1 -n {n} -q -C", timeout=60)
 
-def test_vlan_tagged_frames_keep_their_tag(topo, tmp_path):
-    # 802.1Q frames (VLAN 100) cross the veth; the receiving kernel moves the tag out of
-    # band (TP_STATUS_VLAN_VALID) and the reader must put it back, as tcpdump does
+def _capture_vlan(topo, tmp_path, payload: int, **env: str) -> tuple[list, list]:
+    """20 VLAN-100 UDP frames captured by the sensor and by tcpdump: (the vSensor's packets, tcpdump's)."""
     vs, port = start_vsensor(topo, tmp_path / "vs")
     dump = tmp_path / "tcpdump.pcap"
     td = start_tcpdump(topo, dump, "vlan 100 and udp port 5678")
     sensor = start_sensor(topo, sensor_env(topo, tmp_path, port, BPF="vlan 100 and udp port 5678",
-                                           ANTIGENA_ENABLED="false"))
-    send_vlan_udp(topo, tmp_path, payload=18)
+                                           ANTIGENA_ENABLED="false", **env))
+    send_vlan_udp(topo, tmp_path, payload=payload)
     sensor.wait_for(r"acked=20 ", timeout=20)
     assert sensor.stop() == 0
     td.stop()
     got = vsensor_packets(tmp_path / "vs")
     assert len(got) == 20
+    return got, read_pcap(dump)
+
+
+def test_vlan_tagged_frames_keep_their_tag(topo, tmp_path):
+    # 802.1Q frames (VLAN 100) cross the veth; the receiving kernel moves the tag out of
+    # band (TP_STATUS_VLAN_VALID) and the reader must put it back, as tcpdump does
+    got, ref = _capture_vlan(topo, tmp_path, payload=18)
     for _, p in got:
         assert p.data[12:16] == bytes([0x81, 0x00, 0x20, 0x64]), p.data[:20].hex()
         assert p.wirelen == len(p.data) == 64
-    ref = read_pcap(dump)
     assert [data for _, data, _ in ref] == [p.data for _, p in got]
 
 
@@ -103,18 +93,7 @@ def test_vlan_tag_restored_within_a_small_snaplen(topo, tmp_path):
     # 146-byte tagged frames, OSSENSOR_SNAPLEN=64: the ring holds the first 64 bytes of the untagged
     # frame; with the tag put back the EPB must still say 64 (not 68), or the vSensor refuses the batch
     # and tcpdump would refuse the stored file ("bigger than snaplen")
-    vs, port = start_vsensor(topo, tmp_path / "vs")
-    dump = tmp_path / "tcpdump.pcap"
-    td = start_tcpdump(topo, dump, "vlan 100 and udp port 5678")
-    sensor = start_sensor(topo, sensor_env(topo, tmp_path, port, BPF="vlan 100 and udp port 5678",
-                                           OSSENSOR_SNAPLEN="64", ANTIGENA_ENABLED="false"))
-    send_vlan_udp(topo, tmp_path, payload=100)
-    sensor.wait_for(r"acked=20 ", timeout=20)
-    assert sensor.stop() == 0
-    td.stop()
-    got = vsensor_packets(tmp_path / "vs")
-    assert len(got) == 20
-    ref = read_pcap(dump)
+    got, ref = _capture_vlan(topo, tmp_path, payload=100, OSSENSOR_SNAPLEN="64")
     for (_, p), (_, data, _) in zip(got, ref):
         assert p.data == data[:64] and p.wirelen == len(data) == 146, (p.data.hex(), len(data))
     (stored,) = (tmp_path / "vs").glob("*.pcapng")

@@ -113,28 +113,34 @@ def test_one_sender_is_stop_and_wait():
     assert pipe.senders == 1 and vs.max_sends == 1 and vs.accepted == list(range(1, 11))
 
 
+def _stalled_pipeline(tmp_path, *, inflight_mb: int, batches: int, size: int, in_hand: int):
+    """A pipeline (256 KiB batches, a spool) whose vSensor holds every send until `gate` is set, with
+    `batches` batches of `size` bytes (10 packets each) enqueued; returns once `in_hand` sends hang."""
+    gate = threading.Event()
+
+    class Stalled(_SlowVSensor):
+        def send(self, seq, body, **kw):
+            gate.wait(30)
+            return super().send(seq, body, **kw)
+
+    acct = Accounting()
+    pipe = Pipeline(_Settings(inflight_mb=inflight_mb, batch_kb=256, spool_dir=tmp_path / "s"),
+                    L.Log(1, stream=io.StringIO()), acct, client=Stalled(delays=(0.0, 0.0)), boot=BOOT)
+    threads = pipe.start()
+    for seq in range(1, batches + 1):
+        b = Batch(seq, b"x" * size, 10, size, 1, 2, 0.0, per_if={"eth0": (10, size)})
+        acct.add_batch(b.packets, b.captured_bytes, b.per_if)
+        pipe.enqueue(b)
+    deadline = time.monotonic() + 10
+    while len(pipe.queue.in_hand) < in_hand and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return pipe, acct, gate, threads
+
+
 def test_shutdown_with_several_sends_outstanding_counts_each_once(tmp_path):
     """finish() while 4 sends hang: each is counted once (kept in the spool), and the answers that
     come later change nothing."""
-    gate = threading.Event()
-
-    class Hanging(_SlowVSensor):
-        def send(self, seq, body, **kw):
-            gate.wait(10)
-            return super().send(seq, body, **kw)
-
-    vs = Hanging(delays=(0.0, 0.0))
-    acct = Accounting()
-    pipe = Pipeline(_Settings(inflight_mb=1, batch_kb=256, spool_dir=tmp_path / "s"), L.Log(1, stream=io.StringIO()),
-                    acct, client=vs, boot=BOOT)
-    threads = pipe.start()
-    for seq in range(1, 7):
-        b = Batch(seq, b"x" * 200_000, 10, 200_000, 1, 2, 0.0, per_if={"eth0": (10, 200_000)})
-        acct.add_batch(b.packets, b.captured_bytes, b.per_if)
-        pipe.enqueue(b)
-    deadline = time.monotonic() + 5
-    while len(pipe.queue.in_hand) < 4 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    pipe, acct, gate, threads = _stalled_pipeline(tmp_path, inflight_mb=1, batches=6, size=200_000, in_hand=4)
     assert len(pipe.queue.in_hand) == 4
     res = pipe.finish(0.2)
     assert (res["kept_batches"], res["lost_batches"]) == (6, 0)
@@ -221,26 +227,9 @@ def test_a_spool_file_that_cannot_be_removed_does_not_send_its_batch_again(tmp_p
 def test_finish_with_16_sends_hanging_keeps_to_the_shutdown_timeout(tmp_path):
     """16 senders each stuck in a send that does not return (a vSensor that stalls): finish(timeout) gives
     them all the same deadline, not half a second more each in turn (timeout + 8 s with 16 senders)."""
-    gate = threading.Event()
-
-    class Stalled(_SlowVSensor):
-        def send(self, seq, body, **kw):
-            gate.wait(30)
-            return super().send(seq, body, **kw)
-
-    vs = Stalled(delays=(0.0, 0.0))
-    acct = Accounting()
-    pipe = Pipeline(_Settings(inflight_mb=4, batch_kb=256, spool_dir=tmp_path / "s"), L.Log(1, stream=io.StringIO()),
-                    acct, client=vs, boot=BOOT)
+    pipe, acct, gate, _ = _stalled_pipeline(tmp_path, inflight_mb=4, batches=MAX_SENDERS, size=1000,
+                                            in_hand=MAX_SENDERS)
     assert pipe.senders == MAX_SENDERS
-    pipe.start()
-    for seq in range(1, MAX_SENDERS + 1):
-        b = Batch(seq, b"x" * 1000, 10, 1000, 1, 2, 0.0, per_if={"eth0": (10, 1000)})
-        acct.add_batch(b.packets, b.captured_bytes, b.per_if)
-        pipe.enqueue(b)
-    deadline = time.monotonic() + 10
-    while len(pipe.queue.in_hand) < MAX_SENDERS and time.monotonic() < deadline:
-        time.sleep(0.01)
     assert len(pipe.queue.in_hand) == MAX_SENDERS
     try:
         t0 = time.monotonic()

@@ -12,22 +12,9 @@ import pytest
 
 from ossensor import pcapng
 from ossensor.ship import kill_ledger
-from support import Topology, sensor_env, sh, start_sensor, start_vsensor
+from support import Topology, final_counts, sensor_env, sh, start_sensor, start_vsensor, trafgen_udp_cfg
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _udp_cfg(size: int = 100) -> str:
-    eth = "0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 0x02, 0x00, 0x00, 0x00, 0x00, 0x02, 0x08, 0x00"
-    ip = (f"0x45, 0x00, const16({size - 14}), 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, csumip(14, 33), "
-          f"10, 78, 0, 1, 10, 78, 0, 2")
-    udp = f"const16(1234), const16(5678), const16({size - 34}), 0x00, 0x00"
-    return f"{{ {eth}, {ip}, {udp}, fill(0x41, {size - 42}) }}\n"
-
-
-def _final(sensor) -> dict[str, int]:
-    line = [l for l in sensor.lines if "final stats" in l][-1]
-    return {k: int(v) for k, v in re.findall(r"\b(\w+)=(\d+)\b", line)}
 
 
 def test_sigkill_loss_is_counted_at_the_next_start(tmp_path):
@@ -39,7 +26,7 @@ def test_sigkill_loss_is_counted_at_the_next_start(tmp_path):
         env = sensor_env(topo, tmp_path, port, BPF="udp dst port 5678", ANTIGENA_ENABLED="false",
                          OSSENSOR_SPOOL_DIR=str(spool), OSSENSOR_BATCH_MAX_AGE_MS="3000")
         cfg = tmp_path / "udp.cfg"
-        cfg.write_text(_udp_cfg())
+        cfg.write_text(trafgen_udp_cfg(100))
 
         # run 1: 50 packets batched and shipped (cut by their age), then 120 in the open batch, then SIGKILL
         first = start_sensor(topo, env)
@@ -61,7 +48,7 @@ def test_sigkill_loss_is_counted_at_the_next_start(tmp_path):
         sh(f"ip netns exec {topo.peer} trafgen -o {topo.peer_if} -i {cfg} -P 1 -n 10 -q -C", timeout=30)
         second.wait_for(r"acked=10 ", timeout=20)
         assert second.stop(timeout=30) == 0, second.output
-        c = _final(second)
+        c = final_counts(second)
         assert (c["lost_on_kill"], c["recovered"], c["acked"]) == (120, 120, 10), c
 
         # the ISB of the batch run 2 shipped names the stage and its count
@@ -74,7 +61,7 @@ def test_sigkill_loss_is_counted_at_the_next_start(tmp_path):
         # run 3 after a clean stop: nothing lost, nothing said
         third = start_sensor(topo, env)
         assert third.stop(timeout=30) == 0
-        assert "was killed" not in third.output and _final(third)["lost_on_kill"] == 0
+        assert "was killed" not in third.output and final_counts(third)["lost_on_kill"] == 0
 
 
 def _sensor_name(proc) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import subprocess
 import sys
 import time
@@ -21,18 +20,10 @@ import pytest
 
 import capfiles
 from ossensor.vsensor.listener import HANDSHAKE_TIMEOUT_S, HEADER_TIMEOUT_S
-from support import KEY, ROOT, Proc, loopback_vsensor
+from support import KEY, ROOT, Proc, loopback_vsensor, replay_env
 
 pytestmark = pytest.mark.timeout(300)
 SIEGE = str(ROOT / "tests" / "siege.py")
-
-
-def _pcap(path: Path, n: int) -> None:
-    with open(path, "wb") as fh:
-        fh.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
-        for i in range(n):
-            frame = capfiles.eth_udp(i, 100)
-            fh.write(struct.pack("<IIII", 1_700_000_000 + i // 1000, (i % 1000) * 1000, len(frame), len(frame)) + frame)
 
 
 def _stored_packets(out: Path) -> int:
@@ -57,7 +48,8 @@ def _last_report(p: Proc) -> dict:
 def test_a_sensor_ships_through_a_siege(tmp_path):
     out = tmp_path / "vs"
     cap = tmp_path / "2000.pcap"
-    _pcap(cap, 2000)
+    cap.write_bytes(capfiles.pcap([(1_700_000_000 * 10**9 + i * 10**6, f, len(f))
+                                   for i, f in enumerate(capfiles.eth_udp(i, 100) for i in range(2000))]))
     with loopback_vsensor(out) as (vs, port):
         hostile = Proc([sys.executable, SIEGE, "hostile", "--port", str(port), "--ca", str(out / "ca.pem"),
                         "--idle", "1000", "--trickle", "300", "--bare", "300", "--every", "3"])
@@ -71,12 +63,9 @@ def test_a_sensor_ships_through_a_siege(tmp_path):
                 time.sleep(0.5)
             time.sleep(HEADER_TIMEOUT_S + 1)  # past the first deadlines: tricklers and bare ones cycling
             rss_mib = _rss_kib(vs.p.pid) / 1024
-            env = {k: v for k, v in os.environ.items() if not k.startswith(("VSENSOR_", "OSSENSOR_", "BPF"))}
-            env.update(PYTHONPATH=str(ROOT), VSENSOR_HOSTNAME="127.0.0.1", VSENSOR_PORT=str(port),
-                       VSENSOR_HMAC_KEY=KEY, OSSENSOR_TLS_CA_FILE=str(out / "ca.pem"), OSSENSOR_DEBUG="1")
             t0 = time.monotonic()
             r = subprocess.run([sys.executable, "-m", "ossensor", "replay", str(cap)], capture_output=True,
-                               text=True, timeout=60, env=env)
+                               text=True, timeout=60, env=replay_env(out, port, OSSENSOR_DEBUG="1"))
             took = time.monotonic() - t0
             rep = _last_report(hostile)
             print(f"replay took {took:.1f} s during the siege: {rep}; vSensor RSS {rss_mib:.0f} MiB")
