@@ -172,7 +172,6 @@ class Listener:
         self.log = log
         self.quiet = QuietLog(log)  # for what keyless clients cause
         self.open = 0             # connections past the handshake (served or being refused)
-        self.handshaking = 0
         self.busy_refused = 0
         self.evicted = 0          # handshakes closed to make room for newer ones
         self._handshakes: dict[asyncio.Transport, None] = {}  # under way, oldest first
@@ -194,7 +193,6 @@ class Listener:
             self._handshakes.pop(raw, None)
             return
         peer = _peer(raw)
-        self.handshaking += 1
         proto: asyncio.Protocol = _Guard(self, self.http_protocol())
         try:
             tls = await loop.start_tls(raw, proto, self.ctx, server_side=True,
@@ -205,7 +203,6 @@ class Listener:
             raw.abort()
             return
         finally:
-            self.handshaking -= 1
             self._handshakes.pop(raw, None)
         if tls is None or tls.is_closing():  # closed at the end of the handshake (or evicted): nothing to serve
             return

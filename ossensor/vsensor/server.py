@@ -53,7 +53,6 @@ MAX_CONNECTIONS_RANGE = (1, 65536)
 IDLE_TIMEOUT_RANGE = (1.0, 3600.0)
 LISTEN_BACKLOG = 4096
 FD_SPARE = 256  # descriptors beyond connections, handshakes and the store's files: the loop's own, logs
-VSENSOR_NAME = _routes.VSENSOR_NAME
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
