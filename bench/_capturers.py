@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 RING_MB = int(os.environ.get("BENCH_RING_MB", "64"))
 
 
-def ossensor_null(dev: str, dedup_window_ms: int = 0) -> None:
+def ossensor_null(dev: str, dedup_window_ms: int = 0, with_lo: bool = False) -> None:
     from ossensor.ops import log as L
     from ossensor.ship.accounting import Accounting
     from ossensor.capture.live import LiveCapture
@@ -32,7 +32,8 @@ def ossensor_null(dev: str, dedup_window_ms: int = 0) -> None:
                       batch_age_s=1.0, filter_expr="", log=L.Log(0), accounting=acct,
                       dedup_window_ms=dedup_window_ms)
     # dedup on: lo as well (idle here), so the table is used (the ring skips it for a single interface)
-    cap.set_interfaces([i for i in enumerate_interfaces() if i.name == dev or (dedup_window_ms and i.name == "lo")])
+    with_lo = with_lo or bool(dedup_window_ms)
+    cap.set_interfaces([i for i in enumerate_interfaces() if i.name == dev or (with_lo and i.name == "lo")])
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     cap.start()
@@ -85,5 +86,6 @@ def scapy_sniff(dev: str) -> None:
 
 if __name__ == "__main__":
     kind, dev = sys.argv[1], sys.argv[2]
-    {"ossensor-null": ossensor_null, "ossensor-dedup": lambda d: ossensor_null(d, 20), "pcapy": pcapy_loop,
+    {"ossensor-null": ossensor_null, "ossensor-dedup": lambda d: ossensor_null(d, 20),
+     "ossensor-null2": lambda d: ossensor_null(d, 0, with_lo=True), "pcapy": pcapy_loop,
      "scapy": scapy_sniff}[kind](dev)

@@ -304,6 +304,8 @@ def main() -> int:
                 "listening on"),
             Run("ossensor-null", [sys.executable, str(ROOT / "bench/_capturers.py"), "ossensor-null", CAP_IF],
                 "READY"),
+            Run("ossensor-null2", [sys.executable, str(ROOT / "bench/_capturers.py"), "ossensor-null2", CAP_IF],
+                "READY"),
             Run("ossensor-dedup", [sys.executable, str(ROOT / "bench/_capturers.py"), "ossensor-dedup", CAP_IF],
                 "READY"),
             Run("ossensor-full", [sys.executable, "-m", "ossensor", "run"], "capturing on", env=sensor_env),

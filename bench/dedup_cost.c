@@ -81,7 +81,7 @@ int main(int argc, char **argv)
             if (ahead) { /* as ring.c's hash_ahead(): at most CHUNK packets, AHEAD_BYTES bytes */
                 unsigned bytes = 0;
                 for (unsigned i = 0; i < n; i++) {
-                    keys[i] = dd_identity(ring + (size_t)(c + i) * slot, size, size, 1);
+                    keys[i] = dd_identity(t, ring + (size_t)(c + i) * slot, size, size, 1);
                     dd_prefetch(t, keys[i]);
                     if ((bytes += size) >= AHEAD_BYTES) {
                         n = i + 1;
@@ -94,7 +94,7 @@ int main(int argc, char **argv)
                 __builtin_prefetch(f + slot);
                 ns += 500;
                 if (dd) {
-                    uint64_t key = ahead ? keys[i] : dd_identity(f, size, size, 1);
+                    uint64_t key = ahead ? keys[i] : dd_identity(t, f, size, size, 1);
                     if (hashonly)
                         sink ^= key;
                     else if (dd_check(t, key, ns, ifx[c + i])) {

@@ -444,7 +444,7 @@ static inline unsigned hash_ahead(Ring *self, struct tpacket3_hdr *h, unsigned n
         unsigned id;
         keys[i] = 0;
         if (lookup_if(self, sll->sll_ifindex, &id)) { /* else stale: write_epb() counts it, no look-up */
-            keys[i] = dd_identity((const uint8_t *)h + h->tp_mac, h->tp_snaplen, h->tp_len, self->ifs[id].linktype);
+            keys[i] = dd_identity(self->dd, (const uint8_t *)h + h->tp_mac, h->tp_snaplen, h->tp_len, self->ifs[id].linktype);
             dd_prefetch(self->dd, keys[i]);
         }
         bytes += h->tp_snaplen;
@@ -713,7 +713,7 @@ static PyObject *Ring_set_dedup(Ring *self, PyObject *args)
     if (peer != Py_None)
         t = dd_share(((Ring *)peer)->dd);
     else if (window_ms && !(t = dd_new(window_ms)))
-        return PyErr_NoMemory();
+        return errno == ENOMEM ? PyErr_NoMemory() : PyErr_SetFromErrno(PyExc_OSError);
     dd_release(self->dd);
     self->dd = t;
     Py_RETURN_NONE;

@@ -40,9 +40,24 @@ static void route(uint8_t *f, int v6)
     }
 }
 
+/* The constants of an unkeyed wyhash (what dd_hash used before it was keyed): planted in a payload at
+ * one 48-byte round, they zeroed all three lanes, so everything before them (the addresses) was
+ * forgotten and two packets to different hosts with one payload had one identity. */
+static void plant(uint8_t *ip, unsigned at)
+{
+    const uint64_t k[3] = {0xe7037ed1a0b428dbull, 0x8ebc6af09c88c6e3ull, 0xa0761d6478bd642full};
+    for (int i = 0; i < 3; i++)
+        memcpy(ip + at + 16 * i, &k[i], 8);
+}
+
 int main(void)
 {
     static uint8_t a[1600], b[1600];
+    struct dd_table *T = dd_new(20), *U = dd_new(20);
+    if (!T || !U) {
+        printf("FAIL dd_new\n");
+        return 1;
+    }
     unsigned lens[] = {34, 40, 45, 47, 48, 49, 60, 64, 65, 95, 96, 97, 200, 1500};
     for (int v6 = 0; v6 < 2; v6++) {
         for (unsigned k = 0; k < sizeof lens / sizeof *lens; k++) {
@@ -52,10 +67,10 @@ int main(void)
             frame(a, n, v6);
             memcpy(b, a, n);
             route(b, v6);
-            uint64_t ka = dd_identity(a, n, n, 1), kb = dd_identity(b, n, n, 1);
+            uint64_t ka = dd_identity(T, a, n, n, 1), kb = dd_identity(T, b, n, n, 1);
             CHECK(ka == kb, "v6=%d len=%u: a routed copy has another identity", v6, n);
             /* the same IP packet on a raw-IP interface (a tun): the same identity */
-            CHECK(dd_identity(a + 14, n - 14, n - 14, 101) == ka, "v6=%d len=%u: raw IP differs", v6, n);
+            CHECK(dd_identity(T, a + 14, n - 14, n - 14, 101) == ka, "v6=%d len=%u: raw IP differs", v6, n);
             /* any other byte of the IP packet changed: another identity */
             for (unsigned i = 14; i < n; i++) {
                 unsigned ip = i - 14;
@@ -63,18 +78,28 @@ int main(void)
                     continue;
                 memcpy(b, a, n);
                 b[i] ^= 0x01;
-                CHECK(dd_identity(b, n, n, 1) != ka, "v6=%d len=%u: byte %u changed, same identity", v6, n, i);
+                CHECK(dd_identity(T, b, n, n, 1) != ka, "v6=%d len=%u: byte %u changed, same identity", v6, n, i);
             }
-            CHECK(dd_identity(a, n - 1, n - 1, 1) != dd_identity(a, n, n, 1), "len=%u vs %u", n - 1, n);
+            CHECK(dd_identity(T, a, n - 1, n - 1, 1) != dd_identity(T, a, n, n, 1), "len=%u vs %u", n - 1, n);
         }
     }
     /* without IP (ARP): compared whole, MACs included */
     frame(a, 42, 0);
     a[12] = 0x08, a[13] = 0x06;
     memcpy(b, a, 42);
-    CHECK(dd_identity(b, 42, 42, 1) == dd_identity(a, 42, 42, 1), "ARP: equal frames differ");
+    CHECK(dd_identity(T, b, 42, 42, 1) == dd_identity(T, a, 42, 42, 1), "ARP: equal frames differ");
     b[0] ^= 1;
-    CHECK(dd_identity(b, 42, 42, 1) != dd_identity(a, 42, 42, 1), "ARP: another MAC, same identity");
+    CHECK(dd_identity(T, b, 42, 42, 1) != dd_identity(T, a, 42, 42, 1), "ARP: another MAC, same identity");
+
+    /* keyed: another table (another sensor, another start) has other keys */
+    frame(a, 64, 0);
+    CHECK(dd_identity(T, a, 64, 64, 1) != dd_identity(U, a, 64, 64, 1), "two tables, one identity");
+    /* the public constants planted in a payload erase nothing */
+    frame(a, 300, 0);
+    plant(a + 14, 64);
+    memcpy(b, a, 300);
+    b[14 + 12] ^= 0x01; /* another source address */
+    CHECK(dd_identity(T, a, 300, 300, 1) != dd_identity(T, b, 300, 300, 1), "planted constants: one identity");
 
     /* the table */
     struct dd_table *t = dd_new(20);
@@ -97,6 +122,8 @@ int main(void)
     CHECK(s == t && t->shared && t->refs == 2, "share");
     dd_release(t);
     dd_release(s);
+    dd_release(T);
+    dd_release(U);
     printf("%s (%d failures)\n", fails ? "FAILED" : "OK", fails);
     return fails ? 1 : 0;
 }
