@@ -5,6 +5,8 @@ Each runs until SIGTERM, then prints one line `RESULT captured=N dropped=M` and 
   ossensor-dedup: the same with duplicate suppression on (native/dedup.c, 20 ms window), on DEV and lo
                   (with one interface the ring skips the table: no copy to meet); every packet hashed and
                   looked up, none a duplicate (the worst case: every one inserted)
+  none          : no capture at all (the generator's speed alone: what capture slows it by is the
+                  kernel's share of capturing, bench/capture.py --only none,...)
   pcapy         : pcapy-ng next_batch loop (libpcap, batches, Python per batch)
   scapy         : scapy sniff(store=False) (Python per packet)
 """
@@ -41,6 +43,14 @@ def ossensor_null(dev: str, dedup_window_ms: int = 0, with_lo: bool = False) -> 
     cap.run(stop, lambda batch: None)
     seen, drops = cap.kernel_stats()
     print(f"RESULT captured={acct.captured} dropped={drops}", flush=True)
+
+
+def no_capture(dev: str) -> None:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print("READY", flush=True)
+    stop.wait()
+    print("RESULT captured=0 dropped=0", flush=True)
 
 
 def pcapy_loop(dev: str) -> None:
@@ -87,5 +97,5 @@ def scapy_sniff(dev: str) -> None:
 if __name__ == "__main__":
     kind, dev = sys.argv[1], sys.argv[2]
     {"ossensor-null": ossensor_null, "ossensor-dedup": lambda d: ossensor_null(d, 20),
-     "ossensor-null2": lambda d: ossensor_null(d, 0, with_lo=True), "pcapy": pcapy_loop,
+     "ossensor-null2": lambda d: ossensor_null(d, 0, with_lo=True), "none": no_capture, "pcapy": pcapy_loop,
      "scapy": scapy_sniff}[kind](dev)

@@ -12,6 +12,10 @@ between bursts, they answered a 4 MiB batch only after tens of ms):
   tcpdump        tcpdump -w /dev/null, 64 MiB ring (-B)
   ossensor-null  ossensor's capture only (native ring -> pcapng batches -> null sink)
   ossensor-dedup the same, dedup on (OSSENSOR_DEDUP's table, native/dedup.c): "capture only, dedup on"
+  ossensor-null2 the same on two interfaces (the veth and lo, idle), dedup off: the base for the dedup row
+  none           no capturer: at the generator's maximum, how much each capturer slows the generator per
+                 packet is the kernel's share of capturing (tpacket_rcv runs on the sender's CPU, not in
+                 the capturer's process), e.g. --only none,ossensor-null2,ossensor-dedup --sizes 64
   ossensor-full  `ossensor run`: capture -> pcapng -> HMAC -> TLS -> reference vSensor (on loopback)
   tcpdump-socat  tcpdump -w - | socat - OPENSSL:vSensor  (the do-it-yourself full path)
   pcapy          pcapy-ng next_batch loop
@@ -33,6 +37,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -222,6 +227,8 @@ def measure(run: Run, size: int, rate: int | None, count: int, tmp: Path, payloa
     cpu = cpu1 - cpu0
     # what reached the end of the capturer's path: for the full path, what the vSensor acknowledged
     delivered = stages.get("acked", captured) if stages else captured
+    if run.name == "none":
+        delivered = sent  # nothing to capture, nothing lost
     return {"capturer": run.name, "size": size, "rate": rate or "max", "sent": sent, "delivered": delivered,
             "pps": round(sent / elapsed), "captured": captured, "dropped": dropped, "stages": stages,
             "cpu_s": round(cpu, 3), "us_per_pkt": round(cpu / max(sent, 1) * 1e6, 3),
@@ -312,6 +319,7 @@ def main() -> int:
             Run("tcpdump-socat", ["sh", "-c", f"tcpdump -i {CAP_IF} -n -s 262144 -B 65536 -w - 2>{tmp}/td.err | "
                                               f"socat -u -b 262144 - OPENSSL:127.0.0.1:{port + 1},verify=0 & "
                                               f"tail -F {tmp}/td.err 2>/dev/null; wait"], "listening on"),
+            Run("none", [sys.executable, str(ROOT / "bench/_capturers.py"), "none", CAP_IF], "READY"),
             Run("pcapy", [sys.executable, str(ROOT / "bench/_capturers.py"), "pcapy", CAP_IF], "READY"),
             Run("scapy", [sys.executable, str(ROOT / "bench/_capturers.py"), "scapy", CAP_IF], "READY"),
         ]
@@ -325,18 +333,25 @@ def main() -> int:
                 plans.append((None, args.max_packets))
             for rate, count in plans:
                 best: dict[str, dict] = {}
+                every: dict[str, list[dict]] = {}  # every repeat, for the dedup pairs
                 for _ in range(args.repeat):
                     for run in runs:
                         if run.name == "scapy" and rate is None:
-                            continue  # it cannot keep up at a moderate rate already; max adds nothing
+                            continue
+                        if run.name == "none" and rate is not None:
+                            continue  # nothing to measure at a set rate  # it cannot keep up at a moderate rate already; max adds nothing
                         r = measure(run, size, rate, count if run.name != "scapy" else count // 10, tmp,
                                     args.payload, args.smooth)
+                        every.setdefault(run.name, []).append(r)
                         key = (r["us_per_pkt"], r["sent"] - r["delivered"])
                         if rate is None:
                             key = key[::-1]  # at the maximum rate, the run that lost least
                         old = best.get(run.name)
                         if old is None or key < old["_key"]:
                             best[run.name] = dict(r, _key=key)
+                dedup_pairs(every, size, rate)
+                if rate is None:
+                    kernel_share(every, size)
                 for r in best.values():
                     r.pop("_key")
                     results.append(r)
@@ -362,6 +377,46 @@ def main() -> int:
     return 0
 
 
+def dedup_pairs(every: dict[str, list[dict]], size: int, rate) -> None:
+    """Dedup's cost as the ratio within each repeat (the dedup run and the capture-only run on the
+    same two interfaces, one after the other), and their median: the machine's drift between
+    repeats is larger than the difference measured, and a pair shares it."""
+    base = every.get("ossensor-null2") or every.get("ossensor-null")
+    if not base or "ossensor-dedup" not in every:
+        return
+    ratios = sorted(d["us_per_pkt"] / b["us_per_pkt"] for b, d in zip(base, every["ossensor-dedup"])
+                    if b["us_per_pkt"])
+    if ratios:
+        print(f"dedup on / capture only ({base[0]['capturer']}) {size} B rate={rate or 'max'}: median of "
+              f"{len(ratios)} pairs x{statistics.median(ratios):.3f} (pairs: "
+              f"{', '.join(f'x{x:.2f}' for x in ratios)})", flush=True)
+
+
+def kernel_share(every: dict[str, list[dict]], size: int) -> None:
+    """At the generator's maximum: the kernel's share of capturing, as the generator's slowdown per
+    packet against no capturer (medians over the repeats), beside the capturer's own CPU; and dedup's
+    cost against that whole."""
+    if "none" not in every:
+        return
+    per_pkt = {name: statistics.median(1e9 / r["pps"] for r in rs if r["pps"]) for name, rs in every.items()}
+    own = {name: statistics.median(r["us_per_pkt"] * 1000 for r in rs) for name, rs in every.items()}
+    base = per_pkt["none"]
+    print(f"{size} B at the generator's maximum ({base:.0f} ns per packet with no capturer), ns per packet:")
+    whole = {}
+    for name in every:
+        if name != "none":
+            kern = per_pkt[name] - base
+            whole[name] = kern + own[name]
+            print(f"  {name:15} kernel (the generator's slowdown) {kern:6.1f}  own process {own[name]:6.1f}  "
+                  f"capture's whole cost {whole[name]:6.1f}", flush=True)
+    b = whole.get("ossensor-null2") or whole.get("ossensor-null")
+    if b and "ossensor-dedup" in whole:
+        print(f"  dedup on / capture only, whole cost: x{whole['ossensor-dedup'] / b:.3f}; dedup's own "
+              f"CPU (+{own['ossensor-dedup'] - own.get('ossensor-null2', own.get('ossensor-null', 0)):.1f} ns) "
+              f"is x{1 + (own['ossensor-dedup'] - own.get('ossensor-null2', own.get('ossensor-null', 0))) / b:.3f} "
+              f"of the whole", flush=True)
+
+
 def report(results: list[dict], floors: dict[int, float]) -> None:
     print("\nratios to tcpdump (same run; CPU = CPU seconds of the capturer's process tree per packet sent;"
           " loss = not captured or, for ossensor-full, not acknowledged by the vSensor)")
@@ -374,6 +429,7 @@ def report(results: list[dict], floors: dict[int, float]) -> None:
         print(f"{r['capturer']:14} {r['size']:5} {r['rate']!s:>8} {r['us_per_pkt']:8.3f} {ratio:9.2f} "
               f"{loss:7.2f} {r['peak_rss_mib']:8.1f}")
     null = {(r["size"], r["rate"]): r for r in results if r["capturer"] == "ossensor-null"}
+    null.update({(r["size"], r["rate"]): r for r in results if r["capturer"] == "ossensor-null2"})
     for r in results:
         n = null.get((r["size"], r["rate"]))
         if r["capturer"] == "ossensor-dedup" and n and n["us_per_pkt"]:
