@@ -22,6 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 RING_MB = int(os.environ.get("BENCH_RING_MB", "64"))
 
+if os.environ.get("BENCH_NATIVE_SO"):  # another build of the extension (bench/capture.py --ab NAME=PATH)
+    import importlib.util
+
+    _spec = importlib.util.spec_from_file_location("ossensor._native", os.environ["BENCH_NATIVE_SO"])
+    sys.modules["ossensor._native"] = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(sys.modules["ossensor._native"])
+
 
 def ossensor_null(dev: str, dedup_window_ms: int = 0, with_lo: bool = False) -> None:
     from ossensor.ops import log as L

@@ -273,6 +273,9 @@ def main() -> int:
                     help="OSSENSOR_DEBUG for the full path (its log: ossensor-full.log, see --keep)")
     ap.add_argument("--keep", action="store_true",
                     help="keep the temp directory (capturer logs, the vSensor's store); default: removed")
+    ap.add_argument("--ab", action="append", default=[], metavar="NAME=PATH",
+                    help="also run the ossensor capture-only and dedup rows with this build of the extension "
+                         "(a copy of ossensor/_native*.so), as NAME: two builds in one run, interleaved")
     ap.add_argument("--json", default="", help="write the results here")
     ap.add_argument("--plot", default="", help="write a PNG plot here")
     args = ap.parse_args()
@@ -326,6 +329,13 @@ def main() -> int:
         if args.only:
             keep = set(args.only.split(",")) | {"tcpdump"}
             runs = [r for r in runs if r.name in keep]
+        for ab in args.ab:
+            name, _, path = ab.partition("=")
+            if not name or not Path(path).is_file():
+                print(f"bench: --ab {ab!r}: expected NAME=PATH of a built extension", file=sys.stderr)
+                return 2
+            runs += [Run(f"{r.name}@{name}", r.argv, r.ready, env={"BENCH_NATIVE_SO": str(Path(path).resolve())})
+                     for r in runs if r.name in ("ossensor-null", "ossensor-null2", "ossensor-dedup")]
         results = []
         for size in sizes:
             plans = [(MODERATE.get(size, 100_000), int(MODERATE.get(size, 100_000) * args.seconds))]
@@ -381,15 +391,16 @@ def dedup_pairs(every: dict[str, list[dict]], size: int, rate) -> None:
     """Dedup's cost as the ratio within each repeat (the dedup run and the capture-only run on the
     same two interfaces, one after the other), and their median: the machine's drift between
     repeats is larger than the difference measured, and a pair shares it."""
-    base = every.get("ossensor-null2") or every.get("ossensor-null")
-    if not base or "ossensor-dedup" not in every:
-        return
-    ratios = sorted(d["us_per_pkt"] / b["us_per_pkt"] for b, d in zip(base, every["ossensor-dedup"])
-                    if b["us_per_pkt"])
-    if ratios:
-        print(f"dedup on / capture only ({base[0]['capturer']}) {size} B rate={rate or 'max'}: median of "
-              f"{len(ratios)} pairs x{statistics.median(ratios):.3f} (pairs: "
-              f"{', '.join(f'x{x:.2f}' for x in ratios)})", flush=True)
+    for build in [""] + sorted({n[n.index("@"):] for n in every if "@" in n}):
+        base = every.get("ossensor-null2" + build) or every.get("ossensor-null" + build)
+        dedup = every.get("ossensor-dedup" + build)
+        if not base or not dedup:
+            continue
+        ratios = sorted(d["us_per_pkt"] / b["us_per_pkt"] for b, d in zip(base, dedup) if b["us_per_pkt"])
+        if ratios:
+            print(f"dedup on / capture only ({base[0]['capturer']}) {size} B rate={rate or 'max'}: median of "
+                  f"{len(ratios)} pairs x{statistics.median(ratios):.3f} (pairs: "
+                  f"{', '.join(f'x{x:.2f}' for x in ratios)})", flush=True)
 
 
 def kernel_share(every: dict[str, list[dict]], size: int) -> None:
