@@ -434,7 +434,7 @@ static inline int lookup_if(Ring *self, int ifindex, unsigned *id)
  *   (hash_ahead), so each look-up finds its set in the cache (after a sleep the table is cold: the kernel,
  *   the generator and other processes ran meanwhile);
  * - dedup off, big packets (the chunk's first >= TOUCH_MIN bytes): it asks for every line of the chunk
- *   (touch_ahead; 1500 B packets: a fifth less CPU than below);
+ *   (touch_ahead; 1500 B packets: a third less CPU than below);
  * - otherwise (and with dedup on too, for the next chunk's first packet) it asks for the next packet's
  *   first three lines while it copies one (small packets: walking a chunk twice cost more than it saved). */
 #define TOUCH_MIN 512u
