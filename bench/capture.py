@@ -347,9 +347,9 @@ def main() -> int:
                 for _ in range(args.repeat):
                     for run in runs:
                         if run.name == "scapy" and rate is None:
-                            continue
+                            continue  # it cannot keep up at a moderate rate already; max adds nothing
                         if run.name == "none" and rate is not None:
-                            continue  # nothing to measure at a set rate  # it cannot keep up at a moderate rate already; max adds nothing
+                            continue  # nothing to measure at a set rate
                         r = measure(run, size, rate, count if run.name != "scapy" else count // 10, tmp,
                                     args.payload, args.smooth)
                         every.setdefault(run.name, []).append(r)
@@ -420,12 +420,11 @@ def kernel_share(every: dict[str, list[dict]], size: int) -> None:
             whole[name] = kern + own[name]
             print(f"  {name:15} kernel (the generator's slowdown) {kern:6.1f}  own process {own[name]:6.1f}  "
                   f"capture's whole cost {whole[name]:6.1f}", flush=True)
-    b = whole.get("ossensor-null2") or whole.get("ossensor-null")
-    if b and "ossensor-dedup" in whole:
-        print(f"  dedup on / capture only, whole cost: x{whole['ossensor-dedup'] / b:.3f}; dedup's own "
-              f"CPU (+{own['ossensor-dedup'] - own.get('ossensor-null2', own.get('ossensor-null', 0)):.1f} ns) "
-              f"is x{1 + (own['ossensor-dedup'] - own.get('ossensor-null2', own.get('ossensor-null', 0))) / b:.3f} "
-              f"of the whole", flush=True)
+    base_name = "ossensor-null2" if "ossensor-null2" in whole else "ossensor-null"
+    if base_name in whole and "ossensor-dedup" in whole:
+        extra = own["ossensor-dedup"] - own[base_name]
+        print(f"  dedup on / capture only, whole cost: x{whole['ossensor-dedup'] / whole[base_name]:.3f}; dedup's "
+              f"own CPU (+{extra:.1f} ns) is x{1 + extra / whole[base_name]:.3f} of the whole", flush=True)
 
 
 def report(results: list[dict], floors: dict[int, float]) -> None:
