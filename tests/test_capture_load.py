@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 import subprocess
@@ -119,6 +120,28 @@ def test_live_batches_fit_the_limit_the_vsensor_announces(topo, tmp_path):
     assert "too large" not in sensor.output
     sizes = [json.loads(line)["bytes"] for line in (tmp_path / "vs" / "batches.jsonl").read_text().splitlines()]
     assert max(sizes) <= 1 << 20 and len(sizes) >= 4, sizes
+
+
+def test_big_and_small_frames_mixed_arrive_whole(topo, tmp_path):
+    # the ring reads chunks of big frames (>= 512 B) ahead before copying them and small ones as it goes
+    # (native/ring.c touch_ahead): frames of 1500, 600 and 64 bytes in turn, so chunks start with each;
+    # every frame stored once, whole
+    for ns, dev in ((topo.cap, topo.cap_if), (topo.peer, topo.peer_if)):
+        sh(f"ip netns exec {ns} sysctl -qw net.ipv6.conf.{dev}.disable_ipv6=1")
+    vs, port = start_vsensor(topo, tmp_path / "vs")
+    sensor = start_sensor(topo, sensor_env(topo, tmp_path, port, BPF="udp dst port 5678",
+                                           OSSENSOR_BATCH_MAX_AGE_MS="300", ANTIGENA_ENABLED="false"))
+    cfg = tmp_path / "udp.cfg"
+    sizes = (1500, 600, 64)
+    cfg.write_text("".join(trafgen_udp_cfg(n) for n in sizes))
+    sh(f"ip netns exec {topo.peer} trafgen -o {topo.peer_if} -i {cfg} -P 1 -n 9000 -b 9000pps -q -C", timeout=60)
+    assert sensor.stop(timeout=60) == 0, sensor.output
+    c = final_counts(sensor)
+    assert c["captured"] == 9000 and c["kernel_drops"] == 0 and c["acked"] == 9000, c
+    got = [p.data for _, p in vsensor_packets(tmp_path / "vs")]
+    assert sorted(collections.Counter(len(d) for d in got).items()) == [(n, 3000) for n in sorted(sizes)]
+    for d in got:  # the frame as trafgen built it: its header, then 0x41 to the end
+        assert d[12:14] == b"\x08\x00" and d[36:38] == (5678).to_bytes(2, "big") and d[42:] == b"A" * (len(d) - 42)
 
 
 def test_fanout_readers_share_the_traffic_without_duplicates(topo, tmp_path):
