@@ -7,7 +7,7 @@ setup(
         Extension(
             "ossensor._native",
             sources=["native/ring.c", "native/ring_rx.c", "native/dedup.c"],  # the Python type and batch; the kernel steps; duplicates
-            depends=["native/ring_rx.h", "native/dedup.h", "native/antigena.h", "native/epb.h"],
+            depends=["native/ring_rx.h", "native/dedup.h", "native/antigena.h", "native/epb.h", "native/l3.h"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-std=gnu11"],
         ),
         # `ossensor replay`: pcap/pcapng files -> EPBs in batch buffers, BPF by libpcap's bpf_filter()

@@ -15,6 +15,8 @@
 #ifndef OSSENSOR_ANTIGENA_H
 #define OSSENSOR_ANTIGENA_H
 
+#include "l3.h"
+
 #define AG_MAX_RULES 4096u
 #define AG_MAX_HITS 512u
 #define AG_HIT_BYTES 192u
@@ -22,10 +24,6 @@
 #define AG_CONN 1 /* a: src addr, pa: src port, b: dst addr, pb: dst port (either direction) */
 #define AG_PAIR 2 /* a <-> b */
 #define AG_HOST 3 /* a, either side */
-
-#define AG_LINKTYPE_RAW 101
-#define AG_LINKTYPE_IPV4 228
-#define AG_LINKTYPE_IPV6 229
 
 typedef struct {
     uint32_t id;
@@ -64,34 +62,16 @@ static inline uint16_t ag_be16(const uint8_t *p)
 static void ag_match(struct ag_table *t, const uint8_t *f, uint32_t len, int ifindex, int linktype,
                      int pkttype)
 {
-    uint32_t off = 0;
-    uint16_t et;
-    if (linktype == 1) { /* Ethernet, 802.1Q / 802.1ad tags (up to two) */
-        if (len < 14)
-            return;
-        et = ag_be16(f + 12);
-        off = 14;
-        for (int i = 0; i < 2 && (et == 0x8100 || et == 0x88a8) && off + 4 <= len; i++) {
-            et = ag_be16(f + off + 2);
-            off += 4;
-        }
-    } else if (linktype == AG_LINKTYPE_RAW) {
-        if (len < 1)
-            return;
-        et = (f[0] >> 4) == 4 ? 0x0800 : (f[0] >> 4) == 6 ? 0x86dd : 0;
-    } else if (linktype == AG_LINKTYPE_IPV4) {
-        et = 0x0800;
-    } else if (linktype == AG_LINKTYPE_IPV6) {
-        et = 0x86dd;
-    } else {
+    uint32_t off;
+    int ip = l3_find(f, len, linktype, &off);
+    if (!ip)
         return;
-    }
     const uint8_t *src, *dst;
     unsigned family, alen, proto;
     uint32_t l4;
     int ports = 1;
-    if (et == 0x0800) {
-        if (off + 20 > len || (f[off] >> 4) != 4)
+    if (ip == 4) {
+        if (off + 20 > len)
             return;
         unsigned ihl = (f[off] & 15u) * 4u;
         if (ihl < 20)
@@ -104,8 +84,8 @@ static void ag_match(struct ag_table *t, const uint8_t *f, uint32_t len, int ifi
         l4 = off + ihl;
         if (ag_be16(f + off + 6) & 0x1fff) /* not the first fragment: no TCP header */
             ports = 0;
-    } else if (et == 0x86dd) {
-        if (off + 40 > len || (f[off] >> 4) != 6)
+    } else { /* 6 */
+        if (off + 40 > len)
             return;
         family = 6;
         alen = 16;
@@ -134,8 +114,6 @@ static void ag_match(struct ag_table *t, const uint8_t *f, uint32_t len, int ifi
                 break;
             }
         }
-    } else {
-        return;
     }
     int tcp = proto == 6 && ports && l4 + 20 <= len;
     uint16_t sp = tcp ? ag_be16(f + l4) : 0, dp = tcp ? ag_be16(f + l4 + 2) : 0;

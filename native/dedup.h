@@ -32,6 +32,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "l3.h"
+
 #define DD_SETS (1u << 11)
 #define DD_WAYS 4u /* 4 x 16 bytes: a set is one cache line */
 #define DD_LOCKS 256u
@@ -129,26 +131,15 @@ static inline uint64_t dd_hash(const uint8_t *p, uint32_t n, uint64_t m0, uint64
 }
 
 /* The identity of a packet of `caplen` captured bytes (wirelen on the wire) at `data`, of pcapng
- * link type `linktype` (1 Ethernet, 101 raw IP, 228 IPv4, 229 IPv6; any other compares whole). */
+ * link type `linktype` (l3.h: the IP packet of Ethernet and raw-IP frames; any other compares whole). */
 static inline uint64_t dd_identity(const struct dd_table *t, const uint8_t *data, uint32_t caplen,
                                    uint32_t wirelen, int linktype)
 {
-    uint32_t off = 0;
-    int ip = 0; /* 4 or 6 */
-    if (linktype == 1 && caplen >= 14) {
-        uint16_t et = (uint16_t)(data[12] << 8 | data[13]);
-        off = 14;
-        while ((et == 0x8100 || et == 0x88a8) && caplen >= off + 4) { /* tags left in the frame */
-            et = (uint16_t)(data[off + 2] << 8 | data[off + 3]);
-            off += 4;
-        }
-        ip = et == 0x0800 ? 4 : et == 0x86dd ? 6 : 0;
-    } else if ((linktype == 101 || linktype == 228 || linktype == 229) && caplen >= 1) {
-        ip = data[0] >> 4;
-    }
-    if (ip == 4 && caplen >= off + 20 && (data[off] >> 4) == 4) /* TTL (byte 8), checksum (10, 11) */
+    uint32_t off;
+    int ip = l3_find(data, caplen, linktype, &off);
+    if (ip == 4 && caplen >= off + 20) /* TTL (byte 8), checksum (10, 11) */
         return dd_hash(data + off, caplen - off, ~0ull, ~0x00000000ffff00ffull, wirelen - off, t->secret);
-    if (ip == 6 && caplen >= off + 40 && (data[off] >> 4) == 6) /* hop limit (byte 7) */
+    if (ip == 6 && caplen >= off + 40) /* hop limit (byte 7) */
         return dd_hash(data + off, caplen - off, ~(0xffull << 56), ~0ull, wirelen - off, t->secret);
     return dd_hash(data, caplen, ~0ull, ~0ull, (uint64_t)wirelen | (uint64_t)1 << 40, t->secret);
 }

@@ -28,7 +28,6 @@
 #include "dedup.h"
 #include "ring_rx.h"
 
-#define LINKTYPE_ETHERNET 1
 #define HUGE_2M (2u << 20)
 #define POOL_MAX 64 /* batch buffers kept for reuse: bursts queue several at once (fresh pages cost) */
 #define ISB_RESERVE(n) (256u + 256u * (n))
