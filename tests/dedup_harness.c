@@ -120,6 +120,9 @@ int main(void)
     CHECK(distinct_dups == 0, "%u distinct packets suppressed", distinct_dups);
     struct dd_table *s = dd_share(t);
     CHECK(s == t && t->shared && t->refs == 2, "share");
+    /* shared: the same rules, each set under its lock */
+    CHECK(!dd_check(t, 44, t0 + 50 * ms, 3) && dd_check(t, 44, t0 + 50 * ms + 1000, 4), "shared: a copy");
+    CHECK(!dd_check(t, 44, t0 + 51 * ms, 3), "shared: the same interface again");
     dd_release(t);
     dd_release(s);
     dd_release(T);
