@@ -49,7 +49,8 @@ def ossensor_null(dev: str, dedup_window_ms: int = 0, with_lo: bool = False) -> 
     print("READY", flush=True)
     cap.run(stop, lambda batch: None)
     seen, drops = cap.kernel_stats()
-    print(f"RESULT captured={acct.captured} dropped={drops}", flush=True)
+    drain_ns = getattr(cap.ring, "drain_ns", -1)  # -1: a build without it (--ab)
+    print(f"RESULT captured={acct.captured} dropped={drops} drain_ns={drain_ns}", flush=True)
 
 
 def no_capture(dev: str) -> None:

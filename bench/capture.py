@@ -224,6 +224,9 @@ def measure(run: Run, size: int, rate: int | None, count: int, tmp: Path, payloa
         time.sleep(0.2)
         text += (tmp / "td.err").read_text()
     captured, dropped, stages = parse_counts(run.name, text)
+    # ossensor's capture-only rows: the native drain's own CPU (no Python, no wake-ups), per packet captured
+    m = re.search(r"drain_ns=(\d+)", text)
+    drain_ns = round(int(m.group(1)) / captured, 2) if m and captured else None
     cpu = cpu1 - cpu0
     # what reached the end of the capturer's path: for the full path, what the vSensor acknowledged
     delivered = stages.get("acked", captured) if stages else captured
@@ -232,7 +235,7 @@ def measure(run: Run, size: int, rate: int | None, count: int, tmp: Path, payloa
     return {"capturer": run.name, "size": size, "rate": rate or "max", "sent": sent, "delivered": delivered,
             "pps": round(sent / elapsed), "captured": captured, "dropped": dropped, "stages": stages,
             "cpu_s": round(cpu, 3), "us_per_pkt": round(cpu / max(sent, 1) * 1e6, 3),
-            "peak_rss_mib": round(rss / 2**20, 1)}
+            "peak_rss_mib": round(rss / 2**20, 1), "drain_ns_per_pkt": drain_ns}
 
 
 def crypto_floor(size: int) -> float:
@@ -367,7 +370,8 @@ def main() -> int:
                     results.append(r)
                     print(f"  {r['capturer']:14} {size:5} B rate={r['rate']!s:7} sent={r['sent']:9} "
                           f"captured={r['captured']:9} dropped={r['dropped']:8} cpu={r['cpu_s']:7.3f}s "
-                          f"{r['us_per_pkt']:7.3f} us/pkt rss={r['peak_rss_mib']} MiB", flush=True)
+                          f"{r['us_per_pkt']:7.3f} us/pkt rss={r['peak_rss_mib']} MiB"
+                          + (f" drain={r['drain_ns_per_pkt']} ns/pkt" if r.get("drain_ns_per_pkt") else ""), flush=True)
         floors = {size: round(crypto_floor(size), 3) for size in sizes}
         report(results, floors)
         if args.json:
@@ -401,6 +405,15 @@ def dedup_pairs(every: dict[str, list[dict]], size: int, rate) -> None:
             print(f"dedup on / capture only ({base[0]['capturer']}) {size} B rate={rate or 'max'}: median of "
                   f"{len(ratios)} pairs x{statistics.median(ratios):.3f} (pairs: "
                   f"{', '.join(f'x{x:.2f}' for x in ratios)})", flush=True)
+        # the same in drain() alone (ring.c's own timer): per-packet work without the process's per-wake-up
+        # costs (Python, the poll), which swing the process figures by +-25 % here
+        b_ns = [r["drain_ns_per_pkt"] for r in base if r.get("drain_ns_per_pkt")]
+        d_ns = [r["drain_ns_per_pkt"] for r in dedup if r.get("drain_ns_per_pkt")]
+        if b_ns and d_ns:
+            b, d = statistics.median(b_ns), statistics.median(d_ns)
+            print(f"  in drain() alone, ns per packet (median of {len(b_ns)}): capture only {b:.2f} "
+                  f"[{', '.join(f'{x:.2f}' for x in sorted(b_ns))}], dedup on {d:.2f} "
+                  f"[{', '.join(f'{x:.2f}' for x in sorted(d_ns))}]: +{d - b:.2f} ns (x{d / b:.2f})", flush=True)
 
 
 def kernel_share(every: dict[str, list[dict]], size: int) -> None:
