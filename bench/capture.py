@@ -25,7 +25,9 @@ Per capturer and frame size, at a fixed moderate rate (CPU per packet) and at th
 generator's maximum (drops): packets sent (veth tx counter), captured, dropped
 (kernel ring and, for ossensor, every stage), CPU seconds of the capturer's process
 tree (from /proc) per packet sent, and peak RSS. Ratios are to tcpdump in the same
-run: they survive a noisy machine, absolute numbers do not. Also measured: the
+run: they survive a noisy machine, absolute numbers do not. ossensor's capture-only rows
+also print drain= (the native drain's own CPU per packet, Ring.drain_ns: the per-packet
+work without Python's per-wake-up costs), and dedup's cost in it. Also measured: the
 "crypto floor", the CPU to SHA-256/HMAC and AES-GCM-encrypt the same bytes alone.
 """
 
