@@ -250,20 +250,22 @@ from ossensor.interfaces.netlink import enumerate_interfaces
 from ossensor.ops import log as L
 from ossensor.ship.accounting import Accounting
 
-fanout.PACKET_FANOUT_HASH = int(sys.argv[3])  # round robin: copies of one packet land on different rings
+fanout.PACKET_FANOUT_HASH = int(sys.argv[3])  # 1, round robin: copies of one packet land on different rings
+readers, batch_bytes = int(sys.argv[5]), int(sys.argv[6])
 acct = Accounting()
-cap = FanoutCapture(2, ring_bytes=8 << 20, block_timeout_ms=10, snaplen=262144, batch_bytes=1 << 20,
+cap = FanoutCapture(readers, ring_bytes=8 << 20, block_timeout_ms=10, snaplen=2048, batch_bytes=batch_bytes,
                     batch_age_s=0.1, filter_expr="udp", log=L.Log(0), accounting=acct,
                     dedup_window_ms=int(sys.argv[4]))
 cap.set_interfaces([i for i in enumerate_interfaces() if not i.loopback])
 bodies = []
 stop = threading.Event()
 cap.start()
+print("READY", flush=True)
+sys.stdin.readline()  # sent: the rings hold every copy in full blocks; read them now
+time.sleep(0.1)
 t = threading.Thread(target=cap.run, args=(stop, lambda b: bodies.append(bytes(b.body)), None, False))
 t.start()
-print("READY", flush=True)
-sys.stdin.readline()
-time.sleep(0.5)
+time.sleep(1.0)
 stop.set(); cap.wake(); t.join(10)
 
 seqs = {}
@@ -273,8 +275,31 @@ for body in bodies:
             m = re.search(rb"lb-([0-9]{8})-", p.data)
             if m:
                 seqs[m.group(1)] = seqs.get(m.group(1), 0) + 1
-print("RESULT", len(seqs), sum(seqs.values()), acct.duplicates, flush=True)
+print("RESULT", len(seqs), sum(seqs.values()), acct.duplicates, len(bodies), flush=True)
 """
+
+
+def run_copies_script(window: int, readers: int, batch_bytes: int) -> tuple[int, int, int, int]:
+    """500 datagrams pod -> outside (3 copies each: vethpod1, cni0, eth0) into `readers` rings, read only
+    once all are in the rings; returns (distinct datagrams, written, duplicates counted, batches)."""
+    import subprocess
+
+    with NodeTopology() as t:
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        p = subprocess.Popen(["ip", "netns", "exec", t.node, sys.executable, "-c", FANOUT_LB_SCRIPT, str(ROOT / "tests"),
+                              NATIVE_PRELUDE if os.environ.get("NATIVE_SO") else "", "1", str(window), str(readers),
+                              str(batch_bytes)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        try:
+            assert p.stdout.readline().strip() == "READY"
+            t.send_udp(0, t.outside_ip, 500, tag="lb")
+            out, _ = p.communicate("go\n", timeout=60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+    m = re.search(r"RESULT (\d+) (\d+) (\d+) (\d+)", out)
+    assert m, out
+    return tuple(map(int, m.groups()))
 
 
 @pytest.mark.parametrize("window", [20, 0])
@@ -282,28 +307,22 @@ def test_fanout_round_robin_copies_meet_in_the_shared_table(window):
     """Two rings in a PACKET_FANOUT_LB group (round robin: the copies of one packet are spread over
     both rings, the worst case for a per-ring table): with the shared table each datagram is written
     once; without dedup (window 0) every copy is."""
-    import subprocess
-
-    with NodeTopology() as t:
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        p = subprocess.Popen(["ip", "netns", "exec", t.node, sys.executable, "-c", FANOUT_LB_SCRIPT, str(ROOT / "tests"),
-                              NATIVE_PRELUDE if os.environ.get("NATIVE_SO") else "", "1", str(window)],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        try:
-            assert p.stdout.readline().strip() == "READY"
-            t.send_udp(0, t.outside_ip, 500, tag="lb")  # 3 copies each: vethpod1, cni0, eth0
-            out, _ = p.communicate("go\n", timeout=60)
-        finally:
-            if p.poll() is None:
-                p.kill()
-    m = re.search(r"RESULT (\d+) (\d+) (\d+)", out)
-    assert m, out
-    distinct, written, dups = map(int, m.groups())
-    assert distinct == 500, out
+    distinct, written, dups, _ = run_copies_script(window, 2, 1 << 20)
+    assert distinct == 500
     if window:
-        assert written == 500 and dups == 1000, out
+        assert (written, dups) == (500, 1000)
     else:
-        assert written == 1500 and dups == 0, out
+        assert (written, dups) == (1500, 0)
+
+
+def test_copies_across_full_batches_mid_block():
+    """One ring, dedup on, read only once it holds all 1,500 copies, into batches of 16 KiB (~80
+    packets): the reader stops mid-block again and again with packets taken ahead in its pipeline
+    (ring.c drain_block_dedup) and resumes there; each datagram is still written once, each other
+    copy counted once."""
+    distinct, written, dups, batches = run_copies_script(20, 1, 16384)
+    assert (distinct, written, dups) == (500, 500, 1000)
+    assert batches >= 5, batches
 
 
 def test_snat_copies_are_not_recognised(tmp_path):
@@ -330,4 +349,4 @@ def test_dedup_under_asan(tmp_path):
 
     so, libasan = asan.build(tmp_path, "ossensor._native")
     asan.rerun([__file__], "NATIVE_SO", so, libasan, leaks_in=("ring.c", "ring_rx.c", "dedup.c"), timeout=400,
-               select="(each_packet_once or fanout_round or identical_datagrams) and not asan")
+               select="(each_packet_once or fanout_round or identical_datagrams or full_batches) and not asan")
