@@ -317,9 +317,9 @@ def test_fanout_round_robin_copies_meet_in_the_shared_table(window):
 
 def test_copies_across_full_batches_mid_block():
     """One ring, dedup on, read only once it holds all 1,500 copies, into batches of 16 KiB (~80
-    packets): the reader stops mid-block again and again with packets taken ahead in its pipeline
-    (ring.c drain_block_dedup) and resumes there; each datagram is still written once, each other
-    copy counted once."""
+    packets): the reader stops mid-block again and again, inside a chunk whose identities it took ahead
+    (ring.c hash_ahead), and resumes at the packet that did not fit; each datagram is still written
+    once, each other copy counted once."""
     distinct, written, dups, batches = run_copies_script(20, 1, 16384)
     assert (distinct, written, dups) == (500, 500, 1000)
     assert batches >= 5, batches
